@@ -1,0 +1,15 @@
+"""MONAI bundle components for deep-learning MRI reconstruction from undersampled k-space."""
+
+from bundle import data, errors, evaluation, inference, io, kspace, losses, metrics, networks, transforms
+from bundle.data import SliceDataset, ensure_datalist, load_datalist
+from bundle.errors import InputError
+from bundle.losses import SSIMWeightedLoss
+from bundle.metrics import VolumeReconMetric
+from bundle.networks import ResidualUNet, load_checkpoint
+from bundle.transforms import CheckVolumed, ScaleByPercentiled, UndersampleKspaced
+
+__all__ = [
+    "CheckVolumed", "InputError", "ResidualUNet", "SSIMWeightedLoss", "ScaleByPercentiled", "SliceDataset",
+    "UndersampleKspaced", "VolumeReconMetric", "data", "ensure_datalist", "errors", "evaluation", "inference",
+    "io", "kspace", "load_checkpoint", "load_datalist", "losses", "metrics", "networks", "transforms",
+]

@@ -1,0 +1,161 @@
+"""Datalists, the built-in demo data, and 3D volumes served as 2D slices."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from monai.data import load_decathlon_datalist
+from monai.utils import convert_to_tensor
+from tqdm import tqdm
+
+from bundle.errors import InputError, format_error
+from bundle.io import write_text_atomic
+
+DEMO_DIR = Path(__file__).resolve().parent / "demo_data"
+# The 10 IXI T1 subjects (CC BY-SA 3.0, see docs/data_license.txt), split by subject.
+DEMO_SPLIT = {
+    "training": ["IXI012-HH-1211", "IXI013-HH-1212", "IXI014-HH-1236", "IXI015-HH-1258", "IXI033-HH-1259",
+                 "IXI034-HH-1260", "IXI039-HH-1261"],
+    "validation": ["IXI048-HH-1326"],
+    "test": ["IXI049-HH-1358", "IXI051-HH-1328"],
+}
+SLICE_AXES = {"sagittal": 0, "coronal": 1, "axial": 2}
+
+
+def demo_datalist() -> dict[str, list[dict[str, str]]]:
+    """The demo datalist, paths relative to `DEMO_DIR`."""
+    return {
+        split: [{"image": f"ixi_t1_2mm/{s}-T1_ds.nii.gz"} for s in subjects] for split, subjects in DEMO_SPLIT.items()
+    }
+
+
+def ensure_datalist(datalist: str, dataset_dir: str) -> str:
+    """Check `dataset_dir` and `datalist`; write the demo datalist if it is the one asked for and missing.
+
+    Idempotent: an existing datalist is never rewritten. Returns `datalist`.
+    """
+    if not os.path.isdir(dataset_dir):
+        raise InputError(f"dataset_dir {dataset_dir}: no such directory")
+    if not os.path.exists(datalist):
+        if Path(dataset_dir).resolve() != DEMO_DIR or Path(datalist).name != "datalist.json":
+            raise InputError(f"datalist {datalist}: file not found")
+        write_text_atomic(datalist, json.dumps(demo_datalist(), indent=2) + "\n")
+    return datalist
+
+
+def load_datalist(datalist: str, dataset_dir: str, key: str) -> list[dict]:
+    """The `key` list ("training", "validation", "test") of a MONAI datalist, paths made absolute.
+
+    Raises `InputError` for a missing or unreadable datalist, a missing or empty list, or a
+    listed file that does not exist.
+    """
+    if not os.path.isfile(datalist):
+        raise InputError(f"datalist {datalist}: file not found")
+    try:
+        with open(datalist) as f:
+            content = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise InputError(f"datalist {datalist}: not valid JSON ({e})") from None
+    if not isinstance(content, dict) or not content.get(key):
+        raise InputError(f"datalist {datalist}: the {key!r} list is missing or empty")
+    items = load_decathlon_datalist(datalist, is_segmentation=False, data_list_key=key, base_dir=dataset_dir)
+    for item in items:
+        if "image" not in item:
+            raise InputError(f"datalist {datalist}: an item of {key!r} has no 'image': {item}")
+        if not os.path.isfile(item["image"]):
+            raise InputError(f"{item['image']}: file not found (listed in {datalist})")
+    return items
+
+
+def slice_axis_index(axis: int | str) -> int:
+    """0, 1, 2 or "sagittal", "coronal", "axial" (in RAS orientation) -> 0, 1 or 2."""
+    if isinstance(axis, str):
+        if axis not in SLICE_AXES:
+            raise InputError(f"unknown slice_axis {axis!r}: expected one of {', '.join(SLICE_AXES)} or 0, 1, 2")
+        return SLICE_AXES[axis]
+    if axis not in (0, 1, 2):
+        raise InputError(f"slice_axis must be 0, 1 or 2, got {axis!r}")
+    return int(axis)
+
+
+def foreground_fraction(slice_2d: torch.Tensor, threshold: float) -> float:
+    return float((slice_2d > threshold).float().mean())
+
+
+class SliceDataset(torch.utils.data.Dataset):
+    """2D slices of 3D volumes: each volume is loaded and normalised once, its slices are cached.
+
+    Args:
+        data: datalist items with an "image" path.
+        volume_transform: deterministic transform of one volume item (load, check, channel first,
+            orientation, normalisation); must give "image" of shape (1, X, Y, Z) and "image_scale".
+        slice_transform: transform applied to each slice item on access (augmentation, undersampling).
+        slice_axis: spatial axis to slice along (after orientation): 0/"sagittal", 1/"coronal", 2/"axial".
+        min_foreground: slices whose fraction of voxels above 10% of the volume maximum is below
+            this are skipped as empty.
+        progress: show a progress bar while loading volumes.
+
+    Each item: "image" (1, H, W), "filename", "slice_index", "slice_id" ("file:index"),
+    "volume_max" (maximum of the normalised volume) and "image_scale" (the normalisation scale).
+    """
+
+    def __init__(
+        self,
+        data: Sequence[dict],
+        volume_transform: Callable,
+        slice_transform: Callable | None = None,
+        slice_axis: int | str = "axial",
+        min_foreground: float = 0.05,
+        progress: bool = True,
+    ) -> None:
+        if not data:
+            raise InputError("the dataset is empty: no volumes in the datalist")
+        self.slice_transform = slice_transform
+        self.axis = slice_axis_index(slice_axis)
+        self.items: list[dict] = []
+        for item in tqdm(data, desc="loading volumes", unit="vol", disable=not progress):
+            self.items.extend(self._slices(item, volume_transform, min_foreground))
+        if not self.items:
+            raise InputError("no non-empty slices in the dataset")
+
+    def _slices(self, item: dict, volume_transform: Callable, min_foreground: float) -> list[dict]:
+        path = str(item["image"])
+        if not os.path.isfile(path):
+            raise InputError(f"{path}: file not found")
+        try:
+            d = volume_transform(dict(item))
+        except Exception as e:  # a reader's deep error becomes one line naming the file
+            msg = format_error(e)
+            if msg.startswith(path) or path in msg.split(":")[0]:
+                raise InputError(msg) from None
+            raise InputError(f"{path}: cannot be loaded as a 3D image ({msg.splitlines()[-1][:200]})") from None
+        vol = convert_to_tensor(d["image"], track_meta=False).float()
+        if vol.ndim != 4 or vol.shape[0] != 1:
+            raise InputError(f"{path}: expected a single-channel 3D volume, got shape {tuple(vol.shape)}")
+        vmax = float(vol.max())
+        vol = vol.movedim(self.axis + 1, 1)  # (1, S, H, W)
+        out = []
+        for i in range(vol.shape[1]):
+            s = vol[:, i]
+            if foreground_fraction(s, 0.1 * vmax) < min_foreground:
+                continue
+            out.append({
+                "image": s.clone(),
+                "filename": path,
+                "slice_index": i,
+                "slice_id": f"{os.path.basename(path)}:{i}",
+                "volume_max": vmax,
+                "image_scale": float(d["image_scale"]),
+            })
+        return out
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict:
+        item = dict(self.items[index])
+        return self.slice_transform(item) if self.slice_transform is not None else item

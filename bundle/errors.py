@@ -1,0 +1,46 @@
+"""The bundle's input errors and the one-line report of them on the command line."""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from types import TracebackType
+
+
+class InputError(ValueError):
+    """Bad input from a user: a file, a datalist or an option. Its message names the culprit."""
+
+
+def _find_input_error(exc: BaseException | None) -> InputError | None:
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, InputError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _excepthook(
+    exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None, _default=sys.excepthook
+) -> None:
+    found = _find_input_error(exc)
+    if found is None:
+        _default(exc_type, exc, tb)
+        return
+    print(f"error: {found}", file=sys.stderr)
+
+
+def install_excepthook() -> None:
+    """Report an `InputError` (even when MONAI's config parser wrapped it) as `error: <message>`.
+
+    Called from the configs' `initialize` step, so `python -m monai.bundle run` prints one clear
+    line instead of a traceback for bad input; any other exception keeps its full traceback.
+    """
+    sys.excepthook = _excepthook
+
+
+def format_error(exc: BaseException) -> str:
+    """The one-line message of the `InputError` inside `exc`, or the formatted exception."""
+    found = _find_input_error(exc)
+    return str(found) if found is not None else "".join(traceback.format_exception_only(type(exc), exc)).strip()

@@ -1,0 +1,82 @@
+"""File input and output beyond MONAI's readers: checked NIfTI loading and atomic writers."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import nibabel as nib
+import numpy as np
+
+from bundle.errors import InputError
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+def is_nifti(path: str) -> bool:
+    return str(path).endswith(NIFTI_SUFFIXES)
+
+
+def _tmp_path(path: str, suffix: str) -> str:
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=d)
+    os.close(fd)
+    return tmp
+
+
+def write_text_atomic(path: str, text: str) -> None:
+    """Write `text` to a temporary file beside `path`, then rename it over `path`."""
+    tmp = _tmp_path(path, ".txt")
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def load_nifti_volume(path: str) -> tuple[nib.Nifti1Image, np.ndarray]:
+    """Load a 3D NIfTI volume, checked: exists, readable, 3D, real, finite.
+
+    Returns:
+        The nibabel image (for its affine and header) and its data as float32 (X, Y, Z).
+    """
+    if not os.path.isfile(path):
+        raise InputError(f"{path}: file not found")
+    if not is_nifti(path):
+        raise InputError(f"{path}: not a NIfTI file (expected .nii or .nii.gz)")
+    try:
+        img = nib.load(path)
+        if np.iscomplexobj(np.empty(0, dtype=img.get_data_dtype())):
+            raise InputError(f"{path}: complex voxels are not supported, give a magnitude image")
+        data = np.asarray(img.dataobj, dtype=np.float32)
+    except InputError:
+        raise
+    except Exception as e:  # nibabel/gzip/zlib errors of a corrupt file
+        raise InputError(f"{path}: cannot be read as NIfTI ({type(e).__name__}: {str(e)[:160]})") from None
+    if data.ndim != 3:
+        raise InputError(f"{path}: expected a 3D volume, got shape {data.shape}")
+    if not np.isfinite(data).all():
+        raise InputError(f"{path}: contains NaN or infinite voxels")
+    return img, data
+
+
+def save_nifti_like(data: np.ndarray, reference: nib.Nifti1Image, path: str) -> None:
+    """Write `data` (same shape as `reference`) as float32 NIfTI with the reference's affine and
+    header (qform, sform, units, description), atomically."""
+    if tuple(data.shape) != tuple(reference.shape):
+        raise ValueError(f"{path}: data shape {data.shape} differs from the reference {reference.shape}")
+    header = reference.header.copy()
+    header.set_data_dtype(np.float32)
+    img = nib.Nifti1Image(np.asarray(data, dtype=np.float32), reference.affine, header)
+    img.header.set_slope_inter(None, None)
+    suffix = ".nii.gz" if path.endswith(".gz") else ".nii"
+    tmp = _tmp_path(path, suffix)
+    try:
+        nib.save(img, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)

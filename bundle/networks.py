@@ -1,0 +1,91 @@
+"""The reconstruction network: a residual 2D BasicUNet with an optional data-consistency step."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+import os
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from monai.networks.nets import BasicUNet
+from torch import nn
+
+from bundle.errors import InputError
+from bundle.kspace import data_consistency
+
+
+class ResidualUNet(nn.Module):
+    """`pred = zero_filled + BasicUNet(zero_filled)`, then optionally hard data consistency.
+
+    Any in-plane size works: the input is zero-padded to a multiple of 16 (BasicUNet halves the
+    size four times) and the output cropped back.
+
+    Args:
+        features: BasicUNet's six feature numbers.
+        dropout: dropout probability in the UNet blocks.
+        norm: normalisation layer ("batch", "instance", ...).
+        data_consistency: if True and k-space is given, acquired k-space lines replace the
+            network's own (the output is the magnitude of that image).
+
+    Inputs:
+        image: (B, 1, H, W) zero-filled magnitude image.
+        kspace: optional (B, 2, H, W) acquired k-space as real and imaginary channels.
+        mask: optional (B, 1, 1, W) acquired lines (1) and missing lines (0).
+
+    Returns:
+        (B, 1, H, W) reconstructed magnitude image.
+    """
+
+    def __init__(
+        self,
+        features: Sequence[int] = (16, 16, 32, 64, 128, 16),
+        dropout: float = 0.0,
+        norm: str | tuple = "batch",
+        data_consistency: bool = False,
+    ) -> None:
+        super().__init__()
+        self.unet = BasicUNet(
+            spatial_dims=2, in_channels=1, out_channels=1, features=tuple(features), dropout=dropout, norm=norm
+        )
+        self.data_consistency = data_consistency
+        self.divisor = 16
+
+    def forward(
+        self, image: torch.Tensor, kspace: Optional[torch.Tensor] = None, mask: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
+        if image.ndim != 4 or image.shape[1] != 1:
+            raise ValueError(f"expected a (B, 1, H, W) image, got {tuple(image.shape)}")
+        h, w = image.shape[-2], image.shape[-1]
+        ph, pw = (-h) % self.divisor, (-w) % self.divisor
+        x = F.pad(image, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2])
+        x = self.unet(x)[..., ph // 2 : ph // 2 + h, pw // 2 : pw // 2 + w]
+        pred = image + x
+        if self.data_consistency and kspace is not None and mask is not None:
+            k = torch.complex(kspace[:, 0:1].float(), kspace[:, 1:2].float())
+            pred = data_consistency(pred.float(), k, mask).abs().to(image.dtype)
+        return pred
+
+
+def load_checkpoint(network: nn.Module, path: str, map_location: str | torch.device = "cpu") -> nn.Module:
+    """Load weights into `network` from a checkpoint (a state dict or a dict with a "model" entry).
+
+    Loaded with `weights_only=True`; a missing, corrupt or mismatched checkpoint raises an
+    `InputError` naming the file.
+    """
+    if not os.path.isfile(path):
+        raise InputError(f"checkpoint {path}: file not found")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise InputError(f"checkpoint {path}: corrupt or not a PyTorch checkpoint ({type(e).__name__})") from None
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    if not isinstance(state, dict):
+        raise InputError(f"checkpoint {path}: expected a state dict, got {type(state).__name__}")
+    try:
+        network.load_state_dict(state)
+    except RuntimeError as e:
+        first = str(e).splitlines()[0]
+        raise InputError(f"checkpoint {path}: does not match network_def ({first})") from None
+    return network

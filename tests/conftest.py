@@ -1,0 +1,63 @@
+"""Shared fixtures: small NIfTI volumes in a temporary folder, written with nibabel."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+sys.path.insert(0, str(ROOT))
+
+
+def phantom_volume(shape=(40, 48, 10), seed=0) -> np.ndarray:
+    """A head-like phantom: an ellipse of tissue with a few brighter and darker blobs, per slice."""
+    rng = np.random.default_rng(seed)
+    x, y = np.meshgrid(np.linspace(-1, 1, shape[0]), np.linspace(-1, 1, shape[1]), indexing="ij")
+    vol = np.zeros(shape, dtype=np.float32)
+    for z in range(shape[2]):
+        r = 0.8 - 0.02 * abs(z - shape[2] / 2)
+        img = ((x / r) ** 2 + (y / (r * 0.9)) ** 2 < 1).astype(np.float32) * 100
+        for _ in range(4):
+            cx, cy, rad = rng.uniform(-0.4, 0.4), rng.uniform(-0.4, 0.4), rng.uniform(0.05, 0.2)
+            img[(x - cx) ** 2 + (y - cy) ** 2 < rad**2] += rng.uniform(-50, 80)
+        vol[..., z] = np.clip(img, 0, None)
+    return vol
+
+
+def write_nifti(path: Path, data: np.ndarray, affine: np.ndarray | None = None) -> Path:
+    affine = np.diag([2.0, 2.0, 3.0, 1.0]) if affine is None else affine
+    nib.save(nib.Nifti1Image(data, affine), str(path))
+    return path
+
+
+@pytest.fixture
+def tiny_dataset(tmp_path: Path) -> dict:
+    """Five phantom subjects as NIfTI and a datalist split by subject (3 / 1 / 1)."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    names = []
+    for i in range(5):
+        name = f"sub-{i:02d}.nii.gz"
+        write_nifti(data_dir / name, phantom_volume(seed=i))
+        names.append(name)
+    datalist = {
+        "training": [{"image": n} for n in names[:3]],
+        "validation": [{"image": names[3]}],
+        "test": [{"image": names[4]}],
+    }
+    path = data_dir / "datalist.json"
+    path.write_text(json.dumps(datalist))
+    return {"dataset_dir": str(data_dir), "datalist": str(path), "names": names}
+
+
+def run_env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return env

@@ -1,0 +1,83 @@
+import json
+
+import pytest
+import torch
+from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, Orientationd
+
+from bundle.data import DEMO_DIR, SliceDataset, demo_datalist, ensure_datalist, load_datalist
+from bundle.errors import InputError
+from bundle.transforms import CheckVolumed, ScaleByPercentiled
+
+
+def volume_transform():
+    return Compose([
+        LoadImaged(keys="image", image_only=True),
+        CheckVolumed(keys="image"),
+        EnsureChannelFirstd(keys="image", channel_dim="no_channel"),
+        Orientationd(keys="image", axcodes="RAS"),
+        ScaleByPercentiled(keys="image"),
+    ])
+
+
+def test_demo_split_is_by_subject_and_files_exist():
+    dl = demo_datalist()
+    subjects = {s: {d["image"] for d in v} for s, v in dl.items()}
+    assert not subjects["training"] & subjects["validation"]
+    assert not subjects["training"] & subjects["test"]
+    assert not subjects["validation"] & subjects["test"]
+    assert all((DEMO_DIR / f).is_file() for files in subjects.values() for f in files)
+
+
+def test_ensure_datalist_is_idempotent(tmp_path, monkeypatch):
+    import bundle.data as data
+
+    monkeypatch.setattr(data, "DEMO_DIR", tmp_path)
+    path = tmp_path / "datalist.json"
+    ensure_datalist(str(path), str(tmp_path))
+    first = path.read_text()
+    mtime = path.stat().st_mtime_ns
+    ensure_datalist(str(path), str(tmp_path))
+    assert path.read_text() == first and path.stat().st_mtime_ns == mtime
+    assert json.loads(first) == demo_datalist()
+
+
+def test_datalist_errors(tmp_path, tiny_dataset):
+    with pytest.raises(InputError, match="no such directory"):
+        ensure_datalist(str(tmp_path / "x.json"), str(tmp_path / "nope"))
+    with pytest.raises(InputError, match="x.json: file not found"):
+        ensure_datalist(str(tmp_path / "x.json"), str(tmp_path))
+    empty = tmp_path / "empty.json"
+    empty.write_text(json.dumps({"training": []}))
+    with pytest.raises(InputError, match="'training' list is missing or empty"):
+        load_datalist(str(empty), str(tmp_path), "training")
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    with pytest.raises(InputError, match="not valid JSON"):
+        load_datalist(str(broken), str(tmp_path), "training")
+    missing = tmp_path / "missing.json"
+    missing.write_text(json.dumps({"training": [{"image": "gone.nii.gz"}]}))
+    with pytest.raises(InputError, match="gone.nii.gz: file not found"):
+        load_datalist(str(missing), str(tmp_path), "training")
+
+
+def test_slice_dataset_skips_empty_slices(tiny_dataset):
+    items = load_datalist(tiny_dataset["datalist"], tiny_dataset["dataset_dir"], "training")
+    ds = SliceDataset(items, volume_transform(), slice_axis="axial", progress=False)
+    assert len(ds) == 30  # 3 volumes x 10 axial slices, none empty
+    item = ds[0]
+    assert item["image"].shape == (1, 40, 48)
+    assert item["slice_id"].endswith(":0") and item["volume_max"] > 0
+    ds_cor = SliceDataset(items, volume_transform(), slice_axis="coronal", min_foreground=0.05, progress=False)
+    assert ds_cor[0]["image"].shape == (1, 40, 10)
+    assert len(ds_cor) < 3 * 48  # the coronal edge slices outside the phantom are skipped
+
+
+def test_slice_dataset_bad_files(tmp_path):
+    txt = tmp_path / "notes.nii.gz"
+    txt.write_text("this is not an image")
+    with pytest.raises(InputError, match="notes.nii.gz"):
+        SliceDataset([{"image": str(txt)}], volume_transform(), progress=False)
+    with pytest.raises(InputError, match="empty"):
+        SliceDataset([], volume_transform(), progress=False)
+    with pytest.raises(InputError, match="unknown slice_axis"):
+        SliceDataset([{"image": str(txt)}], volume_transform(), slice_axis="oblique", progress=False)

@@ -1,0 +1,97 @@
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from conftest import phantom_volume, write_nifti
+
+from bundle.errors import InputError
+from bundle.inference import VolumeReconstructor, find_volumes
+from bundle.networks import ResidualUNet
+
+
+def reconstructor(**kwargs):
+    torch.manual_seed(0)
+    return VolumeReconstructor(ResidualUNet(features=(4, 4, 8, 8, 16, 4)), progress=False, **kwargs)
+
+
+def oblique_affine():
+    # LPI-like axes order with a permutation and a rotation: the slicing must follow the anatomy
+    rot = np.array([[0, 0, -1.5], [-2.0, 0, 0], [0, 2.5, 0]], dtype=float)
+    a = np.eye(4)
+    a[:3, :3] = rot
+    a[:3, 3] = [10, -20, 5]
+    return a
+
+
+@pytest.mark.parametrize("affine", [None, "oblique"])
+def test_outputs_keep_shape_affine_and_header(tmp_path, affine):
+    affine = oblique_affine() if affine == "oblique" else np.diag([2.0, 2.0, 3.0, 1.0])
+    src = write_nifti(tmp_path / "in" / "sub.nii.gz" if (tmp_path / "in").mkdir() is None else None,
+                      phantom_volume((36, 40, 8)), affine)
+    img = nib.load(str(src))
+    img.header["descrip"] = b"test volume"
+    nib.save(img, str(src))
+    written = reconstructor().run(str(tmp_path / "in"), str(tmp_path / "out"))
+    assert sorted(p.split("/")[-1] for p in written) == [
+        "sub_mask.nii.gz", "sub_recon.nii.gz", "sub_zero_filled.nii.gz"]
+    ref = nib.load(str(src))
+    for path in written:
+        out = nib.load(path)
+        assert out.shape == ref.shape
+        np.testing.assert_allclose(out.affine, ref.affine)
+        assert out.header["descrip"] == ref.header["descrip"]
+        assert np.isfinite(out.get_fdata()).all()
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(p.split("/")[-1] for p in written)
+
+
+def test_fully_sampled_zero_filled_equals_input_in_its_orientation(tmp_path):
+    vol = phantom_volume((36, 40, 8))
+    (tmp_path / "in").mkdir()
+    write_nifti(tmp_path / "in" / "sub.nii.gz", vol, oblique_affine())
+    reconstructor(acceleration=1).run(str(tmp_path / "in"), str(tmp_path / "out"))
+    zf = nib.load(str(tmp_path / "out" / "sub_zero_filled.nii.gz")).get_fdata()
+    np.testing.assert_allclose(zf, vol, atol=1e-3 * vol.max())
+    mask = nib.load(str(tmp_path / "out" / "sub_mask.nii.gz")).get_fdata()
+    assert (mask == 1).all()
+
+
+def test_mask_lines_follow_the_acceleration(tmp_path):
+    (tmp_path / "in").mkdir()
+    write_nifti(tmp_path / "in" / "sub.nii.gz", phantom_volume((36, 40, 8)))
+    reconstructor(acceleration=4).run(str(tmp_path / "in"), str(tmp_path / "out"))
+    mask = nib.load(str(tmp_path / "out" / "sub_mask.nii.gz")).get_fdata()
+    # RAS input, axial slices (36 x 40): phase-encode lines along the second axis
+    assert mask[:, :, 0].sum(axis=1).tolist() == [10] * 36
+
+
+@pytest.mark.parametrize(
+    "name, data, message",
+    [
+        ("flat.nii.gz", np.ones((8, 8), np.float32), "expected a 3D volume, got shape \\(8, 8\\)"),
+        ("t.nii.gz", np.ones((8, 8, 8, 2), np.float32), "expected a 3D volume, got shape \\(8, 8, 8, 2\\)"),
+        ("nan.nii.gz", np.full((8, 8, 8), np.nan, np.float32), "contains NaN"),
+        ("corrupt.nii.gz", None, "cannot be read as NIfTI"),
+    ],
+)
+def test_bad_volumes_stop_before_any_output(tmp_path, name, data, message):
+    (tmp_path / "in").mkdir()
+    write_nifti(tmp_path / "in" / "good.nii.gz", phantom_volume((36, 40, 8)))
+    if data is None:
+        (tmp_path / "in" / name).write_bytes(b"\x1f\x8b garbage")
+    else:
+        write_nifti(tmp_path / "in" / name, data)
+    with pytest.raises(InputError, match=f"{name}: {message}"):
+        reconstructor().run(str(tmp_path / "in"), str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_options_and_folders(tmp_path):
+    with pytest.raises(InputError, match="acceleration must be a number >= 1"):
+        reconstructor(acceleration=0.5)
+    with pytest.raises(InputError, match="unknown mask_type"):
+        reconstructor(mask_type="radial")
+    with pytest.raises(InputError, match="no such directory"):
+        find_volumes(str(tmp_path / "missing"))
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(InputError, match="no NIfTI volumes"):
+        find_volumes(str(tmp_path))

@@ -1,0 +1,60 @@
+import numpy as np
+import pytest
+import torch
+from skimage.metrics import structural_similarity
+
+from bundle.errors import InputError
+from bundle.losses import SSIMWeightedLoss
+
+
+def _pair(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    target = torch.rand(2, 1, 48, 40, generator=g) * 3
+    pred = target + 0.3 * torch.randn(2, 1, 48, 40, generator=g)
+    return pred, target
+
+
+def test_pure_l1_and_mse():
+    pred, target = _pair()
+    assert SSIMWeightedLoss(ssim_weight=0.0)(pred, target).item() == pytest.approx(
+        (pred - target).abs().mean().item(), rel=1e-6
+    )
+    assert SSIMWeightedLoss(ssim_weight=0.0, pixel_loss="mse")(pred, target).item() == pytest.approx(
+        ((pred - target) ** 2).mean().item(), rel=1e-6
+    )
+
+
+def _skimage_ssim(pred, target):
+    values = []
+    for p, t in zip(pred[:, 0].numpy(), target[:, 0].numpy()):
+        m = t.max()
+        values.append(structural_similarity(t / m, p / m, data_range=1.0, gaussian_weights=True, sigma=1.5,
+                                            use_sample_covariance=False))
+    return float(np.mean(values))
+
+
+def test_weighted_loss_against_skimage():
+    pred, target = _pair(1)
+    ssim = _skimage_ssim(pred, target)
+    l1 = (pred - target).abs().mean().item()
+    assert SSIMWeightedLoss(ssim_weight=1.0)(pred, target).item() == pytest.approx(1 - ssim, abs=1e-4)
+    expected = 0.84 * (1 - ssim) + 0.16 * l1
+    assert SSIMWeightedLoss()(pred, target).item() == pytest.approx(expected, abs=1e-4)
+
+
+def test_loss_is_zero_for_a_perfect_prediction_and_differentiable():
+    _, target = _pair()
+    pred = target.clone().requires_grad_(True)
+    loss = SSIMWeightedLoss()(pred, target)
+    assert loss.item() == pytest.approx(0.0, abs=1e-5)
+    (SSIMWeightedLoss()(pred + 0.1, target)).backward()
+    assert pred.grad is not None and torch.isfinite(pred.grad).all()
+
+
+def test_bad_options():
+    with pytest.raises(InputError, match="ssim_weight"):
+        SSIMWeightedLoss(ssim_weight=1.5)
+    with pytest.raises(InputError, match="pixel_loss"):
+        SSIMWeightedLoss(pixel_loss="huber")
+    with pytest.raises(ValueError, match="differ in shape"):
+        SSIMWeightedLoss()(torch.rand(1, 1, 8, 8), torch.rand(1, 1, 8, 9))

@@ -1,0 +1,100 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+from ignite.engine import Engine
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+from bundle.metrics import VolumeAccumulator, VolumeReconMetric
+
+
+def _volume(seed, shape=(6, 40, 36)):
+    rng = np.random.default_rng(seed)
+    ref = rng.uniform(0, 2, shape).astype(np.float32)
+    ref[:, :4] = 0
+    pred = np.clip(ref + rng.normal(0, 0.15, shape), 0, None).astype(np.float32)
+    return pred, ref
+
+
+def _skimage_volume(pred, ref, win_size=None, gaussian=True):
+    m = ref.max()
+    kw = dict(gaussian_weights=True, sigma=1.5, use_sample_covariance=False) if gaussian else dict(win_size=win_size)
+    ssim = np.mean([structural_similarity(r, p, data_range=m, **kw) for p, r in zip(pred, ref)])
+    psnr = peak_signal_noise_ratio(ref, pred, data_range=m)
+    nmse = np.sum((ref - pred) ** 2) / np.sum(ref**2)
+    return ssim, psnr, nmse
+
+
+def test_volume_metrics_against_skimage():
+    pred, ref = _volume(0)
+    acc = VolumeAccumulator()
+    for s in range(0, 6, 2):  # slices arrive in batches
+        acc.add(torch.from_numpy(pred[s : s + 2, None]), torch.from_numpy(ref[s : s + 2, None]), "v", float(ref.max()))
+    got = acc.per_volume()["v"]
+    ssim, psnr, nmse = _skimage_volume(pred, ref)
+    assert got["ssim"] == pytest.approx(ssim, abs=1e-4)
+    assert got["psnr"] == pytest.approx(psnr, abs=1e-3)
+    assert got["nmse"] == pytest.approx(nmse, rel=1e-4)
+
+
+def test_fastmri_uniform_window():
+    pred, ref = _volume(1)
+    acc = VolumeAccumulator(win_size=7, kernel_type="uniform")
+    acc.add(torch.from_numpy(pred[:, None]), torch.from_numpy(ref[:, None]), "v", float(ref.max()))
+    # skimage's uniform window uses the sample covariance (N-1); MONAI's does not: equal to ~1e-2
+    ssim, _, _ = _skimage_volume(pred, ref, win_size=7, gaussian=False)
+    assert acc.per_volume()["v"]["ssim"] == pytest.approx(ssim, abs=1e-2)
+
+
+def test_hand_computed_psnr_nmse():
+    ref = torch.zeros(1, 1, 16, 16)
+    ref[..., 0, 0] = 2.0
+    pred = ref.clone()
+    pred[..., 1, 1] = 0.5
+    acc = VolumeAccumulator()
+    acc.add(pred, ref, "v", 2.0)
+    got = acc.per_volume()["v"]
+    mse = (0.5 / 2.0) ** 2 / 256  # on the [0, max] scale
+    assert got["psnr"] == pytest.approx(10 * math.log10(1 / mse))
+    assert got["nmse"] == pytest.approx(0.25 / 4.0)
+
+
+def test_ignite_metric_per_volume_and_details():
+    vols = {f"v{i}.nii.gz": _volume(i) for i in range(2)}
+    batches = []
+    for name, (pred, ref) in vols.items():
+        for s in range(pred.shape[0]):
+            batches.append((name, float(ref.max()), pred[s][None, None], ref[s][None, None]))
+
+    def step(engine, batch):
+        name, vmax, p, r = batch
+        engine.state.batch = {"filename": [name], "volume_max": torch.tensor([vmax])}
+        return {"pred": torch.from_numpy(p), "label": torch.from_numpy(r)}
+
+    engine = Engine(step)
+    VolumeReconMetric("psnr").attach(engine, "psnr")
+    VolumeReconMetric("ssim").attach(engine, "ssim")
+    engine.run(batches)
+    expected = {n: _skimage_volume(*v) for n, v in vols.items()}
+    assert engine.state.metrics["psnr"] == pytest.approx(np.mean([e[1] for e in expected.values()]), abs=1e-3)
+    assert engine.state.metric_details["ssim"]["v1.nii.gz"] == pytest.approx(expected["v1.nii.gz"][0], abs=1e-4)
+
+
+def test_bad_inputs_are_not_silent():
+    acc = VolumeAccumulator()
+    with pytest.raises(ValueError, match="differ"):
+        acc.add(torch.rand(1, 1, 16, 16), torch.rand(1, 1, 16, 15), "v", 1.0)
+    with pytest.raises(ValueError, match="maximum"):
+        acc.add(torch.rand(1, 1, 16, 16), torch.zeros(1, 1, 16, 16), "v", 0.0)
+    with pytest.raises(ValueError, match="smaller than the SSIM window"):
+        acc.add(torch.rand(1, 1, 8, 8), torch.rand(1, 1, 8, 8), "v", 1.0)
+    acc.add(torch.rand(1, 1, 16, 16), torch.zeros(1, 1, 16, 16), "z", 1.0)
+    with pytest.raises(ValueError, match="all zeros"):
+        acc.per_volume()
+    with pytest.raises(ValueError, match="unknown metric"):
+        VolumeReconMetric("vif2")
+    m = VolumeReconMetric("ssim")
+    m.reset()
+    with pytest.raises(ValueError, match="no volumes"):
+        m.compute()

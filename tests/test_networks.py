@@ -1,0 +1,59 @@
+import numpy as np
+import pytest
+import torch
+
+from bundle.errors import InputError
+from bundle.kspace import cartesian_mask, data_consistency, fft2c, undersample
+from bundle.networks import ResidualUNet, load_checkpoint
+
+
+@pytest.mark.parametrize("shape", [(2, 1, 64, 64), (1, 1, 90, 120), (3, 1, 37, 53)])
+def test_any_in_plane_size(shape):
+    net = ResidualUNet(features=(4, 4, 8, 8, 16, 4)).eval()
+    with torch.no_grad():
+        assert net(torch.rand(shape)).shape == shape
+
+
+def test_global_residual():
+    net = ResidualUNet(features=(4, 4, 8, 8, 16, 4)).eval()
+    torch.nn.init.zeros_(net.unet.final_conv.weight)
+    torch.nn.init.zeros_(net.unet.final_conv.bias)
+    x = torch.rand(2, 1, 40, 48)
+    with torch.no_grad():
+        assert torch.allclose(net(x), x)
+
+
+def test_data_consistency_step():
+    net = ResidualUNet(features=(4, 4, 8, 8, 16, 4), data_consistency=True).eval()
+    image = torch.rand(2, 1, 32, 48)
+    mask = cartesian_mask(48, 4, 0.08, "random", np.random.default_rng(0))
+    zf, k = undersample(image, mask)
+    kspace = torch.cat([k.real, k.imag], dim=1)
+    mask_b = mask.float().view(1, 1, 1, -1).expand(2, 1, 1, 48)
+    with torch.no_grad():
+        out = net(zf, kspace=kspace, mask=mask_b)
+        net.data_consistency = False
+        pre = net(zf, kspace=kspace, mask=mask_b)
+    dc = data_consistency(pre, k, mask)
+    assert torch.allclose(fft2c(dc)[..., mask], k[..., mask], atol=1e-4)  # acquired lines kept exactly
+    assert torch.allclose(out, dc.abs(), atol=1e-5)
+
+
+def test_bad_input_shape():
+    with pytest.raises(ValueError, match=r"expected a \(B, 1, H, W\) image"):
+        ResidualUNet(features=(4, 4, 8, 8, 16, 4))(torch.rand(1, 2, 16, 16))
+
+
+def test_load_checkpoint(tmp_path):
+    net = ResidualUNet(features=(4, 4, 8, 8, 16, 4))
+    torch.save({"model": net.state_dict()}, tmp_path / "ok.pt")
+    other = ResidualUNet(features=(4, 4, 8, 8, 16, 4))
+    load_checkpoint(other, str(tmp_path / "ok.pt"))
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), other.state_dict().values()))
+    with pytest.raises(InputError, match="file not found"):
+        load_checkpoint(other, str(tmp_path / "missing.pt"))
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(InputError, match="bad.pt: corrupt"):
+        load_checkpoint(other, str(tmp_path / "bad.pt"))
+    with pytest.raises(InputError, match="does not match network_def"):
+        load_checkpoint(ResidualUNet(features=(8, 8, 8, 8, 16, 8)), str(tmp_path / "ok.pt"))
