@@ -15,6 +15,15 @@ from bundle.errors import InputError
 from bundle.kspace import data_consistency
 
 
+def _as_bool(value: bool | str, name: str) -> bool:
+    """Booleans from the command line arrive as "true"/"false" strings (Fire keeps them as text)."""
+    if isinstance(value, str):
+        if value.strip().lower() not in ("true", "false", "1", "0", "yes", "no"):
+            raise InputError(f"{name} must be true or false, got {value!r}")
+        return value.strip().lower() in ("true", "1", "yes")
+    return bool(value)
+
+
 class ResidualUNet(nn.Module):
     """`pred = zero_filled + BasicUNet(zero_filled)`, then optionally hard data consistency.
 
@@ -48,7 +57,7 @@ class ResidualUNet(nn.Module):
         self.unet = BasicUNet(
             spatial_dims=2, in_channels=1, out_channels=1, features=tuple(features), dropout=dropout, norm=norm
         )
-        self.data_consistency = data_consistency
+        self.data_consistency = _as_bool(data_consistency, "data_consistency")
         self.divisor = 16
 
     def forward(

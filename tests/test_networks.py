@@ -57,3 +57,10 @@ def test_load_checkpoint(tmp_path):
         load_checkpoint(other, str(tmp_path / "bad.pt"))
     with pytest.raises(InputError, match="does not match network_def"):
         load_checkpoint(ResidualUNet(features=(8, 8, 8, 8, 16, 8)), str(tmp_path / "ok.pt"))
+
+
+def test_boolean_options_from_the_command_line():
+    assert ResidualUNet(features=(4, 4, 8, 8, 16, 4), data_consistency="false").data_consistency is False
+    assert ResidualUNet(features=(4, 4, 8, 8, 16, 4), data_consistency="true").data_consistency is True
+    with pytest.raises(InputError, match="data_consistency must be true or false"):
+        ResidualUNet(features=(4, 4, 8, 8, 16, 4), data_consistency="maybe")
