@@ -25,7 +25,9 @@ def _as_bool(value: bool | str, name: str) -> bool:
 
 
 class ResidualUNet(nn.Module):
-    """`pred = zero_filled + BasicUNet(zero_filled)`, then optionally hard data consistency.
+    """`pred = zero_filled + BasicUNet(zero_filled)`, then optionally hard data consistency;
+    with `cascades > 1`, that block is repeated on its own output (a cascade of residual UNets with
+    data consistency between them, as in Schlemper et al. 2018).
 
     Any in-plane size works: the input is zero-padded to a multiple of 16 (BasicUNet halves the
     size four times) and the output cropped back.
@@ -36,6 +38,7 @@ class ResidualUNet(nn.Module):
         norm: normalisation layer ("batch", "instance", ...).
         data_consistency: if True and k-space is given, acquired k-space lines replace the
             network's own (the output is the magnitude of that image).
+        cascades: number of residual UNet (+ data consistency) blocks in sequence.
 
     Inputs:
         image: (B, 1, H, W) zero-filled magnitude image.
@@ -50,12 +53,16 @@ class ResidualUNet(nn.Module):
         self,
         features: Sequence[int] = (16, 16, 32, 64, 128, 16),
         dropout: float = 0.0,
-        norm: str | tuple = "batch",
-        data_consistency: bool = False,
+        norm: str | tuple = "instance",
+        data_consistency: bool = True,
+        cascades: int = 1,
     ) -> None:
         super().__init__()
-        self.unet = BasicUNet(
-            spatial_dims=2, in_channels=1, out_channels=1, features=tuple(features), dropout=dropout, norm=norm
+        if int(cascades) < 1:
+            raise InputError(f"cascades must be at least 1, got {cascades!r}")
+        self.unets = nn.ModuleList(
+            BasicUNet(spatial_dims=2, in_channels=1, out_channels=1, features=tuple(features), dropout=dropout, norm=norm)
+            for _ in range(int(cascades))
         )
         self.data_consistency = _as_bool(data_consistency, "data_consistency")
         self.divisor = 16
@@ -67,12 +74,14 @@ class ResidualUNet(nn.Module):
             raise ValueError(f"expected a (B, 1, H, W) image, got {tuple(image.shape)}")
         h, w = image.shape[-2], image.shape[-1]
         ph, pw = (-h) % self.divisor, (-w) % self.divisor
-        x = F.pad(image, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2])
-        x = self.unet(x)[..., ph // 2 : ph // 2 + h, pw // 2 : pw // 2 + w]
-        pred = image + x
-        if self.data_consistency and kspace is not None and mask is not None:
-            k = torch.complex(kspace[:, 0:1].float(), kspace[:, 1:2].float())
-            pred = data_consistency(pred.float(), k, mask).abs().to(image.dtype)
+        use_dc = self.data_consistency and kspace is not None and mask is not None
+        k = torch.complex(kspace[:, 0:1].float(), kspace[:, 1:2].float()) if use_dc else None
+        pred = image
+        for unet in self.unets:
+            x = F.pad(pred, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2])
+            pred = pred + unet(x)[..., ph // 2 : ph // 2 + h, pw // 2 : pw // 2 + w]
+            if k is not None:
+                pred = data_consistency(pred.float(), k, mask).abs().to(image.dtype)
         return pred
 
 

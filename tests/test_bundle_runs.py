@@ -140,3 +140,14 @@ def test_inference_bad_input_writes_nothing(tmp_path):
     assert res.returncode != 0 and "Traceback" not in res.stderr
     assert res.stderr.strip().splitlines()[-1].endswith("b.nii.gz: expected a 3D volume, got shape (8, 8, 8, 2)")
     assert not (tmp_path / "out").exists()
+
+
+def test_shipped_model_beats_zero_filled_on_held_out_demo_subjects(tmp_path):
+    """The shipped weights, evaluated by the evaluation config on the demo test subjects at 4x."""
+    res = run_bundle(*EVAL, "--output_dir", str(tmp_path), "--eval_accelerations", "[4]")
+    assert res.returncode == 0, res.stderr[-3000:]
+    m = json.loads((tmp_path / "metrics.json").read_text())["4"]
+    assert m["network"]["ssim"]["n"] == 2
+    assert m["network"]["ssim"]["mean"] >= m["zero_filled"]["ssim"]["mean"] + 0.05
+    assert m["network"]["psnr"]["mean"] >= m["zero_filled"]["psnr"]["mean"] + 2.0
+    assert m["network"]["nmse"]["mean"] < m["zero_filled"]["nmse"]["mean"]

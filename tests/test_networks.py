@@ -16,8 +16,8 @@ def test_any_in_plane_size(shape):
 
 def test_global_residual():
     net = ResidualUNet(features=(4, 4, 8, 8, 16, 4)).eval()
-    torch.nn.init.zeros_(net.unet.final_conv.weight)
-    torch.nn.init.zeros_(net.unet.final_conv.bias)
+    torch.nn.init.zeros_(net.unets[0].final_conv.weight)
+    torch.nn.init.zeros_(net.unets[0].final_conv.bias)
     x = torch.rand(2, 1, 40, 48)
     with torch.no_grad():
         assert torch.allclose(net(x), x)
@@ -64,3 +64,12 @@ def test_boolean_options_from_the_command_line():
     assert ResidualUNet(features=(4, 4, 8, 8, 16, 4), data_consistency="true").data_consistency is True
     with pytest.raises(InputError, match="data_consistency must be true or false"):
         ResidualUNet(features=(4, 4, 8, 8, 16, 4), data_consistency="maybe")
+
+
+def test_cascades():
+    net = ResidualUNet(features=(4, 4, 8, 8, 16, 4), cascades=2).eval()
+    assert len(net.unets) == 2
+    with torch.no_grad():
+        assert net(torch.rand(1, 1, 24, 40)).shape == (1, 1, 24, 40)
+    with pytest.raises(InputError, match="cascades"):
+        ResidualUNet(cascades=0)
