@@ -33,6 +33,16 @@ def find_volumes(input_dir: str) -> list[str]:
     return files
 
 
+def resolve_inputs(input_dir: str, datalist: str | None = None, key: str = "test") -> list[str]:
+    """The volumes to reconstruct: every NIfTI file in `input_dir`, or the `key` list of a MONAI
+    datalist whose paths are relative to `input_dir`."""
+    if datalist is None:
+        return find_volumes(input_dir)
+    from bundle.data import load_datalist
+
+    return [item["image"] for item in load_datalist(datalist, input_dir, key)]
+
+
 def output_stem(path: str) -> str:
     name = os.path.basename(path)
     for suffix in (".nii.gz", ".nii"):

@@ -17,7 +17,7 @@ def is_nifti(path: str) -> bool:
     return str(path).endswith(NIFTI_SUFFIXES)
 
 
-def _tmp_path(path: str, suffix: str) -> str:
+def tmp_path_beside(path: str, suffix: str) -> str:
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=d)
@@ -27,7 +27,7 @@ def _tmp_path(path: str, suffix: str) -> str:
 
 def write_text_atomic(path: str, text: str) -> None:
     """Write `text` to a temporary file beside `path`, then rename it over `path`."""
-    tmp = _tmp_path(path, ".txt")
+    tmp = tmp_path_beside(path, ".txt")
     try:
         with open(tmp, "w") as f:
             f.write(text)
@@ -73,7 +73,7 @@ def save_nifti_like(data: np.ndarray, reference: nib.Nifti1Image, path: str) -> 
     img = nib.Nifti1Image(np.asarray(data, dtype=np.float32), reference.affine, header)
     img.header.set_slope_inter(None, None)
     suffix = ".nii.gz" if path.endswith(".gz") else ".nii"
-    tmp = _tmp_path(path, suffix)
+    tmp = tmp_path_beside(path, suffix)
     try:
         nib.save(img, tmp)
         os.replace(tmp, path)

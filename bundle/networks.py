@@ -15,7 +15,7 @@ from bundle.errors import InputError
 from bundle.kspace import data_consistency
 
 
-def _as_bool(value: bool | str, name: str) -> bool:
+def as_bool(value: bool | str, name: str) -> bool:
     """Booleans from the command line arrive as "true"/"false" strings (Fire keeps them as text)."""
     if isinstance(value, str):
         if value.strip().lower() not in ("true", "false", "1", "0", "yes", "no"):
@@ -64,7 +64,7 @@ class ResidualUNet(nn.Module):
             BasicUNet(spatial_dims=2, in_channels=1, out_channels=1, features=tuple(features), dropout=dropout, norm=norm)
             for _ in range(int(cascades))
         )
-        self.data_consistency = _as_bool(data_consistency, "data_consistency")
+        self.data_consistency = as_bool(data_consistency, "data_consistency")
         self.divisor = 16
 
     def forward(

@@ -48,14 +48,14 @@ def test_fastmri_uniform_window():
 
 
 def test_hand_computed_psnr_nmse():
-    ref = torch.zeros(1, 1, 16, 16)
-    ref[..., 0, 0] = 2.0
+    ref = torch.zeros(1, 1, 32, 32)
+    ref[..., 16, 16] = 2.0
     pred = ref.clone()
-    pred[..., 1, 1] = 0.5
+    pred[..., 17, 17] = 0.5
     acc = VolumeAccumulator()
     acc.add(pred, ref, "v", 2.0)
     got = acc.per_volume()["v"]
-    mse = (0.5 / 2.0) ** 2 / 256  # on the [0, max] scale
+    mse = (0.5 / 2.0) ** 2 / 1024  # on the [0, 1] scale of the maximum
     assert got["psnr"] == pytest.approx(10 * math.log10(1 / mse))
     assert got["nmse"] == pytest.approx(0.25 / 4.0)
 
@@ -98,3 +98,43 @@ def test_bad_inputs_are_not_silent():
     m.reset()
     with pytest.raises(ValueError, match="no volumes"):
         m.compute()
+
+
+def test_ssim_fastmri_equals_skimage_default():
+    from bundle.metrics import ssim_fastmri
+
+    pred, ref = _volume(3)
+    m = float(ref.max())
+    got = ssim_fastmri(torch.from_numpy(pred[:, None]), torch.from_numpy(ref[:, None]), m)
+    expected = [structural_similarity(r, p, data_range=m) for p, r in zip(pred, ref)]  # fastMRI's call
+    np.testing.assert_allclose(got.numpy(), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("noise", [0.0, 0.05, 0.3])
+def test_vif_against_sewar(noise):
+    from sewar.full_ref import vifp
+
+    from bundle.metrics import vif
+
+    rng = np.random.default_rng(5)
+    y, x = np.mgrid[0:96, 0:112]
+    ref = (100 + 80 * np.sin(x / 7.0) * np.cos(y / 11.0) + rng.normal(0, 10, (96, 112))).clip(0, 255)
+    pred = (ref + rng.normal(0, 255 * noise, ref.shape)) if noise else ref.copy()
+    got = float(vif(torch.from_numpy(pred)[None, None], torch.from_numpy(ref)[None, None], data_range=255.0))
+    expected = vifp(ref, pred)
+    assert got == pytest.approx(expected, abs=1e-6)
+    if noise == 0:
+        assert got == pytest.approx(1.0, abs=1e-6)
+
+
+def test_volume_vif_and_mse_are_reported():
+    pred, ref = _volume(2)
+    acc = VolumeAccumulator()
+    acc.add(torch.from_numpy(pred[:, None]), torch.from_numpy(ref[:, None]), "v", float(ref.max()))
+    got = acc.per_volume()["v"]
+    assert 0 < got["vif"] < 1
+    assert got["mse"] == pytest.approx(np.mean(((pred - ref) / ref.max()) ** 2), rel=1e-5)
+    const = VolumeAccumulator()
+    const.add(torch.ones(1, 1, 16, 16), torch.ones(1, 1, 16, 16), "c", 1.0)
+    with pytest.raises(ValueError, match="no structure"):
+        const.per_volume()

@@ -1,0 +1,117 @@
+"""Side-by-side comparison of reconstruction methods on the same cases: zero-filled, compressed
+sensing and the network (with and without data consistency), with per-volume metrics, summary
+statistics (mean, std, 95% confidence interval) and timing."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+
+import torch
+from scipy import stats
+
+from bundle.compressed_sensing import cs_reconstruct
+from bundle.metrics import VolumeAccumulator
+
+Method = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+REPORT_METRICS = ("ssim", "psnr", "nmse", "vif")
+
+
+def to_complex(kspace: torch.Tensor) -> torch.Tensor:
+    """(N, 2, H, W) real/imaginary channels -> (N, 1, H, W) complex."""
+    return torch.complex(kspace[:, 0:1].float(), kspace[:, 1:2].float())
+
+
+def zero_filled_method() -> Method:
+    return lambda image, kspace, mask: image
+
+
+def cs_method(lam: float, iterations: int = 50) -> Method:
+    return lambda image, kspace, mask: cs_reconstruct(to_complex(kspace), mask, lam, iterations).abs()
+
+
+def network_method(network: torch.nn.Module, data_consistency: bool, device: str | torch.device = "cpu") -> Method:
+    network = network.eval().to(device)
+
+    @torch.no_grad()
+    def run(image, kspace, mask):
+        previous = network.data_consistency
+        network.data_consistency = data_consistency
+        try:
+            return network(image.to(device), kspace=kspace.to(device), mask=mask.to(device)).cpu()
+        finally:
+            network.data_consistency = previous
+
+    return run
+
+
+def summarize(values: Sequence[float]) -> dict[str, float]:
+    """Mean, sample std and the 95% confidence interval of the mean (Student t) of `values`."""
+    n = len(values)
+    if n == 0:
+        raise ValueError("no values to summarize")
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+    half = float(stats.t.ppf(0.975, n - 1)) * std / math.sqrt(n) if n > 1 else math.nan
+    return {"mean": mean, "std": std, "ci_low": mean - half, "ci_high": mean + half, "n": n}
+
+
+def compare_volumes(
+    volumes: Iterable[tuple[str, float, Mapping[str, torch.Tensor]]],
+    methods: Mapping[str, Method],
+    batch_size: int = 16,
+    keep: Callable[[str, int, int], bool] | None = None,
+) -> tuple[dict, dict, dict]:
+    """Run every method on every volume.
+
+    Args:
+        volumes: (name, volume_max, slices) with slices {"image", "label", "kspace", "mask"} stacked
+            over the volume's slices ((S, 1, H, W), (S, 1, H, W), (S, 2, H, W), (S, 1, 1, W)).
+        methods: name -> method(image, kspace, mask) -> reconstruction.
+        keep: (volume name, slice index, number of slices) -> whether to keep that slice's images
+            for figures.
+
+    Returns:
+        per_volume {method: {volume: {metric: value}}}, seconds per slice {method: float},
+        kept images {(volume, slice): {"reference", "mask", method...}}.
+    """
+    accs = {m: VolumeAccumulator(metrics=REPORT_METRICS) for m in methods}
+    seconds = {m: 0.0 for m in methods}
+    n_slices = 0
+    kept: dict = {}
+    for name, vmax, sl in volumes:
+        n = sl["image"].shape[0]
+        n_slices += n
+        for method, fn in methods.items():
+            outs = []
+            for s in range(0, n, batch_size):
+                b = slice(s, s + batch_size)
+                t0 = time.perf_counter()
+                outs.append(fn(sl["image"][b], sl["kspace"][b], sl["mask"][b]).float())
+                seconds[method] += time.perf_counter() - t0
+            recon = torch.cat(outs)
+            accs[method].add(recon, sl["label"], name, vmax)
+            for i in range(n):
+                if keep is not None and keep(name, i, n):
+                    entry = kept.setdefault((name, i), {"reference": sl["label"][i, 0], "mask": sl["mask"][i, 0, 0]})
+                    entry[method] = recon[i, 0]
+    per_volume = {m: a.per_volume() for m, a in accs.items()}
+    return per_volume, {m: s / max(n_slices, 1) for m, s in seconds.items()}, kept
+
+
+def summary_table(per_volume: Mapping, seconds: Mapping) -> tuple[str, list[list]]:
+    """A markdown table and CSV rows: mean ± std [95% CI] per metric, seconds per slice."""
+    md = ["| method | SSIM | PSNR (dB) | NMSE | VIF | s / slice |", "|---|---|---|---|---|---|"]
+    rows = [["method", "metric", "mean", "std", "ci95_low", "ci95_high", "n"]]
+    for method, volumes in per_volume.items():
+        cells = []
+        for metric in REPORT_METRICS:
+            s = summarize([v[metric] for v in volumes.values()])
+            fmt = "{:.2f}" if metric == "psnr" else "{:.4f}"
+            ci = f" [{fmt.format(s['ci_low'])}, {fmt.format(s['ci_high'])}]" if s["n"] > 1 else ""
+            cells.append(f"{fmt.format(s['mean'])} ± {fmt.format(s['std'])}{ci}")
+            rows.append([method, metric, s["mean"], s["std"], s["ci_low"], s["ci_high"], s["n"]])
+        rows.append([method, "seconds_per_slice", seconds[method], "", "", "", ""])
+        md.append(f"| {method} | " + " | ".join(cells) + f" | {seconds[method]:.4f} |")
+    return "\n".join(md) + "\n", rows

@@ -1,0 +1,69 @@
+"""Report figures: reference | methods, with error maps on one shared colour scale, and the mask."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+
+from bundle.io import tmp_path_beside
+
+
+def comparison_panel(
+    images: Mapping[str, torch.Tensor],
+    methods: Sequence[str],
+    path: str,
+    title: str = "",
+    metrics: Mapping[str, str] | None = None,
+) -> None:
+    """Write a PNG: row 1 the reference and each method, row 2 the sampling mask and each method's
+    absolute error, all error maps on one colour scale (0 to the 99.5th percentile of all errors).
+
+    Args:
+        images: {"reference": (H, W), "mask": (W,), method: (H, W)}.
+        methods: the methods to show, in order.
+        path: PNG to write (atomically).
+        metrics: optional text per method shown under its name (e.g. "SSIM 0.81").
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ref = images["reference"].numpy()
+    # slices are (R, A) in RAS: rotate so anterior is up, as radiologists read axial images
+    show = lambda a: np.rot90(a)  # noqa: E731
+    vmax = float(np.percentile(ref, 99.5)) or 1.0
+    errors = {m: np.abs(images[m].numpy() - ref) for m in methods}
+    emax = float(np.percentile(np.concatenate([e.ravel() for e in errors.values()]), 99.5)) or 1.0
+    cols = len(methods) + 1
+    fig, axes = plt.subplots(2, cols, figsize=(2.6 * cols, 5.6), squeeze=False)
+    axes[0, 0].imshow(show(ref), cmap="gray", vmin=0, vmax=vmax)
+    axes[0, 0].set_title("reference", fontsize=9)
+    mask = np.tile(images["mask"].numpy()[None, :], (ref.shape[0], 1))
+    axes[1, 0].imshow(show(mask), cmap="gray", vmin=0, vmax=1)
+    axes[1, 0].set_title(f"mask ({int(images['mask'].sum())}/{mask.shape[1]} lines)", fontsize=9)
+    im = None
+    for j, m in enumerate(methods, start=1):
+        label = m if not metrics or m not in metrics else f"{m}\n{metrics[m]}"
+        axes[0, j].imshow(show(images[m].numpy()), cmap="gray", vmin=0, vmax=vmax)
+        axes[0, j].set_title(label, fontsize=9)
+        im = axes[1, j].imshow(show(errors[m]), cmap="inferno", vmin=0, vmax=emax)
+        axes[1, j].set_title(f"|{m} - reference|", fontsize=9)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if im is not None:
+        fig.colorbar(im, ax=list(axes[1, 1:]), shrink=0.8, label="absolute error (shared scale)")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    tmp = tmp_path_beside(path, ".png")
+    try:
+        fig.savefig(tmp, dpi=110, format="png")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.remove(tmp)

@@ -1,0 +1,159 @@
+"""Compare reconstruction methods on the same cases: zero-filled, compressed sensing (L1-wavelet,
+FISTA; its weight tuned on the validation split), and the network with and without data
+consistency. Writes a table (markdown and CSV: mean ± std and 95% CI of SSIM / PSNR / NMSE / VIF,
+seconds per slice), per-case metrics, and PNG panels (reference | methods, error maps on a shared
+scale, sampling mask).
+
+    python scripts/compare.py --acceleration 4                    # the demo test subjects
+    python scripts/compare.py --dataset-dir D --datalist D/list.json --acceleration 8 --output-dir eval/cmp8
+
+Nothing is tuned on the test split: the CS weight is chosen by mean SSIM on the `validation` list
+(or given with --cs-lambda).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import sys
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+sys.path.insert(0, ROOT)
+
+import torch  # noqa: E402
+from monai.bundle import ConfigParser  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from bundle.comparison import (  # noqa: E402
+    compare_volumes,
+    cs_method,
+    network_method,
+    summary_table,
+    zero_filled_method,
+)
+from bundle.data import SliceDataset, load_datalist  # noqa: E402
+from bundle.errors import InputError  # noqa: E402
+from bundle.figures import comparison_panel  # noqa: E402
+from bundle.io import write_text_atomic  # noqa: E402
+from bundle.networks import load_checkpoint  # noqa: E402
+
+
+def volume_slices(parser: ConfigParser, items: list[dict], desc: str):
+    """Yield (name, volume_max, stacked slices) per volume, undersampled as in validation."""
+    volume_transform = parser.get_parsed_content("volume_transforms")
+    slice_transform = parser.get_parsed_content("validate#preprocessing")
+    axis, min_fg = parser.get_parsed_content("slice_axis"), parser.get_parsed_content("min_foreground")
+    for item in tqdm(items, desc=desc, unit="vol"):
+        ds = SliceDataset([item], volume_transform, slice_transform, axis, min_fg, progress=False)
+        slices = [ds[i] for i in range(len(ds))]
+        stacked = {k: torch.stack([s[k] for s in slices]) for k in ("image", "label", "kspace", "mask")}
+        yield os.path.basename(item["image"]), float(slices[0]["volume_max"]), stacked
+
+
+def tune_cs(parser, items, lambdas, iterations) -> tuple[float, dict]:
+    """The CS weight with the best mean SSIM on `items` (validation volumes)."""
+    methods = {f"{lam:g}": cs_method(lam, iterations) for lam in lambdas}
+    per_volume, _, _ = compare_volumes(volume_slices(parser, items, "tuning CS on validation"), methods)
+    scores = {lam: sum(v["ssim"] for v in per_volume[f"{lam:g}"].values()) / len(per_volume[f"{lam:g}"])
+              for lam in lambdas}
+    return max(scores, key=scores.get), {f"{k:g}": v for k, v in scores.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default=os.path.join(ROOT, "configs", "train.yaml"))
+    ap.add_argument("--dataset-dir", help="default: the config's (the demo data)")
+    ap.add_argument("--datalist", help="default: the config's (the demo datalist)")
+    ap.add_argument("--split", default="test")
+    ap.add_argument("--acceleration", type=float, default=4)
+    ap.add_argument("--mask-type", default="equispaced")
+    ap.add_argument("--ckpt", default=os.path.join(ROOT, "models", "model.pt"))
+    ap.add_argument("--cs-lambda", type=float, help="skip tuning and use this weight")
+    ap.add_argument("--cs-lambdas", default="0.0001,0.0003,0.001,0.003", help="grid tuned on the validation list")
+    ap.add_argument("--cs-iterations", type=int, default=50)
+    ap.add_argument("--figure-slices", type=int, default=2, help="panels for this many slices of each volume")
+    ap.add_argument("--output-dir", default=os.path.join(ROOT, "eval", "compare"))
+    ap.add_argument("overrides", nargs="*", help="config overrides as key=value (e.g. features=[4,4,8,8,16,4])")
+    args = ap.parse_args(argv)
+    try:
+        return run(args)
+    except (InputError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+def run(args) -> int:
+    parser = ConfigParser()
+    parser.read_config(args.config)
+    parser["bundle_root"] = ROOT
+    updates = {"acceleration": args.acceleration, "mask_type": args.mask_type}
+    if args.dataset_dir:
+        updates["dataset_dir"] = args.dataset_dir
+    if args.datalist:
+        updates["datalist"] = args.datalist
+    for kv in args.overrides:
+        key, _, value = kv.partition("=")
+        updates[key] = json.loads(value) if value[:1] in "[{0123456789-" or value in ("true", "false") else value
+    parser.update(updates)
+    from bundle.data import ensure_datalist
+    from bundle.transforms import check_acquisition
+
+    check_acquisition([args.acceleration], args.mask_type)
+    dataset_dir, datalist = parser.get_parsed_content("dataset_dir"), parser.get_parsed_content("datalist")
+    ensure_datalist(datalist, dataset_dir)
+    test_items = load_datalist(datalist, dataset_dir, args.split)
+
+    lam, tuning = args.cs_lambda, None
+    if lam is None:
+        lambdas = [float(x) for x in args.cs_lambdas.split(",")]
+        lam, tuning = tune_cs(parser, load_datalist(datalist, dataset_dir, "validation"), lambdas, args.cs_iterations)
+    network = load_checkpoint(parser.get_parsed_content("network_def"), args.ckpt)
+    methods = {
+        "zero_filled": zero_filled_method(),
+        "cs": cs_method(lam, args.cs_iterations),
+        "network": network_method(network, data_consistency=True),
+        # the same weights without the final data-consistency step (meaningful only for a model
+        # trained without it, --data_consistency false; one trained with it relies on that step)
+        "network_no_dc": network_method(network, data_consistency=False),
+    }
+
+    def keep(name: str, index: int, n: int) -> bool:  # evenly spread slices around the middle
+        return index in {n * (k + 1) // (args.figure_slices + 1) for k in range(args.figure_slices)}
+
+    per_volume, seconds, kept = compare_volumes(volume_slices(parser, test_items, "comparing"), methods, keep=keep)
+
+    acc = f"{args.acceleration:g}x"
+    out = args.output_dir
+    os.makedirs(os.path.join(out, "figures"), exist_ok=True)
+    table, rows = summary_table(per_volume, seconds)
+    header = (f"Acceleration {acc}, {args.mask_type} masks, {len(test_items)} volumes of the "
+              f"'{args.split}' list; CS lambda {lam:g} ({'tuned on validation' if tuning else 'given'}, "
+              f"{args.cs_iterations} FISTA iterations). Mean ± std [95% CI] over volumes.\n\n")
+    write_text_atomic(os.path.join(out, f"compare_{acc}.md"), header + table)
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows(rows)
+    write_text_atomic(os.path.join(out, f"compare_{acc}.csv"), buf.getvalue())
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["case", "method", "ssim", "psnr", "nmse", "vif"])
+    for method, vols in per_volume.items():
+        for case, v in vols.items():
+            w.writerow([case, method, v["ssim"], v["psnr"], v["nmse"], v["vif"]])
+    write_text_atomic(os.path.join(out, f"per_case_{acc}.csv"), buf.getvalue())
+    if tuning:
+        write_text_atomic(os.path.join(out, f"cs_tuning_{acc}.json"),
+                          json.dumps({"chosen": lam, "validation_ssim": tuning}, indent=2) + "\n")
+    for (name, index), images in kept.items():
+        stem = name.replace(".nii.gz", "").replace(".nii", "")
+        text = {m: f"SSIM {per_volume[m][name]['ssim']:.3f} (volume)" for m in methods}
+        comparison_panel(images, list(methods), os.path.join(out, "figures", f"compare_{acc}_{stem}_slice{index}.png"),
+                         title=f"{stem}, slice {index}, {acc} {args.mask_type}", metrics=text)
+    print(header + table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""The comparison report end to end on tiny data, and its statistics."""
+
+import csv
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import ROOT, run_env
+from scipy import stats
+
+from bundle.comparison import summarize
+
+
+def test_summarize_against_scipy():
+    values = [0.71, 0.75, 0.69, 0.80]
+    s = summarize(values)
+    lo, hi = stats.t.interval(0.95, len(values) - 1, loc=s["mean"], scale=stats.sem(values))
+    assert s["ci_low"] == pytest.approx(lo) and s["ci_high"] == pytest.approx(hi)
+    assert s["std"] == pytest.approx(torch.tensor(values).std().item())
+    with pytest.raises(ValueError):
+        summarize([])
+
+
+def test_compare_script_writes_table_and_figures(tiny_dataset, tmp_path):
+    from bundle.networks import ResidualUNet
+
+    ckpt = tmp_path / "tiny.pt"
+    torch.manual_seed(0)
+    torch.save(ResidualUNet(features=(4, 4, 8, 8, 16, 4)).state_dict(), ckpt)
+    out = tmp_path / "report"
+    cmd = [sys.executable, "scripts/compare.py", "--dataset-dir", tiny_dataset["dataset_dir"],
+           "--datalist", tiny_dataset["datalist"], "--ckpt", str(ckpt), "--output-dir", str(out),
+           "--cs-lambdas", "0.001,0.01", "--cs-iterations", "5", "--figure-slices", "1", "features=[4,4,8,8,16,4]"]
+    res = subprocess.run(cmd, cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    table = (out / "compare_4x.md").read_text()
+    for method in ("zero_filled", "cs", "network", "network_no_dc"):
+        assert f"| {method} |" in table
+    rows = list(csv.reader(open(out / "compare_4x.csv")))
+    assert rows[0] == ["method", "metric", "mean", "std", "ci95_low", "ci95_high", "n"]
+    assert {r[1] for r in rows[1:]} == {"ssim", "psnr", "nmse", "vif", "seconds_per_slice"}
+    assert (out / "cs_tuning_4x.json").is_file() and (out / "per_case_4x.csv").is_file()
+    pngs = list((out / "figures").glob("*.png"))
+    assert len(pngs) == 1 and pngs[0].read_bytes()[:4] == b"\x89PNG"
+
+
+def test_compare_script_bad_input(tmp_path):
+    res = subprocess.run([sys.executable, "scripts/compare.py", "--dataset-dir", str(tmp_path / "nope"),
+                          "--datalist", str(tmp_path / "x.json")], cwd=ROOT, env=run_env(), capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 1 and res.stderr.strip() == f"error: dataset_dir {tmp_path / 'nope'}: no such directory"
