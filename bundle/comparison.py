@@ -8,10 +8,14 @@ import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
+import os
+
 import torch
 from scipy import stats
+from tqdm import tqdm
 
 from bundle.compressed_sensing import cs_reconstruct
+from bundle.data import SliceDataset
 from bundle.metrics import VolumeAccumulator
 
 Method = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -115,3 +119,57 @@ def summary_table(per_volume: Mapping, seconds: Mapping) -> tuple[str, list[list
         rows.append([method, "seconds_per_slice", seconds[method], "", "", "", ""])
         md.append(f"| {method} | " + " | ".join(cells) + f" | {seconds[method]:.4f} |")
     return "\n".join(md) + "\n", rows
+
+
+def volume_slices(parser, items: list[dict], desc: str):
+    """Yield (name, volume_max, stacked slices) per volume, loaded and undersampled exactly as in
+    validation, from a `monai.bundle.ConfigParser` holding train.yaml."""
+    volume_transform = parser.get_parsed_content("volume_transforms")
+    slice_transform = parser.get_parsed_content("validate#preprocessing")
+    axis, min_fg = parser.get_parsed_content("slice_axis"), parser.get_parsed_content("min_foreground")
+    for item in tqdm(items, desc=desc, unit="vol"):
+        ds = SliceDataset([item], volume_transform, slice_transform, axis, min_fg, progress=False)
+        slices = [ds[i] for i in range(len(ds))]
+        stacked = {k: torch.stack([s[k] for s in slices]) for k in ("image", "label", "kspace", "mask", "pixel_spacing")}
+        yield os.path.basename(item["image"]), float(slices[0]["volume_max"]), stacked
+
+
+def tune_cs(parser, items, lambdas, iterations) -> tuple[float, dict]:
+    """The CS weight with the best mean SSIM on `items` (validation volumes)."""
+    methods = {f"{lam:g}": cs_method(lam, iterations) for lam in lambdas}
+    per_volume, _, _ = compare_volumes(volume_slices(parser, items, "tuning CS on validation"), methods)
+    scores = {lam: sum(v["ssim"] for v in per_volume[f"{lam:g}"].values()) / len(per_volume[f"{lam:g}"])
+              for lam in lambdas}
+    return max(scores, key=scores.get), {f"{k:g}": v for k, v in scores.items()}
+
+
+def report_config(config: str, bundle_root: str, acceleration: float, mask_type: str, dataset_dir: str | None,
+                  datalist: str | None, split: str, overrides: Sequence[str] = ()):
+    """Read `config` (train.yaml) for the report scripts with their options applied; check them.
+
+    `overrides` are "key=value" strings (JSON values for lists and numbers). Returns the parser and
+    the `split` items of the datalist.
+    """
+    import json
+
+    from monai.bundle import ConfigParser
+
+    from bundle.data import ensure_datalist, load_datalist
+    from bundle.transforms import check_acquisition
+
+    parser = ConfigParser()
+    parser.read_config(config)
+    parser["bundle_root"] = bundle_root
+    updates: dict = {"acceleration": acceleration, "mask_type": mask_type}
+    if dataset_dir:
+        updates["dataset_dir"] = dataset_dir
+    if datalist:
+        updates["datalist"] = datalist
+    for kv in overrides:
+        key, _, value = kv.partition("=")
+        updates[key] = json.loads(value) if value[:1] in "[{0123456789-" or value in ("true", "false") else value
+    parser.update(updates)
+    check_acquisition([acceleration], mask_type)
+    ds_dir, dl = parser.get_parsed_content("dataset_dir"), parser.get_parsed_content("datalist")
+    ensure_datalist(dl, ds_dir)
+    return parser, load_datalist(dl, ds_dir, split)

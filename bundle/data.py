@@ -100,7 +100,8 @@ class SliceDataset(torch.utils.data.Dataset):
         progress: show a progress bar while loading volumes.
 
     Each item: "image" (1, H, W), "filename", "slice_index", "slice_id" ("file:index"),
-    "volume_max" (maximum of the normalised volume) and "image_scale" (the normalisation scale).
+    "volume_max" (maximum of the normalised volume), "image_scale" (the normalisation scale) and
+    "pixel_spacing" (the in-plane spacing in mm, (2,)).
     """
 
     def __init__(
@@ -133,6 +134,8 @@ class SliceDataset(torch.utils.data.Dataset):
             if msg.startswith(path) or path in msg.split(":")[0]:
                 raise InputError(msg) from None
             raise InputError(f"{path}: cannot be loaded as a 3D image ({msg.splitlines()[-1][:200]})") from None
+        pixdim = [float(v) for v in getattr(d["image"], "pixdim", [1.0, 1.0, 1.0])][:3]
+        spacing = [v for i, v in enumerate(pixdim) if i != self.axis]
         vol = convert_to_tensor(d["image"], track_meta=False).float()
         if vol.ndim != 4 or vol.shape[0] != 1:
             raise InputError(f"{path}: expected a single-channel 3D volume, got shape {tuple(vol.shape)}")
@@ -150,6 +153,7 @@ class SliceDataset(torch.utils.data.Dataset):
                 "slice_id": f"{os.path.basename(path)}:{i}",
                 "volume_max": vmax,
                 "image_scale": float(d["image_scale"]),
+                "pixel_spacing": torch.tensor(spacing, dtype=torch.float32),
             })
         return out
 

@@ -23,43 +23,21 @@ import sys
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
 
-import torch  # noqa: E402
-from monai.bundle import ConfigParser  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
 from bundle.comparison import (  # noqa: E402
     compare_volumes,
     cs_method,
     network_method,
+    report_config,
     summary_table,
+    tune_cs,
+    volume_slices,
     zero_filled_method,
 )
-from bundle.data import SliceDataset, load_datalist  # noqa: E402
+from bundle.data import load_datalist  # noqa: E402
 from bundle.errors import InputError  # noqa: E402
 from bundle.figures import comparison_panel  # noqa: E402
 from bundle.io import write_text_atomic  # noqa: E402
 from bundle.networks import load_checkpoint  # noqa: E402
-
-
-def volume_slices(parser: ConfigParser, items: list[dict], desc: str):
-    """Yield (name, volume_max, stacked slices) per volume, undersampled as in validation."""
-    volume_transform = parser.get_parsed_content("volume_transforms")
-    slice_transform = parser.get_parsed_content("validate#preprocessing")
-    axis, min_fg = parser.get_parsed_content("slice_axis"), parser.get_parsed_content("min_foreground")
-    for item in tqdm(items, desc=desc, unit="vol"):
-        ds = SliceDataset([item], volume_transform, slice_transform, axis, min_fg, progress=False)
-        slices = [ds[i] for i in range(len(ds))]
-        stacked = {k: torch.stack([s[k] for s in slices]) for k in ("image", "label", "kspace", "mask")}
-        yield os.path.basename(item["image"]), float(slices[0]["volume_max"]), stacked
-
-
-def tune_cs(parser, items, lambdas, iterations) -> tuple[float, dict]:
-    """The CS weight with the best mean SSIM on `items` (validation volumes)."""
-    methods = {f"{lam:g}": cs_method(lam, iterations) for lam in lambdas}
-    per_volume, _, _ = compare_volumes(volume_slices(parser, items, "tuning CS on validation"), methods)
-    scores = {lam: sum(v["ssim"] for v in per_volume[f"{lam:g}"].values()) / len(per_volume[f"{lam:g}"])
-              for lam in lambdas}
-    return max(scores, key=scores.get), {f"{k:g}": v for k, v in scores.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,25 +64,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args) -> int:
-    parser = ConfigParser()
-    parser.read_config(args.config)
-    parser["bundle_root"] = ROOT
-    updates = {"acceleration": args.acceleration, "mask_type": args.mask_type}
-    if args.dataset_dir:
-        updates["dataset_dir"] = args.dataset_dir
-    if args.datalist:
-        updates["datalist"] = args.datalist
-    for kv in args.overrides:
-        key, _, value = kv.partition("=")
-        updates[key] = json.loads(value) if value[:1] in "[{0123456789-" or value in ("true", "false") else value
-    parser.update(updates)
-    from bundle.data import ensure_datalist
-    from bundle.transforms import check_acquisition
-
-    check_acquisition([args.acceleration], args.mask_type)
+    parser, test_items = report_config(args.config, ROOT, args.acceleration, args.mask_type, args.dataset_dir,
+                                       args.datalist, args.split, args.overrides)
     dataset_dir, datalist = parser.get_parsed_content("dataset_dir"), parser.get_parsed_content("datalist")
-    ensure_datalist(datalist, dataset_dir)
-    test_items = load_datalist(datalist, dataset_dir, args.split)
 
     lam, tuning = args.cs_lambda, None
     if lam is None:
