@@ -173,3 +173,30 @@ def report_config(config: str, bundle_root: str, acceleration: float, mask_type:
     ds_dir, dl = parser.get_parsed_content("dataset_dir"), parser.get_parsed_content("datalist")
     ensure_datalist(dl, ds_dir)
     return parser, load_datalist(dl, ds_dir, split)
+
+
+def add_report_arguments(ap, bundle_root: str) -> None:
+    """The options the report scripts share: config, data, acquisition, checkpoint, output."""
+    ap.add_argument("--config", default=os.path.join(bundle_root, "configs", "train.yaml"))
+    ap.add_argument("--dataset-dir", help="default: the config's (the demo data)")
+    ap.add_argument("--datalist", help="default: the config's (the demo datalist)")
+    ap.add_argument("--split", default="test")
+    ap.add_argument("--acceleration", type=float, default=4)
+    ap.add_argument("--mask-type", default="equispaced")
+    ap.add_argument("--ckpt", default=os.path.join(bundle_root, "models", "model.pt"))
+    ap.add_argument("--cs-iterations", type=int, default=50)
+    ap.add_argument("--output-dir", default=os.path.join(bundle_root, "eval", "compare"))
+    ap.add_argument("overrides", nargs="*", help="config overrides as key=value (e.g. features=[4,4,8,8,16,4])")
+
+
+def run_report(run, args) -> int:
+    """Run a report script's `run(args)`; bad input becomes one `error:` line and exit code 1."""
+    import sys
+
+    from bundle.errors import InputError
+
+    try:
+        return run(args)
+    except (InputError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1

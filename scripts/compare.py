@@ -24,17 +24,18 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
 
 from bundle.comparison import (  # noqa: E402
+    add_report_arguments,
     compare_volumes,
     cs_method,
     network_method,
     report_config,
+    run_report,
     summary_table,
     tune_cs,
     volume_slices,
     zero_filled_method,
 )
 from bundle.data import load_datalist  # noqa: E402
-from bundle.errors import InputError  # noqa: E402
 from bundle.figures import comparison_panel  # noqa: E402
 from bundle.io import write_text_atomic  # noqa: E402
 from bundle.networks import load_checkpoint  # noqa: E402
@@ -42,25 +43,11 @@ from bundle.networks import load_checkpoint  # noqa: E402
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", default=os.path.join(ROOT, "configs", "train.yaml"))
-    ap.add_argument("--dataset-dir", help="default: the config's (the demo data)")
-    ap.add_argument("--datalist", help="default: the config's (the demo datalist)")
-    ap.add_argument("--split", default="test")
-    ap.add_argument("--acceleration", type=float, default=4)
-    ap.add_argument("--mask-type", default="equispaced")
-    ap.add_argument("--ckpt", default=os.path.join(ROOT, "models", "model.pt"))
+    add_report_arguments(ap, ROOT)
     ap.add_argument("--cs-lambda", type=float, help="skip tuning and use this weight")
     ap.add_argument("--cs-lambdas", default="0.0001,0.0003,0.001,0.003", help="grid tuned on the validation list")
-    ap.add_argument("--cs-iterations", type=int, default=50)
     ap.add_argument("--figure-slices", type=int, default=2, help="panels for this many slices of each volume")
-    ap.add_argument("--output-dir", default=os.path.join(ROOT, "eval", "compare"))
-    ap.add_argument("overrides", nargs="*", help="config overrides as key=value (e.g. features=[4,4,8,8,16,4])")
-    args = ap.parse_args(argv)
-    try:
-        return run(args)
-    except (InputError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    return run_report(run, ap.parse_args(argv))
 
 
 def run(args) -> int:

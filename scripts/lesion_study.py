@@ -24,7 +24,15 @@ sys.path.insert(0, ROOT)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from bundle.comparison import cs_method, network_method, report_config, volume_slices, zero_filled_method  # noqa: E402
+from bundle.comparison import (  # noqa: E402
+    add_report_arguments,
+    cs_method,
+    network_method,
+    report_config,
+    run_report,
+    volume_slices,
+    zero_filled_method,
+)
 from bundle.errors import InputError  # noqa: E402
 from bundle.io import write_text_atomic  # noqa: E402
 from bundle.kspace import undersample  # noqa: E402
@@ -34,27 +42,13 @@ from bundle.networks import load_checkpoint  # noqa: E402
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", default=os.path.join(ROOT, "configs", "train.yaml"))
-    ap.add_argument("--dataset-dir")
-    ap.add_argument("--datalist")
-    ap.add_argument("--split", default="test")
-    ap.add_argument("--acceleration", type=float, default=4)
-    ap.add_argument("--mask-type", default="equispaced")
-    ap.add_argument("--ckpt", default=os.path.join(ROOT, "models", "model.pt"))
+    add_report_arguments(ap, ROOT)
     ap.add_argument("--cs-lambda", type=float, default=3e-4, help="CS weight (tuned on validation by compare.py)")
-    ap.add_argument("--cs-iterations", type=int, default=50)
     ap.add_argument("--diameters-mm", default="4,6,10")
     ap.add_argument("--contrasts", default="-0.2,-0.1,0.1,0.2")
     ap.add_argument("--slices-per-volume", type=int, default=4)
     ap.add_argument("--lesions-per-slice", type=int, default=3)
-    ap.add_argument("--output-dir", default=os.path.join(ROOT, "eval", "compare"))
-    ap.add_argument("overrides", nargs="*", help="config overrides as key=value")
-    args = ap.parse_args(argv)
-    try:
-        return run(args)
-    except (InputError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    return run_report(run, ap.parse_args(argv))
 
 
 def run(args) -> int:

@@ -22,12 +22,17 @@ def test_summarize_against_scipy():
         summarize([])
 
 
-def test_compare_script_writes_table_and_figures(tiny_dataset, tmp_path):
+@pytest.fixture
+def ckpt(tmp_path):
     from bundle.networks import ResidualUNet
 
-    ckpt = tmp_path / "tiny.pt"
+    path = tmp_path / "tiny.pt"
     torch.manual_seed(0)
-    torch.save(ResidualUNet(features=(4, 4, 8, 8, 16, 4)).state_dict(), ckpt)
+    torch.save(ResidualUNet(features=(4, 4, 8, 8, 16, 4)).state_dict(), path)
+    return path
+
+
+def test_compare_script_writes_table_and_figures(tiny_dataset, tmp_path, ckpt):
     out = tmp_path / "report"
     cmd = [sys.executable, "scripts/compare.py", "--dataset-dir", tiny_dataset["dataset_dir"],
            "--datalist", tiny_dataset["datalist"], "--ckpt", str(ckpt), "--output-dir", str(out),
@@ -52,12 +57,7 @@ def test_compare_script_bad_input(tmp_path):
     assert res.returncode == 1 and res.stderr.strip() == f"error: dataset_dir {tmp_path / 'nope'}: no such directory"
 
 
-def test_lesion_study_script(tiny_dataset, tmp_path):
-    from bundle.networks import ResidualUNet
-
-    ckpt = tmp_path / "tiny.pt"
-    torch.manual_seed(0)
-    torch.save(ResidualUNet(features=(4, 4, 8, 8, 16, 4)).state_dict(), ckpt)
+def test_lesion_study_script(tiny_dataset, tmp_path, ckpt):
     out = tmp_path / "report"
     cmd = [sys.executable, "scripts/lesion_study.py", "--dataset-dir", tiny_dataset["dataset_dir"],
            "--datalist", tiny_dataset["datalist"], "--ckpt", str(ckpt), "--output-dir", str(out),
