@@ -36,6 +36,7 @@ from bundle.comparison import (  # noqa: E402
     zero_filled_method,
 )
 from bundle.data import load_datalist  # noqa: E402
+from bundle.errors import InputError  # noqa: E402
 from bundle.figures import comparison_panel  # noqa: E402
 from bundle.io import write_text_atomic  # noqa: E402
 from bundle.networks import load_checkpoint  # noqa: E402
@@ -47,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cs-lambda", type=float, help="skip tuning and use this weight")
     ap.add_argument("--cs-lambdas", default="0.0001,0.0003,0.001,0.003", help="grid tuned on the validation list")
     ap.add_argument("--figure-slices", type=int, default=2, help="panels for this many slices of each volume")
+    ap.add_argument("--figure-methods", default="zero_filled,cs,network", help="methods in the panels")
     return run_report(run, ap.parse_args(argv))
 
 
@@ -68,6 +70,10 @@ def run(args) -> int:
         # trained without it, --data_consistency false; one trained with it relies on that step)
         "network_no_dc": network_method(network, data_consistency=False),
     }
+
+    unknown = set(args.figure_methods.split(",")) - set(methods)
+    if unknown:
+        raise InputError(f"unknown --figure-methods {', '.join(sorted(unknown))}: expected some of {', '.join(methods)}")
 
     def keep(name: str, index: int, n: int) -> bool:  # evenly spread slices around the middle
         return index in {n * (k + 1) // (args.figure_slices + 1) for k in range(args.figure_slices)}
@@ -98,7 +104,7 @@ def run(args) -> int:
     for (name, index), images in kept.items():
         stem = name.replace(".nii.gz", "").replace(".nii", "")
         text = {m: f"SSIM {per_volume[m][name]['ssim']:.3f} (volume)" for m in methods}
-        comparison_panel(images, list(methods), os.path.join(out, "figures", f"compare_{acc}_{stem}_slice{index}.png"),
+        comparison_panel(images, args.figure_methods.split(","), os.path.join(out, "figures", f"compare_{acc}_{stem}_slice{index}.png"),
                          title=f"{stem}, slice {index}, {acc} {args.mask_type}", metrics=text)
     print(header + table)
     return 0

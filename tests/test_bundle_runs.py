@@ -45,7 +45,7 @@ def test_train_two_iterations_then_evaluate_and_infer(tiny_dataset, tmp_path):
     assert set(metrics) == {"4", "8"}
     for acc in metrics.values():
         assert set(acc) == {"network", "zero_filled"}
-        for m in ("ssim", "psnr", "nmse"):
+        for m in ("ssim", "psnr", "nmse", "vif", "ssim_fastmri"):
             assert np.isfinite(acc["network"][m]["mean"]) and acc["zero_filled"][m]["n"] == 1
     # zero-filled at 8x is worse than at 4x on the same case
     assert metrics["8"]["zero_filled"]["ssim"]["mean"] < metrics["4"]["zero_filled"]["ssim"]["mean"]
