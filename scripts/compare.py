@@ -45,6 +45,8 @@ from bundle.networks import load_checkpoint  # noqa: E402
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_report_arguments(ap, ROOT)
+    ap.add_argument("--ckpt-no-dc", default=os.path.join(ROOT, "models", "model_no_dc.pt"),
+                    help="weights of the network trained without data consistency (if the file exists)")
     ap.add_argument("--cs-lambda", type=float, help="skip tuning and use this weight")
     ap.add_argument("--cs-lambdas", default="0.0001,0.0003,0.001,0.003", help="grid tuned on the validation list")
     ap.add_argument("--figure-slices", type=int, default=2, help="panels for this many slices of each volume")
@@ -66,10 +68,12 @@ def run(args) -> int:
         "zero_filled": zero_filled_method(),
         "cs": cs_method(lam, args.cs_iterations),
         "network": network_method(network, data_consistency=True),
-        # the same weights without the final data-consistency step (meaningful only for a model
-        # trained without it, --data_consistency false; one trained with it relies on that step)
-        "network_no_dc": network_method(network, data_consistency=False),
     }
+    if os.path.isfile(args.ckpt_no_dc):  # a network trained without data consistency (--data_consistency false)
+        no_dc = load_checkpoint(parser.get_parsed_content("network_def"), args.ckpt_no_dc)
+        methods["network_no_dc"] = network_method(no_dc, data_consistency=False)
+    else:  # the same weights with the step switched off: shows how much the model relies on it
+        methods["network_dc_off"] = network_method(network, data_consistency=False)
 
     unknown = set(args.figure_methods.split(",")) - set(methods)
     if unknown:

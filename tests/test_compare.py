@@ -36,11 +36,11 @@ def test_compare_script_writes_table_and_figures(tiny_dataset, tmp_path, ckpt):
     out = tmp_path / "report"
     cmd = [sys.executable, "scripts/compare.py", "--dataset-dir", tiny_dataset["dataset_dir"],
            "--datalist", tiny_dataset["datalist"], "--ckpt", str(ckpt), "--output-dir", str(out),
-           "--cs-lambdas", "0.001,0.01", "--cs-iterations", "5", "--figure-slices", "1", "features=[4,4,8,8,16,4]"]
+           "--ckpt-no-dc", str(tmp_path / "absent.pt"), "--cs-lambdas", "0.001,0.01", "--cs-iterations", "5", "--figure-slices", "1", "features=[4,4,8,8,16,4]"]
     res = subprocess.run(cmd, cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     table = (out / "compare_4x.md").read_text()
-    for method in ("zero_filled", "cs", "network", "network_no_dc"):
+    for method in ("zero_filled", "cs", "network", "network_dc_off"):
         assert f"| {method} |" in table
     rows = list(csv.reader(open(out / "compare_4x.csv")))
     assert rows[0] == ["method", "metric", "mean", "std", "ci95_low", "ci95_high", "n"]
