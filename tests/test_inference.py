@@ -95,3 +95,11 @@ def test_bad_options_and_folders(tmp_path):
     (tmp_path / "notes.txt").write_text("x")
     with pytest.raises(InputError, match="no NIfTI volumes"):
         find_volumes(str(tmp_path))
+
+
+def test_inputs_from_a_datalist(tiny_dataset):
+    from bundle.inference import resolve_inputs
+
+    files = resolve_inputs(tiny_dataset["dataset_dir"], tiny_dataset["datalist"], "test")
+    assert [f.split("/")[-1] for f in files] == [tiny_dataset["names"][4]]
+    assert len(resolve_inputs(tiny_dataset["dataset_dir"])) == 5
