@@ -7,12 +7,12 @@ import csv
 import io
 import json
 import logging
-import math
 import os
 from collections.abc import Mapping, Sequence
 
 from monai.engines import SupervisedEvaluator
 
+from bundle.comparison import summarize
 from bundle.io import write_text_atomic
 from bundle.transforms import UndersampleKspaced
 
@@ -24,10 +24,9 @@ LABELS = {"ssim": "SSIM", "psnr": "PSNR (dB)", "nmse": "NMSE", "vif": "VIF", "ss
 
 
 def mean_std(values: Sequence[float]) -> dict[str, float]:
-    n = len(values)
-    mean = sum(values) / n
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
-    return {"mean": mean, "std": std, "n": n}
+    """Mean, sample std and count of `values` (the summary of `bundle.comparison.summarize`)."""
+    s = summarize(values)
+    return {"mean": s["mean"], "std": s["std"], "n": s["n"]}
 
 
 def markdown_table(summary: Mapping) -> str:
