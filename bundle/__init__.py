@@ -1,6 +1,7 @@
-"""MONAI bundle components for deep-learning MRI reconstruction from undersampled k-space."""
+"""MONAI bundle components for deep-learning reconstruction: MRI from undersampled k-space, CT from
+sparse-view and low-dose scans."""
 
-from bundle import data, errors, evaluation, inference, io, kspace, losses, metrics, networks, transforms
+from bundle import ct_data, ct_physics, ct_transforms, data, errors, evaluation, inference, io, kspace, losses, metrics, networks, transforms
 from bundle.data import SliceDataset, ensure_datalist, load_datalist
 from bundle.errors import InputError
 from bundle.losses import SSIMWeightedLoss

@@ -94,10 +94,16 @@ class SliceDataset(torch.utils.data.Dataset):
         volume_transform: deterministic transform of one volume item (load, check, channel first,
             orientation, normalisation); must give "image" of shape (1, X, Y, Z) and "image_scale".
         slice_transform: transform applied to each slice item on access (augmentation, undersampling).
+        cache_transform: deterministic transform applied once to each slice when the dataset is
+            built (and again by `recache`), its result cached: e.g. a CT scan simulation, too
+            slow to repeat every epoch. Random transforms belong in `slice_transform`. If it has
+            a `call_batch(items)` method, slices of one volume are passed in batches of 8.
         slice_axis: spatial axis to slice along (after orientation): 0/"sagittal", 1/"coronal", 2/"axial".
         min_foreground: slices whose fraction of voxels above 10% of the volume maximum is below
             this are skipped as empty.
         progress: show a progress bar while loading volumes.
+        data_range: if given, the "volume_max" of every item (the metrics' data range), e.g. 1.0
+            for CT on the fixed [0, 1] HU-window scale; by default the volume's maximum.
 
     Each item: "image" (1, H, W), "filename", "slice_index", "slice_id" ("file:index"),
     "volume_max" (maximum of the normalised volume), "image_scale" (the normalisation scale) and
@@ -112,16 +118,46 @@ class SliceDataset(torch.utils.data.Dataset):
         slice_axis: int | str = "axial",
         min_foreground: float = 0.05,
         progress: bool = True,
+        cache_transform: Callable | None = None,
+        data_range: float | None = None,
     ) -> None:
         if not data:
             raise InputError("the dataset is empty: no volumes in the datalist")
         self.slice_transform = slice_transform
         self.axis = slice_axis_index(slice_axis)
-        self.items: list[dict] = []
+        self.data_range = None if data_range is None else float(data_range)
+        self.progress = progress
+        self.cache_batch = 8
+        self.raw_items: list[dict] = []
         for item in tqdm(data, desc="loading volumes", unit="vol", disable=not progress):
-            self.items.extend(self._slices(item, volume_transform, min_foreground))
-        if not self.items:
+            self.raw_items.extend(self._slices(item, volume_transform, min_foreground))
+        if not self.raw_items:
             raise InputError("no non-empty slices in the dataset")
+        self.recache(cache_transform)
+
+    def recache(self, cache_transform: Callable | None = None) -> None:
+        """(Re)apply `cache_transform` to every slice, e.g. after changing the simulated scan."""
+        self.cache_transform = cache_transform
+        if cache_transform is None:
+            self.items = self.raw_items
+            return
+        batch_call = getattr(cache_transform, "call_batch", None)
+        if batch_call is None:
+            self.items = [
+                cache_transform(dict(item))
+                for item in tqdm(self.raw_items, desc="simulating", unit="slice", disable=not self.progress)
+            ]
+            return
+        # batches of slices of one volume (one shape and spacing)
+        self.items, batch = [], []
+        with tqdm(total=len(self.raw_items), desc="simulating", unit="slice", disable=not self.progress) as bar:
+            for item in self.raw_items + [None]:
+                if batch and (item is None or len(batch) == self.cache_batch or item["filename"] != batch[0]["filename"]):
+                    self.items.extend(batch_call(batch))
+                    bar.update(len(batch))
+                    batch = []
+                if item is not None:
+                    batch.append(item)
 
     def _slices(self, item: dict, volume_transform: Callable, min_foreground: float) -> list[dict]:
         path = str(item["image"])
@@ -140,6 +176,7 @@ class SliceDataset(torch.utils.data.Dataset):
         if vol.ndim != 4 or vol.shape[0] != 1:
             raise InputError(f"{path}: expected a single-channel 3D volume, got shape {tuple(vol.shape)}")
         vmax = float(vol.max())
+        data_max = vmax if self.data_range is None else self.data_range
         vol = vol.movedim(self.axis + 1, 1)  # (1, S, H, W)
         out = []
         for i in range(vol.shape[1]):
@@ -151,7 +188,7 @@ class SliceDataset(torch.utils.data.Dataset):
                 "filename": path,
                 "slice_index": i,
                 "slice_id": f"{os.path.basename(path)}:{i}",
-                "volume_max": vmax,
+                "volume_max": data_max,
                 "image_scale": float(d["image_scale"]),
                 "pixel_spacing": torch.tensor(spacing, dtype=torch.float32),
             })

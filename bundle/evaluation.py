@@ -1,5 +1,6 @@
-"""Evaluation at several accelerations: network and zero-filled side by side, written as
-`metrics.json`, `metrics.md` and `per_case.csv`."""
+"""Evaluation at several acquisition settings (MRI accelerations, CT view counts): the network
+and the classical baseline (zero-filled, FBP) side by side, written as `metrics.json`,
+`metrics.md` and `per_case.csv`."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import io
 import json
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from monai.engines import SupervisedEvaluator
 
@@ -19,6 +20,7 @@ from bundle.transforms import UndersampleKspaced
 logger = logging.getLogger(__name__)
 
 METHODS = {"network": "val", "zero_filled": "zf"}
+CT_METHODS = {"network": "val", "fbp": "fbp"}
 REPORTED = ("ssim", "psnr", "nmse", "vif", "ssim_fastmri")  # those present in the evaluator's metrics
 LABELS = {"ssim": "SSIM", "psnr": "PSNR (dB)", "nmse": "NMSE", "vif": "VIF", "ssim_fastmri": "SSIM (fastMRI)"}
 
@@ -29,11 +31,11 @@ def mean_std(values: Sequence[float]) -> dict[str, float]:
     return {"mean": s["mean"], "std": s["std"], "n": s["n"]}
 
 
-def markdown_table(summary: Mapping) -> str:
+def markdown_table(summary: Mapping, setting: str = "acceleration", suffix: str = "x") -> str:
     first = next(iter(next(iter(summary.values())).values()))
     names = [m for m in REPORTED if m in first]
     lines = [
-        "| acceleration | method | " + " | ".join(LABELS[m] for m in names) + " |",
+        f"| {setting} | method | " + " | ".join(LABELS[m] for m in names) + " |",
         "|---|---|" + "---|" * len(names),
     ]
     for acc, methods in summary.items():
@@ -43,7 +45,7 @@ def markdown_table(summary: Mapping) -> str:
                 s = metrics[m]
                 fmt = "{:.4f}" if m != "psnr" else "{:.2f}"
                 cells.append(f"{fmt.format(s['mean'])} ± {fmt.format(s['std'])}")
-            lines.append(f"| {acc}x | {method} | " + " | ".join(cells) + " |")
+            lines.append(f"| {acc}{suffix} | {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -59,15 +61,40 @@ def evaluate_accelerations(
     Returns:
         {"<acc>": {"network"|"zero_filled": {"ssim"|"psnr"|"nmse": {"mean", "std", "n"}}}}
     """
+    settings = [(f"{float(a):g}", lambda a=a: undersample.set_accelerations([a])) for a in accelerations]
+    return evaluate_settings(evaluator, settings, output_dir, METHODS, "acceleration", "x")
+
+
+def evaluate_views(evaluator: SupervisedEvaluator, dataset, acquisition, views: Sequence[int], output_dir: str) -> dict:
+    """CT: run `evaluator` once per number of views; the scans of `dataset` (a `SliceDataset` whose
+    cache transform simulates with `acquisition`) are simulated again for each. Network vs FBP."""
+
+    def apply(v):
+        acquisition.set_views(v)
+        dataset.recache(dataset.cache_transform)
+
+    settings = [(f"{int(v)}", lambda v=v: apply(v)) for v in views]
+    return evaluate_settings(evaluator, settings, output_dir, CT_METHODS, "views", " views")
+
+
+def evaluate_settings(
+    evaluator: SupervisedEvaluator,
+    settings: Sequence[tuple[str, Callable[[], None]]],
+    output_dir: str,
+    methods: Mapping[str, str] = METHODS,
+    setting_name: str = "acceleration",
+    suffix: str = "x",
+) -> dict:
+    """For each (label, apply) in `settings`: apply(), run `evaluator`, collect the per-volume
+    metrics of each method (`methods`: name -> metric prefix in the evaluator); then write them."""
     rows, summary, names = [], {}, ["ssim"]
-    for acc in accelerations:
-        undersample.set_accelerations([acc])
+    for key, apply in settings:
+        apply()
         evaluator.run()
         details = evaluator.state.metric_details or {}
-        key = f"{acc:g}"
         summary[key] = {}
-        names = [m for m in REPORTED if all(f"{p}_{m}" in details for p in METHODS.values())]
-        for method, prefix in METHODS.items():
+        names = [m for m in REPORTED if all(f"{p}_{m}" in details for p in methods.values())]
+        for method, prefix in methods.items():
             per_metric = {m: details[f"{prefix}_{m}"] for m in names}
             summary[key][method] = {m: mean_std(list(v.values())) for m, v in per_metric.items()}
             for case in per_metric["ssim"]:
@@ -75,11 +102,11 @@ def evaluate_accelerations(
     os.makedirs(output_dir, exist_ok=True)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["case", "acceleration", "method", *names])
+    writer.writerow(["case", setting_name, "method", *names])
     writer.writerows(rows)
     write_text_atomic(os.path.join(output_dir, "per_case.csv"), buf.getvalue())
     write_text_atomic(os.path.join(output_dir, "metrics.json"), json.dumps(summary, indent=2) + "\n")
-    table = markdown_table(summary)
+    table = markdown_table(summary, setting_name, suffix)
     write_text_atomic(os.path.join(output_dir, "metrics.md"), table)
     logger.info("evaluation (mean ± std over volumes):\n%s", table)
     print(table)

@@ -43,6 +43,15 @@ def resolve_inputs(input_dir: str, datalist: str | None = None, key: str = "test
     return [item["image"] for item in load_datalist(datalist, input_dir, key)]
 
 
+def ras_spacing(img: nib.Nifti1Image, to_ras: np.ndarray) -> tuple[float, float, float]:
+    """Voxel sizes (mm) of `img` along the axes of its RAS-reoriented array."""
+    zooms = [float(z) for z in img.header.get_zooms()[:3]]
+    out = [1.0, 1.0, 1.0]
+    for i, (axis, _) in enumerate(to_ras):
+        out[int(axis)] = zooms[i]
+    return tuple(out)
+
+
 def output_stem(path: str) -> str:
     name = os.path.basename(path)
     for suffix in (".nii.gz", ".nii"):
@@ -100,6 +109,11 @@ class VolumeReconstructor:
         self.amp = bool(amp) and self.device.type == "cuda"
         self.progress = progress
 
+    output_suffixes = ("_recon", "_zero_filled", "_mask")
+
+    def check(self, path: str, data: np.ndarray) -> None:
+        """Checks of an input volume beyond `load_nifti_volume`'s, before anything is written."""
+
     @torch.no_grad()
     def reconstruct(self, volume: np.ndarray, name: str) -> dict[str, np.ndarray]:
         """Reconstruct a RAS volume (X, Y, Z). Returns "recon", "zero_filled", "mask" of that shape."""
@@ -139,20 +153,23 @@ class VolumeReconstructor:
         if not files:
             raise InputError("no input volumes given")
         checked = [(f, *load_nifti_volume(f)) for f in files]  # all errors before any output
+        for path, _, data in checked:
+            self.check(path, data)
         out_abs = os.path.abspath(output_dir)
         for f in files:
-            if os.path.dirname(os.path.abspath(f)) == out_abs and output_stem(f).endswith(("_recon", "_zero_filled")):
+            if os.path.dirname(os.path.abspath(f)) == out_abs and output_stem(f).endswith(self.output_suffixes):
                 raise InputError(f"{f}: looks like an output of this bundle; use another input_dir")
         os.makedirs(output_dir, exist_ok=True)
         written = []
         for path, img, data in tqdm(checked, desc="reconstructing", unit="vol", disable=not self.progress):
             to_ras = io_orientation(img.affine)
             from_ras = ornt_transform(axcodes2ornt(("R", "A", "S")), to_ras)
+            self.spacing = ras_spacing(img, to_ras)
             result = self.reconstruct(apply_orientation(data, to_ras), output_stem(path))
             stem = output_stem(path)
             for key, value in result.items():
                 out = os.path.join(output_dir, f"{stem}_{key}.nii.gz")
                 save_nifti_like(apply_orientation(value, from_ras), img, out)
                 written.append(out)
-            logger.info("%s -> %s_{recon,zero_filled,mask}.nii.gz", path, os.path.join(output_dir, stem))
+            logger.info("%s -> %s_{%s}.nii.gz", path, os.path.join(output_dir, stem), ",".join(result))
         return written

@@ -122,9 +122,18 @@ class VolumeAccumulator:
     Args:
         win_size, kernel_type: SSIM window (MONAI's default 11 Gaussian, sigma 1.5; fastMRI's
             evaluation uses a 7x7 "uniform" window).
+        clip: optional (low, high): prediction and reference are clipped to it first (CT: the HU
+            window, so values outside the displayed range do not count).
     """
 
-    def __init__(self, win_size: int = 11, kernel_type: str = "gaussian", metrics: Sequence[str] = METRICS) -> None:
+    def __init__(
+        self,
+        win_size: int = 11,
+        kernel_type: str = "gaussian",
+        metrics: Sequence[str] = METRICS,
+        clip: Sequence[float] | None = None,
+    ) -> None:
+        self.clip = None if clip is None else (float(clip[0]), float(clip[1]))
         self.ssim = SSIMMetric(spatial_dims=2, data_range=1.0, win_size=win_size, kernel_type=kernel_type)
         self.win_size = win_size
         unknown = set(metrics) - set(METRICS)
@@ -145,6 +154,8 @@ class VolumeAccumulator:
             raise ValueError(f"{volume}: slices of {tuple(pred.shape[-2:])} are smaller than the SSIM window {self.win_size}")
         if not math.isfinite(volume_max) or volume_max <= 0:
             raise ValueError(f"{volume}: the reference volume maximum is {volume_max}; metrics are undefined")
+        if self.clip is not None:
+            pred, ref = pred.clamp(*self.clip), ref.clamp(*self.clip)
         p, r = pred / volume_max, ref.to(pred.device) / volume_max
         acc = self.volumes.setdefault(volume, {"ssim_sum": 0.0, "ssim_fastmri_sum": 0.0, "slices": 0, "sse": 0.0,
                                                "voxels": 0, "ref2": 0.0, "vif_num": 0.0, "vif_den": 0.0})
@@ -206,6 +217,7 @@ class VolumeReconMetric(Metric):
         metric: "ssim", "psnr", "nmse" or "mse".
         pred_key, label_key: keys of the engine output to compare.
         win_size, kernel_type: SSIM window.
+        clip: optional (low, high) range both images are clipped to (CT: the [0, 1] HU window).
     """
 
     def __init__(
@@ -215,7 +227,9 @@ class VolumeReconMetric(Metric):
         label_key: str = "label",
         win_size: int = 11,
         kernel_type: str = "gaussian",
+        clip: Sequence[float] | None = None,
     ) -> None:
+        self.clip = clip
         if metric not in METRICS:
             raise ValueError(f"unknown metric {metric!r}: expected one of {', '.join(METRICS)}")
         self.metric, self.pred_key, self.label_key = metric, pred_key, label_key
@@ -223,7 +237,7 @@ class VolumeReconMetric(Metric):
         super().__init__(output_transform=lambda x: x)
 
     def reset(self) -> None:
-        self.acc = VolumeAccumulator(self.win_size, self.kernel_type, metrics=(self.metric,))
+        self.acc = VolumeAccumulator(self.win_size, self.kernel_type, metrics=(self.metric,), clip=self.clip)
 
     def update(self, output: Sequence) -> None:
         """output: (pred, label, filename, volume_max) for one slice or a stack of one volume."""

@@ -1,0 +1,93 @@
+"""CT data: the built-in CT demo datalist, and single DICOM CT slices (such as those that ship in
+`pydicom-data`) written as one-slice NIfTI volumes in HU."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from bundle.data import DEMO_DIR
+from bundle.errors import InputError
+from bundle.io import tmp_path_beside, write_text_atomic
+
+CT_DEMO_DIR = DEMO_DIR / "ct"
+# Two TotalSegmentator test CTs (Apache-2.0, see docs/data_license.txt) that ship in the
+# repository, and a head CT slice from the `pydicom-data` package (CQ500, CC BY-NC-SA 4.0),
+# converted on first use: three subjects, three anatomies, two sources.
+CT_DEMO_SPLIT = {
+    "training": ["totalseg_example_ct.nii.gz"],
+    "validation": ["totalseg_ct_cropped.nii.gz"],
+    "test": ["pydicom_head_ct_693.nii.gz"],
+}
+PIP_DICOM = {"pydicom_head_ct_693.nii.gz": "693_UNCR.dcm", "pydicom_ct_small.nii.gz": "CT_small.dcm"}
+
+
+def dicom_slice_to_nifti(dicom_path: str, out_path: str) -> str:
+    """Write one DICOM CT slice as a (X, Y, 1) NIfTI volume in HU (rescale slope and intercept
+    applied), with the slice's spacing and an LPS->RAS affine from its position and orientation."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(dicom_path)
+        pixels = ds.pixel_array.astype(np.float64)
+    except Exception as e:
+        raise InputError(f"{dicom_path}: cannot be read as a DICOM image ({type(e).__name__}: {str(e)[:120]})") from None
+    if pixels.ndim != 2:
+        raise InputError(f"{dicom_path}: expected one 2D slice, got pixel data of shape {pixels.shape}")
+    hu = pixels * float(getattr(ds, "RescaleSlope", 1) or 1) + float(getattr(ds, "RescaleIntercept", 0) or 0)
+    dr, dc = (float(v) for v in getattr(ds, "PixelSpacing", [1.0, 1.0]))
+    thickness = float(getattr(ds, "SliceThickness", 1.0) or 1.0)
+    orient = [float(v) for v in getattr(ds, "ImageOrientationPatient", [1, 0, 0, 0, 1, 0])]
+    pos = [float(v) for v in getattr(ds, "ImagePositionPatient", [0, 0, 0])]
+    row_dir, col_dir = np.array(orient[:3]), np.array(orient[3:])
+    normal = np.cross(row_dir, col_dir)
+    affine = np.eye(4)
+    # NIfTI axis 0 runs along a row (DICOM columns, spacing dc), axis 1 down the columns (dr)
+    affine[:3, 0], affine[:3, 1], affine[:3, 2], affine[:3, 3] = row_dir * dc, col_dir * dr, normal * thickness, pos
+    affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine  # DICOM LPS -> NIfTI RAS
+    img = nib.Nifti1Image(hu.T[:, :, None].astype(np.float32), affine)
+    img.header.set_xyzt_units("mm")
+    tmp = tmp_path_beside(out_path, ".nii.gz")
+    try:
+        nib.save(img, tmp)
+        os.replace(tmp, out_path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return out_path
+
+
+def pip_ct_slice(name: str, folder: str | Path) -> str:
+    """The NIfTI version of a `pydicom-data` CT slice in `folder`, converted when missing."""
+    out = Path(folder) / name
+    if not out.exists():
+        try:
+            from pydicom.data import get_testdata_file
+
+            src = get_testdata_file(PIP_DICOM[name])
+        except Exception:
+            src = None
+        if src is None:
+            raise InputError(f"{name}: needs the DICOM file {PIP_DICOM[name]} of the pydicom-data package "
+                             "(pip install pydicom-data)")
+        dicom_slice_to_nifti(src, str(out))
+    return str(out)
+
+
+def ensure_ct_datalist(datalist: str, dataset_dir: str) -> str:
+    """Like `bundle.data.ensure_datalist` for CT: writes the CT demo datalist (and converts the
+    pip-shipped test slice) when the demo datalist is asked for and missing."""
+    if not os.path.isdir(dataset_dir):
+        raise InputError(f"dataset_dir {dataset_dir}: no such directory")
+    if not os.path.exists(datalist):
+        if Path(dataset_dir).resolve() != CT_DEMO_DIR or Path(datalist).name != "datalist.json":
+            raise InputError(f"datalist {datalist}: file not found")
+        for name in CT_DEMO_SPLIT["test"]:
+            pip_ct_slice(name, dataset_dir)
+        content = {k: [{"image": n} for n in v] for k, v in CT_DEMO_SPLIT.items()}
+        write_text_atomic(datalist, json.dumps(content, indent=2) + "\n")
+    return datalist
