@@ -1,7 +1,10 @@
 """MONAI bundle components for deep-learning reconstruction: MRI from undersampled k-space, CT from
 sparse-view and low-dose scans."""
 
-from bundle import ct_data, ct_physics, ct_transforms, data, errors, evaluation, inference, io, kspace, losses, metrics, networks, transforms
+from bundle import (
+    ct_data, ct_physics, ct_transforms, data, errors, evaluation, inference, io, kspace, losses, metrics, networks,
+    transforms, xray,
+)
 from bundle.data import SliceDataset, ensure_datalist, load_datalist
 from bundle.errors import InputError
 from bundle.losses import SSIMWeightedLoss

@@ -104,6 +104,8 @@ class SliceDataset(torch.utils.data.Dataset):
         progress: show a progress bar while loading volumes.
         data_range: if given, the "volume_max" of every item (the metrics' data range), e.g. 1.0
             for CT on the fixed [0, 1] HU-window scale; by default the volume's maximum.
+        repeat: each slice appears this many times per epoch (for tiny datasets such as a few
+            radiographs, where each access draws a new random patch and noise).
 
     Each item: "image" (1, H, W), "filename", "slice_index", "slice_id" ("file:index"),
     "volume_max" (maximum of the normalised volume), "image_scale" (the normalisation scale) and
@@ -120,12 +122,16 @@ class SliceDataset(torch.utils.data.Dataset):
         progress: bool = True,
         cache_transform: Callable | None = None,
         data_range: float | None = None,
+        repeat: int = 1,
     ) -> None:
         if not data:
             raise InputError("the dataset is empty: no volumes in the datalist")
         self.slice_transform = slice_transform
         self.axis = slice_axis_index(slice_axis)
         self.data_range = None if data_range is None else float(data_range)
+        if int(repeat) < 1:
+            raise InputError(f"repeat must be at least 1, got {repeat!r}")
+        self.repeat = int(repeat)
         self.progress = progress
         self.cache_batch = 8
         self.raw_items: list[dict] = []
@@ -195,8 +201,8 @@ class SliceDataset(torch.utils.data.Dataset):
         return out
 
     def __len__(self) -> int:
-        return len(self.items)
+        return len(self.items) * self.repeat
 
     def __getitem__(self, index: int) -> dict:
-        item = dict(self.items[index])
+        item = dict(self.items[index % len(self.items)])
         return self.slice_transform(item) if self.slice_transform is not None else item

@@ -21,6 +21,7 @@ logger = logging.getLogger(__name__)
 
 METHODS = {"network": "val", "zero_filled": "zf"}
 CT_METHODS = {"network": "val", "fbp": "fbp"}
+XRAY_METHODS = {"network": "val", "low_dose": "noisy"}
 REPORTED = ("ssim", "psnr", "nmse", "vif", "ssim_fastmri")  # those present in the evaluator's metrics
 LABELS = {"ssim": "SSIM", "psnr": "PSNR (dB)", "nmse": "NMSE", "vif": "VIF", "ssim_fastmri": "SSIM (fastMRI)"}
 
@@ -75,6 +76,13 @@ def evaluate_views(evaluator: SupervisedEvaluator, dataset, acquisition, views: 
 
     settings = [(f"{int(v)}", lambda v=v: apply(v)) for v in views]
     return evaluate_settings(evaluator, settings, output_dir, CT_METHODS, "views", " views")
+
+
+def evaluate_doses(evaluator: SupervisedEvaluator, noise, doses: Sequence[float], output_dir: str) -> dict:
+    """Radiographs: run `evaluator` once per dose (photons per pixel at signal 1), changing
+    `noise` (the deterministic `LowDoseRadiographd` of its data). Network vs the low-dose image."""
+    settings = [(f"{float(i0):g}", lambda i0=i0: noise.set_dose(i0)) for i0 in doses]
+    return evaluate_settings(evaluator, settings, output_dir, XRAY_METHODS, "photons per pixel", "")
 
 
 def evaluate_settings(

@@ -67,3 +67,66 @@ def comparison_panel(
         plt.close(fig)
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def ct_window_panel(
+    images: Mapping[str, np.ndarray],
+    path: str,
+    windows: Sequence[str] = ("soft_tissue", "lung", "bone"),
+    title: str = "",
+    metrics: Mapping[str, str] | None = None,
+) -> None:
+    """Write a PNG of CT slices in HU: one row per display window (level/width from
+    `bundle.ct_transforms.DISPLAY_WINDOWS`: brain, soft_tissue, lung, bone, full), one column per
+    image ("reference", then methods), and a last row of each method's error (HU, +-200).
+
+    Args:
+        images: {"reference": (H, W) HU, method: (H, W) HU, ...} in display order.
+        path: PNG to write (atomically).
+        windows: window names, one row each.
+        metrics: optional text per method shown under its name.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from bundle.ct_transforms import DISPLAY_WINDOWS
+
+    unknown = [w for w in windows if w not in DISPLAY_WINDOWS]
+    if unknown:
+        raise ValueError(f"unknown display window {unknown[0]!r}: expected one of {', '.join(DISPLAY_WINDOWS)}")
+    names = list(images)
+    ref = np.asarray(images["reference"])
+    show = lambda a: np.rot90(np.asarray(a))  # noqa: E731  (R, A) slices: anterior up
+    rows = len(windows) + 1
+    fig, axes = plt.subplots(rows, len(names), figsize=(2.8 * len(names), 2.8 * rows), squeeze=False)
+    for i, w in enumerate(windows):
+        level, width = DISPLAY_WINDOWS[w]
+        for j, n in enumerate(names):
+            axes[i, j].imshow(show(images[n]), cmap="gray", vmin=level - width / 2, vmax=level + width / 2)
+            label = n if not metrics or n not in metrics else f"{n}  {metrics[n]}"
+            axes[i, j].set_title(f"{label}\n{w} W{width:g} L{level:g}" if i == 0 else f"{w} W{width:g} L{level:g}",
+                                 fontsize=8)
+    im = None
+    for j, n in enumerate(names):
+        if n == "reference":
+            axes[-1, j].set_visible(False)
+            continue
+        im = axes[-1, j].imshow(show(np.asarray(images[n]) - ref), cmap="RdBu_r", vmin=-200, vmax=200)
+        axes[-1, j].set_title(f"{n} - reference (HU)", fontsize=8)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if im is not None:
+        fig.colorbar(im, ax=list(axes[-1]), shrink=0.8, label="error (HU)")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    tmp = tmp_path_beside(path, ".png")
+    try:
+        fig.savefig(tmp, dpi=90, format="png")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.remove(tmp)

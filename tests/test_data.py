@@ -81,3 +81,33 @@ def test_slice_dataset_bad_files(tmp_path):
         SliceDataset([], volume_transform(), progress=False)
     with pytest.raises(InputError, match="unknown slice_axis"):
         SliceDataset([{"image": str(txt)}], volume_transform(), slice_axis="oblique", progress=False)
+
+
+def test_slice_dataset_cache_transform_repeat_and_data_range(tiny_dataset):
+    items = load_datalist(tiny_dataset["datalist"], tiny_dataset["dataset_dir"], "training")[:1]
+    calls = []
+
+    class Double:
+        def __call__(self, d):
+            calls.append(1)
+            return {**d, "image": d["image"] * 2}
+
+    class Batched(Double):
+        def call_batch(self, batch):
+            calls.append(len(batch))
+            return [{**d, "image": d["image"] * 2} for d in batch]
+
+    plain = SliceDataset(items, volume_transform(), progress=False)
+    cached = SliceDataset(items, volume_transform(), cache_transform=Double(), progress=False, repeat=3,
+                          data_range=1.0)
+    n = len(plain)
+    assert len(calls) == n  # applied once per slice when built, not on access
+    assert len(cached) == 3 * n
+    assert torch.equal(cached[n + 1]["image"], 2 * plain[1]["image"]) and len(calls) == n
+    assert cached[0]["volume_max"] == 1.0 and plain[0]["volume_max"] != 1.0
+    calls.clear()
+    batched = SliceDataset(items, volume_transform(), cache_transform=Batched(), progress=False)
+    assert sum(calls) == n and max(calls) <= 8  # slices of one volume, in batches of 8
+    assert torch.equal(batched[2]["image"], 2 * plain[2]["image"])
+    with pytest.raises(InputError, match="repeat"):
+        SliceDataset(items, volume_transform(), progress=False, repeat=0)

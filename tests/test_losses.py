@@ -58,3 +58,13 @@ def test_bad_options():
         SSIMWeightedLoss(pixel_loss="huber")
     with pytest.raises(ValueError, match="differ in shape"):
         SSIMWeightedLoss()(torch.rand(1, 1, 8, 8), torch.rand(1, 1, 8, 9))
+
+
+def test_fixed_data_range_compares_on_that_scale():
+    pred, target = _pair(2)
+    loss = SSIMWeightedLoss(ssim_weight=1.0, data_range=3.0)(pred, target).item()
+    values = [structural_similarity(t, p, data_range=3.0, gaussian_weights=True, sigma=1.5, use_sample_covariance=False)
+              for p, t in zip(pred[:, 0].numpy(), target[:, 0].numpy())]
+    assert loss == pytest.approx(1 - float(np.mean(values)), abs=1e-4)
+    with pytest.raises(InputError, match="data_range"):
+        SSIMWeightedLoss(data_range=0.0)

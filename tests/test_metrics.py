@@ -138,3 +138,17 @@ def test_volume_vif_and_mse_are_reported():
     const.add(torch.ones(1, 1, 16, 16), torch.ones(1, 1, 16, 16), "c", 1.0)
     with pytest.raises(ValueError, match="no structure"):
         const.per_volume()
+
+
+def test_clip_limits_both_images_to_the_window():
+    # CT: values outside the HU window do not count; hand-computed case
+    ref = torch.full((1, 1, 16, 16), 0.5)
+    ref[..., 0, 0] = 1.4  # above the window: clipped to 1
+    pred = ref.clone()
+    pred[..., 0, 0] = 1.0  # equal after clipping
+    pred[..., 5, 5] = -0.3  # below the window: clipped to 0, an error of 0.5
+    acc = VolumeAccumulator(metrics=("psnr", "nmse"), clip=(0.0, 1.0))
+    acc.add(pred, ref, "v", 1.0)
+    got = acc.per_volume()["v"]
+    assert got["psnr"] == pytest.approx(10 * math.log10(256 / 0.25))
+    assert got["nmse"] == pytest.approx(0.25 / (255 * 0.25 + 1.0))
