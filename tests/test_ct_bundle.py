@@ -188,3 +188,18 @@ def test_ct_hu_check_warn_goes_on(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     assert "WARNING" in res.stdout + res.stderr and "not in Hounsfield units" in res.stdout + res.stderr
     assert (out / "b_recon.nii.gz").is_file() and (out / "b_fbp.nii.gz").is_file()
+
+
+def test_ct_figure_script_writes_a_windowed_panel(tmp_path):
+    vol = tmp_path / "ct.nii.gz"
+    _write(vol, ct_phantom((48, 48, 3), seed=2))
+    out = tmp_path / "fig.png"
+    cmd = [sys.executable, "scripts/ct_figure.py", str(vol), "-o", str(out), "--ckpt", tiny_checkpoint(tmp_path),
+           "--views", "24", "--full-views", "96", "--features", "4", "4", "8", "8", "16", "4",
+           "--windows", "soft_tissue", "lung", "bone", "brain"]
+    res = subprocess.run(cmd, cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    bad = subprocess.run([sys.executable, "scripts/ct_figure.py", str(tmp_path / "nope.nii.gz"), "-o", str(out)],
+                         cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1 and "nope.nii.gz: file not found" in bad.stderr and "Traceback" not in bad.stderr
