@@ -102,3 +102,16 @@ def test_xray_train_evaluate_infer_two_iterations(tmp_path):
             np.testing.assert_allclose(img.affine, src.affine)
         noisy = nib.load(str(out / f"r{i}_low_dose.nii.gz")).get_fdata()
         assert abs(noisy.mean() / src.get_fdata().mean() - 1) < 0.02  # same intensity scale as the input
+
+
+def test_shipped_radiograph_model_denoises_the_chest(tmp_path):
+    """models/model_xray.pt, trained on the tibia, on the chest radiograph at the trained dose.
+    Measured: 33.4 dB vs 24.3 dB for the low-dose image."""
+    pytest.importorskip("pydicom.data")
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", XR_EVAL, "--output_dir", str(tmp_path),
+           "--eval_doses", "[200]"]
+    res = subprocess.run(cmd, cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    m = json.loads((tmp_path / "metrics.json").read_text())["200"]
+    assert m["network"]["psnr"]["mean"] >= m["low_dose"]["psnr"]["mean"] + 5.0
+    assert m["network"]["ssim"]["mean"] >= m["low_dose"]["ssim"]["mean"] + 0.3
