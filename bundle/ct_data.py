@@ -12,7 +12,7 @@ import numpy as np
 
 from bundle.data import DEMO_DIR
 from bundle.errors import InputError
-from bundle.io import tmp_path_beside, write_text_atomic
+from bundle.io import read_dicom_slice, save_nifti_atomic, write_text_atomic
 
 CT_DEMO_DIR = DEMO_DIR / "ct"
 # Two TotalSegmentator test CTs (Apache-2.0, see docs/data_license.txt) that ship in the
@@ -29,16 +29,7 @@ PIP_DICOM = {"pydicom_head_ct_693.nii.gz": "693_UNCR.dcm", "pydicom_ct_small.nii
 def dicom_slice_to_nifti(dicom_path: str, out_path: str) -> str:
     """Write one DICOM CT slice as a (X, Y, 1) NIfTI volume in HU (rescale slope and intercept
     applied), with the slice's spacing and an LPS->RAS affine from its position and orientation."""
-    import pydicom
-
-    try:
-        ds = pydicom.dcmread(dicom_path)
-        pixels = ds.pixel_array.astype(np.float64)
-    except Exception as e:
-        raise InputError(f"{dicom_path}: cannot be read as a DICOM image ({type(e).__name__}: {str(e)[:120]})") from None
-    if pixels.ndim != 2:
-        raise InputError(f"{dicom_path}: expected one 2D slice, got pixel data of shape {pixels.shape}")
-    hu = pixels * float(getattr(ds, "RescaleSlope", 1) or 1) + float(getattr(ds, "RescaleIntercept", 0) or 0)
+    ds, hu = read_dicom_slice(dicom_path, "slice")
     dr, dc = (float(v) for v in getattr(ds, "PixelSpacing", [1.0, 1.0]))
     thickness = float(getattr(ds, "SliceThickness", 1.0) or 1.0)
     orient = [float(v) for v in getattr(ds, "ImageOrientationPatient", [1, 0, 0, 0, 1, 0])]
@@ -51,13 +42,7 @@ def dicom_slice_to_nifti(dicom_path: str, out_path: str) -> str:
     affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine  # DICOM LPS -> NIfTI RAS
     img = nib.Nifti1Image(hu.T[:, :, None].astype(np.float32), affine)
     img.header.set_xyzt_units("mm")
-    tmp = tmp_path_beside(out_path, ".nii.gz")
-    try:
-        nib.save(img, tmp)
-        os.replace(tmp, out_path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    save_nifti_atomic(img, out_path)
     return out_path
 
 

@@ -11,6 +11,20 @@ import torch
 from bundle.io import tmp_path_beside
 
 
+def save_figure(fig, path: str, dpi: int = 110) -> None:
+    """Save a matplotlib figure as PNG atomically (temporary file, then rename) and close it."""
+    import matplotlib.pyplot as plt
+
+    tmp = tmp_path_beside(path, ".png")
+    try:
+        fig.savefig(tmp, dpi=dpi, format="png")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
 def comparison_panel(
     images: Mapping[str, torch.Tensor],
     methods: Sequence[str],
@@ -59,14 +73,7 @@ def comparison_panel(
         fig.colorbar(im, ax=list(axes[1, 1:]), shrink=0.8, label="absolute error (shared scale)")
     if title:
         fig.suptitle(title, fontsize=10)
-    tmp = tmp_path_beside(path, ".png")
-    try:
-        fig.savefig(tmp, dpi=110, format="png")
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    save_figure(fig, path, dpi=110)
 
 
 def ct_window_panel(
@@ -122,11 +129,4 @@ def ct_window_panel(
         fig.colorbar(im, ax=list(axes[-1]), shrink=0.8, label="error (HU)")
     if title:
         fig.suptitle(title, fontsize=10)
-    tmp = tmp_path_beside(path, ".png")
-    try:
-        fig.savefig(tmp, dpi=90, format="png")
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    save_figure(fig, path, dpi=90)

@@ -75,11 +75,31 @@ def save_nifti_like(data: np.ndarray, reference: nib.Nifti1Image, path: str) -> 
     header.set_data_dtype(np.float32)
     img = nib.Nifti1Image(np.asarray(data, dtype=np.float32), reference.affine, header)
     img.header.set_slope_inter(None, None)
-    suffix = ".nii.gz" if path.endswith(".gz") else ".nii"
-    tmp = tmp_path_beside(path, suffix)
+    save_nifti_atomic(img, path)
+
+
+def save_nifti_atomic(img: nib.Nifti1Image, path: str) -> None:
+    """`nib.save` to a temporary file beside `path`, then rename it over `path`."""
+    tmp = tmp_path_beside(path, ".nii.gz" if path.endswith(".gz") else ".nii")
     try:
         nib.save(img, tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def read_dicom_slice(path: str, what: str = "slice"):
+    """One 2D DICOM image: (dataset, float64 pixels with the rescale slope and intercept applied).
+    An `InputError` naming the file if it cannot be read or decoded, or is not 2D."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(path)
+        pixels = ds.pixel_array.astype(np.float64)
+    except Exception as e:
+        raise InputError(f"{path}: cannot be read as a DICOM image ({type(e).__name__}: {str(e)[:120]})") from None
+    if pixels.ndim != 2:
+        raise InputError(f"{path}: expected one 2D {what}, got pixel data of shape {pixels.shape}")
+    slope = float(getattr(ds, "RescaleSlope", 1) or 1)
+    return ds, pixels * slope + float(getattr(ds, "RescaleIntercept", 0) or 0)

@@ -25,7 +25,7 @@ from bundle.ct_physics import check_dose
 from bundle.data import DEMO_DIR
 from bundle.errors import InputError
 from bundle.inference import VolumeReconstructor
-from bundle.io import tmp_path_beside, write_text_atomic
+from bundle.io import read_dicom_slice, save_nifti_atomic, write_text_atomic
 from bundle.kspace import slice_seed
 from bundle.transforms import percentile_scale
 
@@ -91,16 +91,7 @@ class LowDoseRadiographd(MapTransform, RandomizableTransform):
 def dicom_radiograph_to_nifti(dicom_path: str, out_path: str, downsample: int = 4) -> str:
     """A DICOM radiograph -> (X, Y, 1) NIfTI of its detector signal (MONOCHROME1 inverted,
     rescale applied), block-averaged by `downsample`, with the pixel spacing in mm."""
-    import pydicom
-
-    try:
-        ds = pydicom.dcmread(dicom_path)
-        pixels = ds.pixel_array.astype(np.float64)
-    except Exception as e:
-        raise InputError(f"{dicom_path}: cannot be read as a DICOM image ({type(e).__name__}: {str(e)[:120]})") from None
-    if pixels.ndim != 2:
-        raise InputError(f"{dicom_path}: expected one 2D radiograph, got pixel data of shape {pixels.shape}")
-    pixels = pixels * float(getattr(ds, "RescaleSlope", 1) or 1) + float(getattr(ds, "RescaleIntercept", 0) or 0)
+    ds, pixels = read_dicom_slice(dicom_path, "radiograph")
     if str(getattr(ds, "PhotometricInterpretation", "")) == "MONOCHROME1":
         pixels = pixels.max() - pixels
     f = int(downsample)
@@ -115,13 +106,7 @@ def dicom_radiograph_to_nifti(dicom_path: str, out_path: str, downsample: int = 
     dr, dc = (v * f for v in spacing)
     img = nib.Nifti1Image(pixels.T[:, :, None].astype(np.float32), np.diag([dc, dr, 1.0, 1.0]))
     img.header.set_xyzt_units("mm")
-    tmp = tmp_path_beside(out_path, ".nii.gz")
-    try:
-        nib.save(img, tmp)
-        os.replace(tmp, out_path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    save_nifti_atomic(img, out_path)
     return out_path
 
 

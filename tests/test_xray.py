@@ -115,3 +115,11 @@ def test_shipped_radiograph_model_denoises_the_chest(tmp_path):
     m = json.loads((tmp_path / "metrics.json").read_text())["200"]
     assert m["network"]["psnr"]["mean"] >= m["low_dose"]["psnr"]["mean"] + 5.0
     assert m["network"]["ssim"]["mean"] >= m["low_dose"]["ssim"]["mean"] + 0.3
+
+
+def test_unreadable_dicom_is_one_line_error(tmp_path):
+    bad = tmp_path / "bad.dcm"
+    bad.write_bytes(b"not a dicom file at all")
+    with pytest.raises(InputError, match="bad.dcm: cannot be read as a DICOM image"):
+        dicom_radiograph_to_nifti(str(bad), str(tmp_path / "out.nii.gz"))
+    assert not (tmp_path / "out.nii.gz").exists()
