@@ -77,6 +77,14 @@ def test_ct_train_two_iterations_evaluate_and_infer(ct_dataset, tmp_path):
     assert list((tmp_path / "models").glob("last_ct_checkpoint_epoch=1.pt"))
     assert "fbp_ssim" in res.stdout + res.stderr
 
+    # fine-tuning starts from given weights; a missing file is a one-line error
+    res = run_bundle("training", *CT_TRAIN, *ct_args(ct_dataset, tmp_path / "ft", max_epochs=1, epoch_length=1),
+                     "--pretrained", str(tmp_path / "models" / "model_ct.pt"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    res = run_bundle("training", *CT_TRAIN, *ct_args(ct_dataset, tmp_path / "ft", max_epochs=1, epoch_length=1),
+                     "--pretrained", str(tmp_path / "nothing.pt"))
+    assert res.returncode != 0 and "nothing.pt: file not found" in res.stderr and "Traceback" not in res.stderr
+
     res = run_bundle(*CT_EVAL, *ct_args(ct_dataset, tmp_path, eval_views="[24,12]"))
     assert res.returncode == 0, res.stderr[-3000:]
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
