@@ -5,15 +5,22 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import os
+
+import nibabel as nib
 import numpy as np
 import torch
+from nibabel.orientations import io_orientation
 from torch import nn
 
 from bundle.ct_transforms import HU_CHECKS, HU_WINDOW, CTAcquisition, check_hu, hu_to_unit, unit_to_hu
 from bundle.data import slice_axis_index
 from bundle.errors import InputError
-from bundle.inference import VolumeReconstructor
+from bundle.inference import VolumeReconstructor, output_stem, ras_spacing
 from bundle.kspace import slice_seed
+
+
+SINOGRAM_SUFFIX = "_sinogram.npy"
 
 
 class CTVolumeReconstructor(VolumeReconstructor):
@@ -21,7 +28,10 @@ class CTVolumeReconstructor(VolumeReconstructor):
 
     Each slice along `slice_axis` (after reorientation to RAS) is scanned with `acquisition`
     using the volume's in-plane spacing (noise seeded by file and slice, so runs repeat), then
-    reconstructed by FBP and by the network. Outputs `<name>_recon.nii.gz` (network) and
+    reconstructed by FBP and by the network. A given scan replaces the simulation: put
+    `<name>_sinogram.npy` (float line integrals, shape (slices, views, detectors), slices in the
+    volume's RAS order along `slice_axis`, this bundle's parallel-beam geometry) beside
+    `<name>.nii.gz`, which then only gives the output grid. Outputs `<name>_recon.nii.gz` (network) and
     `<name>_fbp.nii.gz`, in HU clipped to `window`, with the input's shape, affine and header.
 
     Args:
@@ -62,9 +72,38 @@ class CTVolumeReconstructor(VolumeReconstructor):
         self.amp = bool(amp) and self.device.type == "cuda"
         self.progress = progress
         self.spacing = (1.0, 1.0, 1.0)
+        self.sinograms: dict[str, torch.Tensor] = {}
 
-    def check(self, path: str, data: np.ndarray) -> None:
+    def check(self, path: str, img: nib.Nifti1Image, data: np.ndarray) -> None:
         check_hu(torch.from_numpy(np.asarray(data)), path, self.hu_check)
+        sino_path = path[: -len(".nii.gz")] if path.endswith(".nii.gz") else os.path.splitext(path)[0]
+        sino_path += SINOGRAM_SUFFIX
+        if os.path.exists(sino_path):
+            self.sinograms[output_stem(path)] = self._load_sinogram(sino_path, img, data)
+
+    def _load_sinogram(self, sino_path: str, img: nib.Nifti1Image, data: np.ndarray) -> torch.Tensor:
+        """A given sinogram (slices, views, detectors) of line integrals, checked against the
+        geometry of the volume beside it (its RAS slices, in-plane shape and spacing)."""
+        try:
+            sino = np.load(sino_path, allow_pickle=False)
+        except Exception as e:
+            raise InputError(f"{sino_path}: cannot be read as a .npy array ({type(e).__name__})") from None
+        if not np.issubdtype(sino.dtype, np.floating):
+            raise InputError(f"{sino_path}: expected floating-point line integrals, got dtype {sino.dtype}")
+        to_ras = io_orientation(img.affine)
+        shape = [0, 0, 0]
+        for i, (axis, _) in enumerate(to_ras):
+            shape[int(axis)] = data.shape[i]
+        spacing = ras_spacing(img, to_ras)
+        in_plane = [s for i, s in enumerate(shape) if i != self.axis]
+        geom = self.acquisition.geometry(in_plane, [s for i, s in enumerate(spacing) if i != self.axis])
+        expected = (shape[self.axis], *geom.sinogram_shape)
+        if sino.shape != expected:
+            raise InputError(f"{sino_path}: sinogram of shape {sino.shape} does not match the geometry: expected "
+                             f"(slices, views, detectors) = {expected}")
+        if not np.isfinite(sino).all():
+            raise InputError(f"{sino_path}: contains NaN or infinite values")
+        return torch.from_numpy(np.ascontiguousarray(sino, dtype=np.float32))
 
     @torch.no_grad()
     def reconstruct(self, volume: np.ndarray, name: str) -> dict[str, np.ndarray]:
@@ -72,10 +111,15 @@ class CTVolumeReconstructor(VolumeReconstructor):
         unit = hu_to_unit(torch.from_numpy(np.ascontiguousarray(np.moveaxis(volume, self.axis, 0))).float(), self.window)
         spacing = [s for i, s in enumerate(self.spacing) if i != self.axis]
         recon, fbp = torch.zeros_like(unit), torch.zeros_like(unit)
+        given = self.sinograms.get(name)
         for start in range(0, unit.shape[0], self.batch_size):
             stop = min(start + self.batch_size, unit.shape[0])
-            generator = torch.Generator().manual_seed(slice_seed(f"{name}:{start}", "ct", self.acquisition.views))
-            image = self.acquisition(unit[start:stop], spacing, generator)[:, None].to(self.device)
+            if given is not None:  # a measured or precomputed scan: FBP of it, no simulation
+                geom = self.acquisition.geometry(unit.shape[-2:], spacing)
+                image = self.acquisition.reconstruct(given[start:stop], geom)[:, None].to(self.device)
+            else:
+                generator = torch.Generator().manual_seed(slice_seed(f"{name}:{start}", "ct", self.acquisition.views))
+                image = self.acquisition(unit[start:stop], spacing, generator)[:, None].to(self.device)
             with torch.autocast(self.device.type, enabled=self.amp):
                 pred = self.network(image)
             recon[start:stop] = pred[:, 0].float().cpu()

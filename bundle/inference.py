@@ -111,7 +111,7 @@ class VolumeReconstructor:
 
     output_suffixes = ("_recon", "_zero_filled", "_mask")
 
-    def check(self, path: str, data: np.ndarray) -> None:
+    def check(self, path: str, img: nib.Nifti1Image, data: np.ndarray) -> None:
         """Checks of an input volume beyond `load_nifti_volume`'s, before anything is written."""
 
     @torch.no_grad()
@@ -153,8 +153,8 @@ class VolumeReconstructor:
         if not files:
             raise InputError("no input volumes given")
         checked = [(f, *load_nifti_volume(f)) for f in files]  # all errors before any output
-        for path, _, data in checked:
-            self.check(path, data)
+        for path, img, data in checked:
+            self.check(path, img, data)
         out_abs = os.path.abspath(output_dir)
         for f in files:
             if os.path.dirname(os.path.abspath(f)) == out_abs and output_stem(f).endswith(self.output_suffixes):

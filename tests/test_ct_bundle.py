@@ -223,3 +223,31 @@ def test_shipped_ct_model_beats_fbp_on_a_head_ct_from_another_source(tmp_path):
     assert m["network"]["ssim"]["n"] == 1
     assert m["network"]["ssim"]["mean"] >= m["fbp"]["ssim"]["mean"] + 0.1
     assert m["network"]["psnr"]["mean"] >= m["fbp"]["psnr"]["mean"] + 5.0
+
+
+def test_ct_inference_from_a_given_sinogram(tmp_path):
+    from bundle.ct_inference import CTVolumeReconstructor
+    from bundle.ct_transforms import CTAcquisition, hu_to_unit
+    from bundle.errors import InputError
+    from bundle.networks import ResidualUNet
+
+    vol = ct_phantom((40, 36, 3), seed=4)
+    affine = np.diag([0.8, 0.8, 2.5, 1.0])
+    (tmp_path / "in").mkdir()
+    nib.save(nib.Nifti1Image(vol, affine), str(tmp_path / "in" / "a.nii.gz"))
+    acq = CTAcquisition(views=20, full_views=80)
+    unit = hu_to_unit(torch.from_numpy(np.moveaxis(vol, 2, 0)).float())
+    sino, _ = acq.sinogram(unit, (0.8, 0.8))
+    np.save(tmp_path / "in" / "a_sinogram.npy", sino.numpy())
+    torch.manual_seed(0)
+    net = ResidualUNet(features=(4, 4, 8, 8, 16, 4), data_consistency=False, norm=None)
+    CTVolumeReconstructor(net, acq, progress=False).run(str(tmp_path / "in"), str(tmp_path / "given"))
+    given = nib.load(str(tmp_path / "given" / "a_fbp.nii.gz")).get_fdata()
+    (tmp_path / "in" / "a_sinogram.npy").unlink()
+    CTVolumeReconstructor(net, acq, progress=False).run(str(tmp_path / "in"), str(tmp_path / "sim"))
+    simulated = nib.load(str(tmp_path / "sim" / "a_fbp.nii.gz")).get_fdata()
+    np.testing.assert_allclose(given, simulated, atol=0.5)  # HU: the same noise-free scan
+    np.save(tmp_path / "in" / "a_sinogram.npy", sino.numpy()[:, :-1])  # one view short
+    with pytest.raises(InputError, match=r"a_sinogram.npy: sinogram of shape \(3, 19, \d+\) does not match"):
+        CTVolumeReconstructor(net, acq, progress=False).run(str(tmp_path / "in"), str(tmp_path / "bad"))
+    assert not (tmp_path / "bad").exists()
