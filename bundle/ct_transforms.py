@@ -9,13 +9,12 @@ from collections.abc import Hashable, Mapping, Sequence
 
 import torch
 from monai.config import KeysCollection
-from monai.transforms import MapTransform, RandomizableTransform
+from monai.transforms import MapTransform
 from monai.utils import convert_to_tensor
 
 from bundle import ct_physics as ct
 from bundle.errors import InputError
-from bundle.kspace import slice_seed
-from bundle.transforms import _source_name
+from bundle.transforms import SliceSeededTransform, _source_name
 
 logger = logging.getLogger(__name__)
 
@@ -207,7 +206,7 @@ class CTAcquisition:
         return f"{self.views}/{self.full_views} views, {dose}"
 
 
-class SimulateCTd(MapTransform, RandomizableTransform):
+class SimulateCTd(SliceSeededTransform):
     """Replace a (1, H, W) unit-scale CT slice by the FBP of its simulated scan.
 
     Writes `label` (the slice), the key itself (the FBP image: the network input) and `views`.
@@ -225,19 +224,12 @@ class SimulateCTd(MapTransform, RandomizableTransform):
         label_key: str = "label",
         allow_missing_keys: bool = False,
     ) -> None:
-        MapTransform.__init__(self, keys, allow_missing_keys)
-        RandomizableTransform.__init__(self, prob=1.0)
+        super().__init__(keys, deterministic, seed_key, label_key, allow_missing_keys)
         self.acquisition = acquisition
-        self.deterministic = deterministic
-        self.seed_key, self.spacing_key, self.label_key = seed_key, spacing_key, label_key
+        self.spacing_key = spacing_key
 
     def _generator(self, d: Mapping) -> torch.Generator:
-        g = torch.Generator()
-        if self.deterministic:
-            g.manual_seed(slice_seed(str(d.get(self.seed_key, "")), "ct", self.acquisition.views))
-        else:
-            g.manual_seed(int(self.R.randint(0, 2**31 - 1)))
-        return g
+        return torch.Generator().manual_seed(self.seed(d, "ct", self.acquisition.views))
 
     def _spacing(self, d: Mapping) -> list[float]:
         spacing = d.get(self.spacing_key, (1.0, 1.0))

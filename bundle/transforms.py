@@ -100,7 +100,34 @@ class ScaleByPercentiled(MapTransform):
         return d
 
 
-class UndersampleKspaced(MapTransform, RandomizableTransform):
+class SliceSeededTransform(MapTransform, RandomizableTransform):
+    """Base of the acquisition simulators: when `deterministic`, the random draws of a slice depend
+    only on its `seed_key` value (e.g. "file:slice") and the acquisition, so validation, test and
+    inference numbers repeat; otherwise they come from the transform's random state."""
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        deterministic: bool = False,
+        seed_key: str = "slice_id",
+        label_key: str = "label",
+        allow_missing_keys: bool = False,
+    ) -> None:
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        RandomizableTransform.__init__(self, prob=1.0)
+        self.deterministic, self.seed_key, self.label_key = deterministic, seed_key, label_key
+
+    def seed(self, d: Mapping, *acquisition: object) -> int:
+        """The seed of item `d`: from its `seed_key` and `acquisition` when deterministic (a
+        KeyError if the key is missing), else drawn from the random state."""
+        if self.deterministic:
+            if self.seed_key not in d:
+                raise KeyError(f"deterministic simulation needs the key {self.seed_key!r}")
+            return slice_seed(d[self.seed_key], *acquisition)
+        return int(self.R.randint(0, 2**31 - 1))
+
+
+class UndersampleKspaced(SliceSeededTransform):
     """Simulate a Cartesian undersampled acquisition of a fully sampled 2D slice.
 
     Reads `keys` (a (1, H, W) fully sampled magnitude slice) and writes:
@@ -134,12 +161,8 @@ class UndersampleKspaced(MapTransform, RandomizableTransform):
         label_key: str = "label",
         allow_missing_keys: bool = False,
     ) -> None:
-        MapTransform.__init__(self, keys, allow_missing_keys)
-        RandomizableTransform.__init__(self, prob=1.0)
+        super().__init__(keys, deterministic, seed_key, label_key, allow_missing_keys)
         self.mask_type = mask_type
-        self.deterministic = deterministic
-        self.seed_key = seed_key
-        self.label_key = label_key
         self.set_accelerations(accelerations, center_fractions, mask_type)
 
     def set_accelerations(
@@ -173,11 +196,7 @@ class UndersampleKspaced(MapTransform, RandomizableTransform):
         self.mask_type = mask_type
 
     def _rng(self, d: Mapping) -> np.random.Generator:
-        if self.deterministic:
-            if self.seed_key not in d:
-                raise KeyError(f"deterministic undersampling needs the key {self.seed_key!r}")
-            return np.random.default_rng(slice_seed(d[self.seed_key], self.mask_type, *self.accelerations))
-        return np.random.default_rng(self.R.randint(0, 2**31 - 1))
+        return np.random.default_rng(self.seed(d, self.mask_type, *self.accelerations))
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)

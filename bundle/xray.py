@@ -17,7 +17,6 @@ import nibabel as nib
 import numpy as np
 import torch
 from monai.config import KeysCollection
-from monai.transforms import MapTransform, RandomizableTransform
 from monai.utils import convert_to_tensor
 from torch import nn
 
@@ -26,8 +25,7 @@ from bundle.data import DEMO_DIR
 from bundle.errors import InputError
 from bundle.inference import VolumeReconstructor
 from bundle.io import read_dicom_slice, save_nifti_atomic, write_text_atomic
-from bundle.kspace import slice_seed
-from bundle.transforms import percentile_scale
+from bundle.transforms import SliceSeededTransform, percentile_scale
 
 XRAY_DEMO_DIR = DEMO_DIR / "xray"
 # Only two radiographs ship in pip packages: training (and, for lack of a third subject, the
@@ -49,7 +47,7 @@ def low_dose_image(
     return (counts / incident_photons).to(image.dtype)
 
 
-class LowDoseRadiographd(MapTransform, RandomizableTransform):
+class LowDoseRadiographd(SliceSeededTransform):
     """Replace a normalised radiograph by its simulated low-dose version; the original goes to
     `label`. Deterministic noise (seeded by `seed_key`) for validation and test."""
 
@@ -63,11 +61,9 @@ class LowDoseRadiographd(MapTransform, RandomizableTransform):
         label_key: str = "label",
         allow_missing_keys: bool = False,
     ) -> None:
-        MapTransform.__init__(self, keys, allow_missing_keys)
-        RandomizableTransform.__init__(self, prob=1.0)
+        super().__init__(keys, deterministic, seed_key, label_key, allow_missing_keys)
         self.electronic_noise = float(electronic_noise)
         self.set_dose(incident_photons)
-        self.deterministic, self.seed_key, self.label_key = deterministic, seed_key, label_key
 
     def set_dose(self, incident_photons: float) -> None:
         check_dose(float(incident_photons), self.electronic_noise)
@@ -75,11 +71,7 @@ class LowDoseRadiographd(MapTransform, RandomizableTransform):
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
-        g = torch.Generator()
-        if self.deterministic:
-            g.manual_seed(slice_seed(str(d.get(self.seed_key, "")), "xray", self.incident_photons))
-        else:
-            g.manual_seed(int(self.R.randint(0, 2**31 - 1)))
+        g = torch.Generator().manual_seed(self.seed(d, "xray", self.incident_photons))
         for key in self.key_iterator(d):
             image = convert_to_tensor(d[key], track_meta=False).float()
             d[self.label_key] = image
