@@ -10,11 +10,10 @@ import os
 import nibabel as nib
 import numpy as np
 import torch
-from nibabel.orientations import io_orientation
+from nibabel.orientations import apply_orientation, io_orientation
 from torch import nn
 
 from bundle.ct_transforms import HU_CHECKS, HU_WINDOW, CTAcquisition, check_hu, hu_to_unit, unit_to_hu
-from bundle.data import slice_axis_index
 from bundle.errors import InputError
 from bundle.inference import VolumeReconstructor, output_stem, ras_spacing
 from bundle.kspace import slice_seed
@@ -60,17 +59,12 @@ class CTVolumeReconstructor(VolumeReconstructor):
         amp: bool = False,
         progress: bool = True,
     ) -> None:
-        self.network = network.eval()
+        self._set_runtime(network, slice_axis, batch_size, device, amp, progress)
         self.acquisition = acquisition
-        self.axis = slice_axis_index(slice_axis)
         self.window = (float(window[0]), float(window[1]))
         if hu_check not in HU_CHECKS:
             raise InputError(f"unknown hu_check {hu_check!r}: expected one of {', '.join(HU_CHECKS)}")
         self.hu_check = hu_check
-        self.batch_size = int(batch_size)
-        self.device = torch.device(device)
-        self.amp = bool(amp) and self.device.type == "cuda"
-        self.progress = progress
         self.spacing = (1.0, 1.0, 1.0)
         self.sinograms: dict[str, torch.Tensor] = {}
 
@@ -91,9 +85,7 @@ class CTVolumeReconstructor(VolumeReconstructor):
         if not np.issubdtype(sino.dtype, np.floating):
             raise InputError(f"{sino_path}: expected floating-point line integrals, got dtype {sino.dtype}")
         to_ras = io_orientation(img.affine)
-        shape = [0, 0, 0]
-        for i, (axis, _) in enumerate(to_ras):
-            shape[int(axis)] = data.shape[i]
+        shape = apply_orientation(data, to_ras).shape  # a view: no copy
         spacing = ras_spacing(img, to_ras)
         in_plane = [s for i, s in enumerate(shape) if i != self.axis]
         geom = self.acquisition.geometry(in_plane, [s for i, s in enumerate(spacing) if i != self.axis])
@@ -112,10 +104,10 @@ class CTVolumeReconstructor(VolumeReconstructor):
         spacing = [s for i, s in enumerate(self.spacing) if i != self.axis]
         recon, fbp = torch.zeros_like(unit), torch.zeros_like(unit)
         given = self.sinograms.get(name)
+        geom = self.acquisition.geometry(unit.shape[-2:], spacing)
         for start in range(0, unit.shape[0], self.batch_size):
             stop = min(start + self.batch_size, unit.shape[0])
             if given is not None:  # a measured or precomputed scan: FBP of it, no simulation
-                geom = self.acquisition.geometry(unit.shape[-2:], spacing)
                 image = self.acquisition.reconstruct(given[start:stop], geom)[:, None].to(self.device)
             else:
                 generator = torch.Generator().manual_seed(slice_seed(f"{name}:{start}", "ct", self.acquisition.views))

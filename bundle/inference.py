@@ -101,9 +101,14 @@ class VolumeReconstructor:
             mask_type=mask_type,
             deterministic=True,
         )
+        self._set_runtime(network, slice_axis, batch_size, device, amp, progress)
+        self.percentile = percentile
+
+    def _set_runtime(self, network: nn.Module, slice_axis, batch_size: int, device, amp: bool, progress: bool) -> None:
+        """What every reconstructor shares: the network in eval mode, slicing axis, batch, device,
+        autocast (CUDA only) and progress bar."""
         self.network = network.eval()
         self.axis = slice_axis_index(slice_axis)
-        self.percentile = percentile
         self.batch_size = int(batch_size)
         self.device = torch.device(device)
         self.amp = bool(amp) and self.device.type == "cuda"

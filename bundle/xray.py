@@ -125,7 +125,7 @@ def ensure_xray_datalist(datalist: str, dataset_dir: str) -> str:
 
 
 class RadiographDenoiser(VolumeReconstructor):
-    """Simulate a low-dose acquisition of NIfTI radiographs ((X, Y) or (X, Y, 1)) and denoise it.
+    """Simulate a low-dose acquisition of NIfTI radiographs stored as (X, Y, 1) and denoise it.
 
     Writes `<name>_recon.nii.gz` (network) and `<name>_low_dose.nii.gz`, on the input's intensity
     scale, with its shape and geometry. The noise is seeded by file, so runs repeat.
@@ -143,14 +143,9 @@ class RadiographDenoiser(VolumeReconstructor):
         amp: bool = False,
         progress: bool = True,
     ) -> None:
-        self.network = network.eval()
+        self._set_runtime(network, 2, 1, device, amp, progress)  # one (X, Y, 1) radiograph at a time
         self.noise = LowDoseRadiographd("image", incident_photons, electronic_noise, deterministic=True)
         self.percentile = percentile
-        self.axis = 2
-        self.batch_size = 1
-        self.device = torch.device(device)
-        self.amp = bool(amp) and self.device.type == "cuda"
-        self.progress = progress
 
     @torch.no_grad()
     def reconstruct(self, volume: np.ndarray, name: str) -> dict[str, np.ndarray]:
