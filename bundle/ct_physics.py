@@ -106,6 +106,11 @@ class ParallelBeamGeometry:
         return math.hypot(h * sy, w * sx)
 
     @property
+    def n_samples(self) -> int:
+        """Samples along each ray: enough to cross the image diagonal."""
+        return int(math.ceil(self.diagonal / self.step)) + 1
+
+    @property
     def n_det(self) -> int:
         if self.n_detectors:
             return int(self.n_detectors)
@@ -175,7 +180,7 @@ def _ray_grid(geom: ParallelBeamGeometry, views: slice, device, dtype) -> torch.
 def _make_ray_grid(geom: ParallelBeamGeometry, views: slice, device, dtype) -> torch.Tensor:
     (h, w), (sy, sx) = geom.image_shape, geom.pixel_spacing
     theta = geom.angles()[views].to(device)
-    n_s = int(math.ceil(geom.diagonal / geom.step)) + 1
+    n_s = geom.n_samples
     t = (torch.arange(geom.n_det, device=device, dtype=torch.float64) - (geom.n_det - 1) / 2) * geom.det_spacing
     s = (torch.arange(n_s, device=device, dtype=torch.float64) - (n_s - 1) / 2) * geom.step
     cos, sin = torch.cos(theta)[:, None, None], torch.sin(theta)[:, None, None]
@@ -187,7 +192,7 @@ def _make_ray_grid(geom: ParallelBeamGeometry, views: slice, device, dtype) -> t
 
 
 def _view_chunks(geom: ParallelBeamGeometry, batch: int):
-    n_s = int(math.ceil(geom.diagonal / geom.step)) + 1
+    n_s = geom.n_samples
     per_view = geom.n_det * n_s * max(batch, 1)
     size = max(1, _CHUNK_POINTS // per_view)
     for start in range(0, geom.n_views, size):

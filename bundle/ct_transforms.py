@@ -154,7 +154,7 @@ class CTAcquisition:
             v = int(views)
         except (TypeError, ValueError):
             raise InputError(f"views must be a whole number, got {views!r}") from None
-        if v != views and not (isinstance(views, float) and float(views).is_integer()):
+        if v != views:  # 60.5 or "60"; 60.0 passes
             raise InputError(f"views must be a whole number, got {views!r}")
         # the geometry checks zero views and more views than the full set
         ct.sparse_view_geometry((2, 2), (1.0, 1.0), v, self.full_views, self.angular_range)
