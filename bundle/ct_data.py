@@ -3,16 +3,14 @@
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
-from bundle.data import DEMO_DIR
+from bundle.data import DEMO_DIR, ensure_demo_datalist
 from bundle.errors import InputError
-from bundle.io import read_dicom_slice, save_nifti_atomic, write_text_atomic
+from bundle.io import read_dicom_slice, save_nifti_atomic
 
 CT_DEMO_DIR = DEMO_DIR / "ct"
 # Two TotalSegmentator test CTs (Apache-2.0, see docs/data_license.txt) that ship in the
@@ -66,13 +64,10 @@ def pip_ct_slice(name: str, folder: str | Path) -> str:
 def ensure_ct_datalist(datalist: str, dataset_dir: str) -> str:
     """Like `bundle.data.ensure_datalist` for CT: writes the CT demo datalist (and converts the
     pip-shipped test slice) when the demo datalist is asked for and missing."""
-    if not os.path.isdir(dataset_dir):
-        raise InputError(f"dataset_dir {dataset_dir}: no such directory")
-    if not os.path.exists(datalist):
-        if Path(dataset_dir).resolve() != CT_DEMO_DIR or Path(datalist).name != "datalist.json":
-            raise InputError(f"datalist {datalist}: file not found")
+
+    def content() -> dict:
         for name in CT_DEMO_SPLIT["test"]:
             pip_ct_slice(name, dataset_dir)
-        content = {k: [{"image": n} for n in v] for k, v in CT_DEMO_SPLIT.items()}
-        write_text_atomic(datalist, json.dumps(content, indent=2) + "\n")
-    return datalist
+        return {k: [{"image": n} for n in v] for k, v in CT_DEMO_SPLIT.items()}
+
+    return ensure_demo_datalist(datalist, dataset_dir, CT_DEMO_DIR, content)

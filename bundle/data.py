@@ -38,12 +38,28 @@ def ensure_datalist(datalist: str, dataset_dir: str) -> str:
 
     Idempotent: an existing datalist is never rewritten. Returns `datalist`.
     """
-    if not os.path.isdir(dataset_dir):
+    return ensure_demo_datalist(datalist, dataset_dir, DEMO_DIR, demo_datalist)
+
+
+def ensure_demo_datalist(
+    datalist: str,
+    dataset_dir: str,
+    demo_dir: Path,
+    make_content: Callable[[], dict],
+    create_dir: bool = False,
+) -> str:
+    """Check `dataset_dir` and `datalist`. When the datalist is missing and it is the demo's
+    (`<demo_dir>/datalist.json`), call `make_content()` (which may also prepare demo files) and
+    write its result; any other missing datalist is an `InputError`. `create_dir`: the demo
+    folder itself may be missing (it is made). Never rewrites an existing datalist."""
+    is_demo = Path(dataset_dir).resolve() == Path(demo_dir).resolve()
+    if not os.path.isdir(dataset_dir) and not (create_dir and is_demo):
         raise InputError(f"dataset_dir {dataset_dir}: no such directory")
     if not os.path.exists(datalist):
-        if Path(dataset_dir).resolve() != DEMO_DIR or Path(datalist).name != "datalist.json":
+        if not is_demo or Path(datalist).name != "datalist.json":
             raise InputError(f"datalist {datalist}: file not found")
-        write_text_atomic(datalist, json.dumps(demo_datalist(), indent=2) + "\n")
+        os.makedirs(dataset_dir, exist_ok=True)
+        write_text_atomic(datalist, json.dumps(make_content(), indent=2) + "\n")
     return datalist
 
 

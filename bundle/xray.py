@@ -8,8 +8,6 @@ detects Poisson(I0 x) + N(0, sigma_e^2) counts, and the low-dose image is counts
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Hashable, Mapping
 from pathlib import Path
 
@@ -21,10 +19,10 @@ from monai.utils import convert_to_tensor
 from torch import nn
 
 from bundle.ct_physics import check_dose
-from bundle.data import DEMO_DIR
+from bundle.data import DEMO_DIR, ensure_demo_datalist
 from bundle.errors import InputError
 from bundle.inference import VolumeReconstructor
-from bundle.io import read_dicom_slice, save_nifti_atomic, write_text_atomic
+from bundle.io import read_dicom_slice, save_nifti_atomic
 from bundle.transforms import SliceSeededTransform, percentile_scale
 
 XRAY_DEMO_DIR = DEMO_DIR / "xray"
@@ -105,12 +103,8 @@ def dicom_radiograph_to_nifti(dicom_path: str, out_path: str, downsample: int = 
 def ensure_xray_datalist(datalist: str, dataset_dir: str) -> str:
     """Write the radiograph demo (converted from pydicom-data) and its datalist when they are the
     ones asked for and missing; otherwise check that they exist."""
-    if not os.path.isdir(dataset_dir) and Path(dataset_dir).resolve() != XRAY_DEMO_DIR:
-        raise InputError(f"dataset_dir {dataset_dir}: no such directory")
-    if not os.path.exists(datalist):
-        if Path(dataset_dir).resolve() != XRAY_DEMO_DIR or Path(datalist).name != "datalist.json":
-            raise InputError(f"datalist {datalist}: file not found")
-        os.makedirs(dataset_dir, exist_ok=True)
+
+    def content() -> dict:
         from pydicom.data import get_testdata_file
 
         for name, dicom in XRAY_DEMO_FILES.items():
@@ -119,9 +113,9 @@ def ensure_xray_datalist(datalist: str, dataset_dir: str) -> str:
                 if src is None:
                     raise InputError(f"{name}: needs {dicom} of the pydicom-data package (pip install pydicom-data)")
                 dicom_radiograph_to_nifti(src, str(Path(dataset_dir) / name))
-        content = {k: [{"image": n} for n in v] for k, v in XRAY_DEMO_SPLIT.items()}
-        write_text_atomic(datalist, json.dumps(content, indent=2) + "\n")
-    return datalist
+        return {k: [{"image": n} for n in v] for k, v in XRAY_DEMO_SPLIT.items()}
+
+    return ensure_demo_datalist(datalist, dataset_dir, XRAY_DEMO_DIR, content, create_dir=True)
 
 
 class RadiographDenoiser(VolumeReconstructor):
