@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -55,6 +56,12 @@ def tiny_dataset(tmp_path: Path) -> dict:
     path = data_dir / "datalist.json"
     path.write_text(json.dumps(datalist))
     return {"dataset_dir": str(data_dir), "datalist": str(path), "names": names}
+
+
+def run_bundle(*args, timeout=300) -> subprocess.CompletedProcess:
+    """`python -m monai.bundle run ARGS` from the repository root, output captured."""
+    cmd = [sys.executable, "-m", "monai.bundle", "run", *args]
+    return subprocess.run(cmd, cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=timeout)
 
 
 def run_env() -> dict:

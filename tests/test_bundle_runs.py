@@ -2,13 +2,11 @@
 
 import csv
 import json
-import subprocess
-import sys
 
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import ROOT, phantom_volume, run_env, write_nifti
+from conftest import phantom_volume, run_bundle, write_nifti
 
 TINY = ["--features", "[4,4,8,8,16,4]"]
 TRAIN = ["--meta_file", "configs/metadata.json", "--config_file", "configs/train.yaml",
@@ -16,10 +14,6 @@ TRAIN = ["--meta_file", "configs/metadata.json", "--config_file", "configs/train
 EVAL = ["--meta_file", "configs/metadata.json", "--config_file", "['configs/train.yaml','configs/evaluate.yaml']",
         "--logging_file", "configs/logging.conf"]
 
-
-def run_bundle(*args, timeout=300):
-    cmd = [sys.executable, "-m", "monai.bundle", "run", *args]
-    return subprocess.run(cmd, cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=timeout)
 
 
 def data_args(tiny_dataset, tmp_path, **extra):

@@ -11,7 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, run_env
+from conftest import ROOT, run_bundle, run_env
 
 TINY = ["--features", "[4,4,8,8,16,4]"]
 CT_TRAIN = ["--meta_file", "configs/metadata.json", "--config_file", "['configs/train.yaml','configs/train_ct.yaml']",
@@ -54,10 +54,6 @@ def ct_dataset(tmp_path):
     (d / "datalist.json").write_text(json.dumps(datalist))
     return {"dataset_dir": str(d), "datalist": str(d / "datalist.json"), "names": names}
 
-
-def run_bundle(*args, timeout=300):
-    cmd = [sys.executable, "-m", "monai.bundle", "run", *args]
-    return subprocess.run(cmd, cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=timeout)
 
 
 def ct_args(ds, tmp_path, **extra):

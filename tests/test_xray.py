@@ -4,14 +4,12 @@ radiographs, and training / evaluation / inference through `python -m monai.bund
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, run_env
+from conftest import run_bundle
 
 from bundle.errors import InputError
 from bundle.xray import LowDoseRadiographd, dicom_radiograph_to_nifti, low_dose_image
@@ -76,14 +74,10 @@ def test_xray_train_evaluate_infer_two_iterations(tmp_path):
               "--output_dir", str(tmp_path / "eval"), "--batch_size", "2", "--patch_size", "[32,32]", "--repeat", "2",
               *TINY]
 
-    def run(*args):
-        cmd = [sys.executable, "-m", "monai.bundle", "run", *args]
-        return subprocess.run(cmd, cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=300)
-
-    res = run("training", "--config_file", XR, "--max_epochs", "1", "--epoch_length", "2", *common)
+    res = run_bundle("training", "--config_file", XR, "--max_epochs", "1", "--epoch_length", "2", *common)
     assert res.returncode == 0, res.stderr[-3000:]
     assert (tmp_path / "m" / "model_xray.pt").is_file()
-    res = run("--config_file", XR_EVAL, "--eval_doses", "[100,1000]", *common)
+    res = run_bundle("--config_file", XR_EVAL, "--eval_doses", "[100,1000]", *common)
     assert res.returncode == 0, res.stderr[-3000:]
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert set(metrics) == {"100", "1000"}
@@ -91,7 +85,7 @@ def test_xray_train_evaluate_infer_two_iterations(tmp_path):
     assert metrics["100"]["low_dose"]["psnr"]["mean"] < metrics["1000"]["low_dose"]["psnr"]["mean"] - 5  # 10 dB
 
     out = tmp_path / "out"
-    res = run("--config_file", "configs/inference_xray.yaml", "--input_dir", str(d), "--output_dir", str(out),
+    res = run_bundle("--config_file", "configs/inference_xray.yaml", "--input_dir", str(d), "--output_dir", str(out),
               "--ckpt_path", str(tmp_path / "m" / "model_xray.pt"), *TINY)
     assert res.returncode == 0, res.stderr[-3000:]
     for i in range(3):
@@ -108,9 +102,7 @@ def test_shipped_radiograph_model_denoises_the_chest(tmp_path):
     """models/model_xray.pt, trained on the tibia, on the chest radiograph at the trained dose.
     Measured: 33.4 dB vs 24.3 dB for the low-dose image."""
     pytest.importorskip("pydicom.data")
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", XR_EVAL, "--output_dir", str(tmp_path),
-           "--eval_doses", "[200]"]
-    res = subprocess.run(cmd, cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=300)
+    res = run_bundle("--config_file", XR_EVAL, "--output_dir", str(tmp_path), "--eval_doses", "[200]")
     assert res.returncode == 0, res.stderr[-3000:]
     m = json.loads((tmp_path / "metrics.json").read_text())["200"]
     assert m["network"]["psnr"]["mean"] >= m["low_dose"]["psnr"]["mean"] + 5.0
