@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
 from bundle.data import DEMO_DIR, ensure_demo_datalist
+from bundle.dicom import DicomSeries
 from bundle.errors import InputError
 from bundle.io import read_dicom_slice, save_nifti_atomic
 
@@ -28,16 +30,11 @@ def dicom_slice_to_nifti(dicom_path: str, out_path: str) -> str:
     """Write one DICOM CT slice as a (X, Y, 1) NIfTI volume in HU (rescale slope and intercept
     applied), with the slice's spacing and an LPS->RAS affine from its position and orientation."""
     ds, hu = read_dicom_slice(dicom_path, "slice")
-    dr, dc = (float(v) for v in getattr(ds, "PixelSpacing", [1.0, 1.0]))
-    thickness = float(getattr(ds, "SliceThickness", 1.0) or 1.0)
-    orient = [float(v) for v in getattr(ds, "ImageOrientationPatient", [1, 0, 0, 0, 1, 0])]
-    pos = [float(v) for v in getattr(ds, "ImagePositionPatient", [0, 0, 0])]
-    row_dir, col_dir = np.array(orient[:3]), np.array(orient[3:])
-    normal = np.cross(row_dir, col_dir)
-    affine = np.eye(4)
-    # NIfTI axis 0 runs along a row (DICOM columns, spacing dc), axis 1 down the columns (dr)
-    affine[:3, 0], affine[:3, 1], affine[:3, 2], affine[:3, 3] = row_dir * dc, col_dir * dr, normal * thickness, pos
-    affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine  # DICOM LPS -> NIfTI RAS
+    for key, default in (("PixelSpacing", [1.0, 1.0]), ("ImageOrientationPatient", [1, 0, 0, 0, 1, 0]),
+                         ("ImagePositionPatient", [0, 0, 0])):
+        if key not in ds:
+            setattr(ds, key, default)
+    affine = DicomSeries(os.path.dirname(dicom_path), "", [dicom_path], [ds]).affine()
     img = nib.Nifti1Image(hu.T[:, :, None].astype(np.float32), affine)
     img.header.set_xyzt_units("mm")
     save_nifti_atomic(img, out_path)

@@ -46,6 +46,7 @@ class CTVolumeReconstructor(VolumeReconstructor):
     """
 
     output_suffixes = ("_recon", "_fbp")
+    accepts_prospective = False
 
     def __init__(
         self,

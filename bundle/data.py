@@ -82,8 +82,9 @@ def load_datalist(datalist: str, dataset_dir: str, key: str) -> list[dict]:
     for item in items:
         if "image" not in item:
             raise InputError(f"datalist {datalist}: an item of {key!r} has no 'image': {item}")
-        if not os.path.isfile(item["image"]):
-            raise InputError(f"{item['image']}: file not found (listed in {datalist})")
+        for k in ("image", "label"):
+            if k in item and not os.path.exists(item[k]):
+                raise InputError(f"{item[k]}: file not found (listed in {datalist})")
     return items
 
 
@@ -106,7 +107,9 @@ class SliceDataset(torch.utils.data.Dataset):
     """2D slices of 3D volumes: each volume is loaded and normalised once, its slices are cached.
 
     Args:
-        data: datalist items with an "image" path.
+        data: datalist items with an "image" path (a NIfTI file, a DICOM series folder or a
+            fastMRI HDF5 file), optionally a "label": the fully sampled reference, used instead
+            of "image" when given (the datalists MONAI Label writes).
         volume_transform: deterministic transform of one volume item (load, check, channel first,
             orientation, normalisation); must give "image" of shape (1, X, Y, Z) and "image_scale".
         slice_transform: transform applied to each slice item on access (augmentation, undersampling).
@@ -182,11 +185,13 @@ class SliceDataset(torch.utils.data.Dataset):
                     batch.append(item)
 
     def _slices(self, item: dict, volume_transform: Callable, min_foreground: float) -> list[dict]:
-        path = str(item["image"])
-        if not os.path.isfile(path):
+        # MONAI Label's datalists pair an "image" with a "label"; here the label is the fully
+        # sampled reference the acquisition is simulated from, so it is the volume when present.
+        path = str(item.get("label") or item["image"])
+        if not os.path.exists(path):
             raise InputError(f"{path}: file not found")
         try:
-            d = volume_transform(dict(item))
+            d = volume_transform({**item, "image": path})
         except Exception as e:  # a reader's deep error becomes one line naming the file
             msg = format_error(e)
             if msg.startswith(path) or path in msg.split(":")[0]:

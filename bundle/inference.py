@@ -3,7 +3,6 @@ NIfTI in the input's geometry."""
 
 from __future__ import annotations
 
-import glob
 import logging
 import os
 from collections.abc import Sequence
@@ -12,29 +11,27 @@ import nibabel as nib
 import numpy as np
 import torch
 from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
+from monai.inferers import Inferer
 from torch import nn
 from tqdm import tqdm
 
 from bundle.data import slice_axis_index
 from bundle.errors import InputError
-from bundle.io import is_nifti, load_nifti_volume, save_nifti_like
+from bundle.dicom import write_dicom_series
+from bundle.io import save_nifti_like
+from bundle.readers import list_inputs, load_input, output_stem
 from bundle.transforms import UndersampleKspaced, percentile_scale
 
 logger = logging.getLogger(__name__)
 
 
 def find_volumes(input_dir: str) -> list[str]:
-    """All NIfTI files in `input_dir`, sorted; an `InputError` if there are none."""
-    if not os.path.isdir(input_dir):
-        raise InputError(f"input_dir {input_dir}: no such directory")
-    files = sorted(f for f in glob.glob(os.path.join(input_dir, "*")) if os.path.isfile(f) and is_nifti(f))
-    if not files:
-        raise InputError(f"input_dir {input_dir}: no NIfTI volumes (.nii, .nii.gz) found")
-    return files
+    """Every input in `input_dir` (NIfTI files, fastMRI HDF5 files, DICOM series folders), sorted."""
+    return list_inputs(input_dir)
 
 
 def resolve_inputs(input_dir: str, datalist: str | None = None, key: str = "test") -> list[str]:
-    """The volumes to reconstruct: every NIfTI file in `input_dir`, or the `key` list of a MONAI
+    """The inputs to reconstruct: every input in `input_dir`, or the `key` list of a MONAI
     datalist whose paths are relative to `input_dir`."""
     if datalist is None:
         return find_volumes(input_dir)
@@ -52,12 +49,81 @@ def ras_spacing(img: nib.Nifti1Image, to_ras: np.ndarray) -> tuple[float, float,
     return tuple(out)
 
 
-def output_stem(path: str) -> str:
-    name = os.path.basename(path)
-    for suffix in (".nii.gz", ".nii"):
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
+class SliceReconstructionInferer(Inferer):
+    """A MONAI `Inferer` for fully sampled volumes: simulate the Cartesian undersampling of each
+    slice along `slice_axis` (a deterministic mask per file and slice) and reconstruct it with the
+    network (with its data-consistency step), in batches.
+
+    `inferer(inputs, network)` takes (B, 1, X, Y, Z) normalised RAS volumes (what
+    `preprocessing` in configs/inference.yaml gives) and returns the reconstructions, same shape:
+    the contract of MONAI Label's bundle inference task. `VolumeReconstructor` uses the same code.
+
+    Args:
+        acceleration: undersampling factor.
+        center_fraction: fully sampled centre; default 0.32 / acceleration (fastMRI).
+        mask_type: "equispaced" or "random".
+        slice_axis: "axial", "coronal", "sagittal" or 0, 1, 2 (RAS).
+        batch_size: slices per forward pass.
+        amp: autocast (CUDA only).
+    """
+
+    def __init__(
+        self,
+        acceleration: float = 4,
+        center_fraction: float | None = None,
+        mask_type: str = "equispaced",
+        slice_axis: int | str = "axial",
+        batch_size: int = 16,
+        amp: bool = False,
+    ) -> None:
+        super().__init__()
+        self.undersample = UndersampleKspaced(
+            keys="image",
+            accelerations=[acceleration],
+            center_fractions=None if center_fraction is None else [center_fraction],
+            mask_type=mask_type,
+            deterministic=True,
+        )
+        self.axis = slice_axis_index(slice_axis)
+        self.batch_size = int(batch_size)
+        self.amp = bool(amp)
+
+    @torch.no_grad()
+    def reconstruct_slices(self, network: nn.Module, slices: torch.Tensor, name: str) -> dict[str, torch.Tensor]:
+        """(S, H, W) normalised slices -> "recon", "zero_filled", "mask" (S, H, W) on the CPU."""
+        device = next(network.parameters()).device
+        amp = self.amp and device.type == "cuda"
+        slices = slices.detach().float().cpu()
+        outputs = {k: torch.zeros_like(slices) for k in ("recon", "zero_filled", "mask")}
+        for start in range(0, slices.shape[0], self.batch_size):
+            items = [
+                self.undersample({"image": slices[i][None], "slice_id": f"{name}:{i}"})
+                for i in range(start, min(start + self.batch_size, slices.shape[0]))
+            ]
+            image = torch.stack([d["image"] for d in items]).to(device)
+            kspace = torch.stack([d["kspace"] for d in items]).to(device)
+            mask = torch.stack([d["mask"] for d in items]).to(device)
+            with torch.autocast(device.type, enabled=amp):
+                pred = network(image, kspace=kspace, mask=mask)
+            stop = start + len(items)
+            outputs["recon"][start:stop] = pred[:, 0].float().cpu()
+            outputs["zero_filled"][start:stop] = image[:, 0].cpu()
+            outputs["mask"][start:stop] = mask[:, 0].cpu().expand(-1, slices.shape[1], -1)
+        return outputs
+
+    def __call__(self, inputs: torch.Tensor, network: nn.Module, *args, **kwargs) -> torch.Tensor:
+        if inputs.ndim != 5 or inputs.shape[1] != 1:
+            raise InputError(f"expected a batch of single-channel volumes (B, 1, X, Y, Z), got shape {tuple(inputs.shape)}")
+        meta = getattr(inputs, "meta", None) or {}
+        names = meta.get("filename_or_obj", [None] * inputs.shape[0])
+        names = [names] if isinstance(names, str) else list(names)
+        network.eval()
+        out = torch.zeros(inputs.shape, dtype=torch.float32)
+        for b in range(inputs.shape[0]):
+            vol = torch.as_tensor(inputs[b, 0]).movedim(self.axis, 0)
+            name = output_stem(str(names[b])) if names[b] else f"volume{b}"
+            out[b, 0] = self.reconstruct_slices(network, vol, name)["recon"].movedim(0, self.axis)
+        return out
 
 
 class VolumeReconstructor:
@@ -79,6 +145,9 @@ class VolumeReconstructor:
         device: torch device.
         amp: autocast on CUDA.
         progress: progress bar over volumes.
+        inferer: the `SliceReconstructionInferer` to use (configs/inference.yaml passes its
+            `inferer`); when given, it replaces acceleration, center_fraction, mask_type,
+            slice_axis, batch_size and amp.
     """
 
     def __init__(
@@ -93,15 +162,11 @@ class VolumeReconstructor:
         device: str | torch.device = "cpu",
         amp: bool = False,
         progress: bool = True,
+        inferer: SliceReconstructionInferer | None = None,
     ) -> None:
-        self.undersample = UndersampleKspaced(
-            keys="image",
-            accelerations=[acceleration],
-            center_fractions=None if center_fraction is None else [center_fraction],
-            mask_type=mask_type,
-            deterministic=True,
-        )
         self._set_runtime(network, slice_axis, batch_size, device, amp, progress)
+        self.inferer = inferer or SliceReconstructionInferer(acceleration, center_fraction, mask_type, slice_axis, batch_size, amp)
+        self.axis = self.inferer.axis
         self.percentile = percentile
 
     def _set_runtime(self, network: nn.Module, slice_axis, batch_size: int, device, amp: bool, progress: bool) -> None:
@@ -127,54 +192,75 @@ class VolumeReconstructor:
         if scale <= 0:
             raise InputError(f"{name}: no positive intensity to normalise")
         vol = torch.from_numpy(np.ascontiguousarray(np.moveaxis(volume, self.axis, 0)) / scale).float()  # (S, H, W)
-        outputs = {k: torch.zeros_like(vol) for k in ("recon", "zero_filled", "mask")}
-        for start in range(0, vol.shape[0], self.batch_size):
-            items = [
-                self.undersample({"image": vol[i][None], "slice_id": f"{name}:{i}"})
-                for i in range(start, min(start + self.batch_size, vol.shape[0]))
-            ]
-            image = torch.stack([d["image"] for d in items]).to(self.device)
-            kspace = torch.stack([d["kspace"] for d in items]).to(self.device)
-            mask = torch.stack([d["mask"] for d in items]).to(self.device)
-            with torch.autocast(self.device.type, enabled=self.amp):
-                pred = self.network(image, kspace=kspace, mask=mask)
-            stop = start + len(items)
-            outputs["recon"][start:stop] = pred[:, 0].float().cpu()
-            outputs["zero_filled"][start:stop] = image[:, 0].cpu()
-            outputs["mask"][start:stop] = mask[:, 0].cpu().expand(-1, vol.shape[1], -1)
+        outputs = self.inferer.reconstruct_slices(self.network.to(self.device), vol, name)
         result = {}
         for key, value in outputs.items():
             arr = value.numpy() * (scale if key != "mask" else 1.0)
             result[key] = np.moveaxis(arr, 0, self.axis)
         return result
 
-    def run(self, inputs: Sequence[str] | str, output_dir: str) -> list[str]:
-        """Reconstruct every volume in `inputs` (a folder or a list of NIfTI files) into `output_dir`:
-        `<name>_recon.nii.gz`, `<name>_zero_filled.nii.gz` and `<name>_mask.nii.gz`.
+    @torch.no_grad()
+    def reconstruct_prospective(self, zero_filled: np.ndarray, name: str) -> dict[str, np.ndarray]:
+        """Reconstruct a RAS volume of zero-filled slices of an acquisition that was undersampled
+        at the scanner (fastMRI file with a mask). The network runs without its data-consistency
+        step: the acquired k-space is multi-coil, on the encoding grid (before the readout crop),
+        not the k-space of this image. Returns "recon" and "zero_filled"."""
+        volume = np.ascontiguousarray(zero_filled, dtype=np.float32)
+        scale = percentile_scale(torch.from_numpy(volume), self.percentile)
+        if scale <= 0:
+            raise InputError(f"{name}: no positive intensity to normalise")
+        vol = torch.from_numpy(np.ascontiguousarray(np.moveaxis(volume, self.axis, 0)) / scale).float()
+        recon = torch.zeros_like(vol)
+        for start in range(0, vol.shape[0], self.batch_size):
+            image = vol[start : start + self.batch_size, None].to(self.device)
+            with torch.autocast(self.device.type, enabled=self.amp):
+                recon[start : start + len(image)] = self.network(image)[:, 0].float().cpu()
+        return {key: np.moveaxis(v.numpy() * scale, 0, self.axis) for key, v in (("recon", recon), ("zero_filled", vol))}
 
-        Every input is checked before anything is written. Returns the written paths.
+    accepts_prospective = True  # MRI: fastMRI files with a mask are reconstructed as acquired
+    dicom_outputs = ("recon",)
+
+    def run(
+        self, inputs: Sequence[str] | str, output_dir: str, output_dicom: bool = False, series_uid: str | None = None
+    ) -> list[str]:
+        """Reconstruct every input (a folder, or a list of NIfTI files, DICOM series folders and
+        fastMRI HDF5 files) into `output_dir`: `<name>_recon.nii.gz` and the method's other
+        outputs (`output_suffixes`), with the input's affine (for DICOM: from its positions,
+        orientation and spacing). With `output_dicom`, DICOM inputs also get `<name>_recon_dicom/`,
+        a derived series referencing the source. `series_uid` picks one series in DICOM folders
+        that hold several.
+
+        Every input is loaded and checked before anything is written. Returns the written paths.
         """
-        files = find_volumes(inputs) if isinstance(inputs, str) else list(inputs)
+        files = list_inputs(inputs) if isinstance(inputs, str) else list(inputs)
         if not files:
             raise InputError("no input volumes given")
-        checked = [(f, *load_nifti_volume(f)) for f in files]  # all errors before any output
-        for path, img, data in checked:
-            self.check(path, img, data)
+        loaded = [load_input(f, series_uid) for f in files]  # all errors before any output
+        for item in loaded:
+            if item.prospective and not self.accepts_prospective:
+                raise InputError(f"{item.path}: undersampled MRI k-space; this reconstructor takes {', '.join(self.output_suffixes)} inputs of another modality")
+            self.check(item.path, item.reference, item.data)
         out_abs = os.path.abspath(output_dir)
         for f in files:
             if os.path.dirname(os.path.abspath(f)) == out_abs and output_stem(f).endswith(self.output_suffixes):
                 raise InputError(f"{f}: looks like an output of this bundle; use another input_dir")
         os.makedirs(output_dir, exist_ok=True)
         written = []
-        for path, img, data in tqdm(checked, desc="reconstructing", unit="vol", disable=not self.progress):
+        for item in tqdm(loaded, desc="reconstructing", unit="vol", disable=not self.progress):
+            img, stem = item.reference, output_stem(item.path)
             to_ras = io_orientation(img.affine)
             from_ras = ornt_transform(axcodes2ornt(("R", "A", "S")), to_ras)
             self.spacing = ras_spacing(img, to_ras)
-            result = self.reconstruct(apply_orientation(data, to_ras), output_stem(path))
-            stem = output_stem(path)
+            ras = apply_orientation(item.data, to_ras)
+            result = self.reconstruct_prospective(ras, stem) if item.prospective else self.reconstruct(ras, stem)
+            result = {key: apply_orientation(value, from_ras) for key, value in result.items()}
             for key, value in result.items():
                 out = os.path.join(output_dir, f"{stem}_{key}.nii.gz")
-                save_nifti_like(apply_orientation(value, from_ras), img, out)
+                save_nifti_like(value, img, out)
                 written.append(out)
-            logger.info("%s -> %s_{%s}.nii.gz", path, os.path.join(output_dir, stem), ",".join(result))
+            if output_dicom and item.series is not None:
+                for key in self.dicom_outputs:
+                    out = os.path.join(output_dir, f"{stem}_{key}_dicom")
+                    written += write_dicom_series(result[key], item.series, out, description=f"{key} (deep-learning reconstruction bundle)")
+            logger.info("%s -> %s_{%s}.nii.gz", item.path, os.path.join(output_dir, stem), ",".join(result))
         return written

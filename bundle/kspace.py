@@ -166,7 +166,7 @@ def data_consistency(image: torch.Tensor, kspace: torch.Tensor, mask: torch.Tens
         (..., H, W) complex image whose k-space equals `kspace` on the acquired lines.
     """
     if image.shape[-2:] != kspace.shape[-2:]:
-        raise ValueError(f"image {tuple(image.shape)} and k-space {tuple(kspace.shape)} differ in size")
+        raise ValueError("image " + str(image.shape) + " and k-space " + str(kspace.shape) + " differ in size")
     m = mask.to(dtype=kspace.real.dtype, device=kspace.device)
     k_est = fft2c(image)
     return ifft2c(k_est * (1 - m) + kspace * m)

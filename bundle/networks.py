@@ -71,17 +71,20 @@ class ResidualUNet(nn.Module):
         self, image: torch.Tensor, kspace: Optional[torch.Tensor] = None, mask: Optional[torch.Tensor] = None
     ) -> torch.Tensor:
         if image.ndim != 4 or image.shape[1] != 1:
-            raise ValueError(f"expected a (B, 1, H, W) image, got {tuple(image.shape)}")
+            raise ValueError("expected a (B, 1, H, W) image, got shape " + str(image.shape))
         h, w = image.shape[-2], image.shape[-1]
         ph, pw = (-h) % self.divisor, (-w) % self.divisor
-        use_dc = self.data_consistency and kspace is not None and mask is not None
-        k = torch.complex(kspace[:, 0:1].float(), kspace[:, 1:2].float()) if use_dc else None
+        k: Optional[torch.Tensor] = None
+        m: Optional[torch.Tensor] = None
+        if self.data_consistency and kspace is not None and mask is not None:  # written for TorchScript
+            k = torch.complex(kspace[:, 0:1].float(), kspace[:, 1:2].float())
+            m = mask
         pred = image
         for unet in self.unets:
             x = F.pad(pred, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2])
             pred = pred + unet(x)[..., ph // 2 : ph // 2 + h, pw // 2 : pw // 2 + w]
-            if k is not None:
-                pred = data_consistency(pred.float(), k, mask).abs().to(image.dtype)
+            if k is not None and m is not None:
+                pred = data_consistency(pred.float(), k, m).abs().to(image.dtype)
         return pred
 
 

@@ -100,6 +100,28 @@ class ScaleByPercentiled(MapTransform):
         return d
 
 
+class RestoreScaled(MapTransform):
+    """Multiply each key by the scale `ScaleByPercentiled` stored (undo the normalisation), e.g.
+    on the network's prediction in `postprocessing`.
+
+    Args:
+        keys: keys to rescale.
+        scale_key: the key holding the scale ("image_scale" for a normalised "image").
+    """
+
+    def __init__(self, keys: KeysCollection, scale_key: str = "image_scale", allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.scale_key = scale_key
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        if self.scale_key not in d:
+            raise InputError(f"RestoreScaled: no {self.scale_key!r} in the data (is ScaleByPercentiled in preprocessing?)")
+        for key in self.key_iterator(d):
+            d[key] = d[key] * float(d[self.scale_key])
+        return d
+
+
 class SliceSeededTransform(MapTransform, RandomizableTransform):
     """Base of the acquisition simulators: when `deterministic`, the random draws of a slice depend
     only on its `seed_key` value (e.g. "file:slice") and the acquisition, so validation, test and

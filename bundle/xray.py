@@ -126,6 +126,7 @@ class RadiographDenoiser(VolumeReconstructor):
     """
 
     output_suffixes = ("_recon", "_low_dose")
+    accepts_prospective = False
 
     def __init__(
         self,

@@ -93,7 +93,7 @@ def test_bad_options_and_folders(tmp_path):
     with pytest.raises(InputError, match="no such directory"):
         find_volumes(str(tmp_path / "missing"))
     (tmp_path / "notes.txt").write_text("x")
-    with pytest.raises(InputError, match="no NIfTI volumes"):
+    with pytest.raises(InputError, match="no inputs"):
         find_volumes(str(tmp_path))
 
 
