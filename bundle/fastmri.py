@@ -159,3 +159,56 @@ def as_volume(images: np.ndarray) -> np.ndarray:
 def volume_affine(f: FastMRIFile) -> np.ndarray:
     """A voxel-to-world affine with the header's voxel size (fastMRI files carry no patient position)."""
     return np.diag([*f.spacing, 1.0])
+
+
+def ismrmrd_header(encoded: tuple[int, int], recon: tuple[int, int], fov_mm: tuple[float, float, float]) -> bytes:
+    """A minimal ISMRMRD XML header with the encoded and reconstructed matrix and field of view."""
+    def space(tag: str, m: tuple[int, int], fov: tuple[float, float, float]) -> str:
+        return (f"<{tag}><matrixSize><x>{m[0]}</x><y>{m[1]}</y><z>1</z></matrixSize>"
+                f"<fieldOfView_mm><x>{fov[0]}</x><y>{fov[1]}</y><z>{fov[2]}</z></fieldOfView_mm></{tag}>")
+
+    enc_fov = (fov_mm[0] * encoded[0] / recon[0], fov_mm[1] * encoded[1] / recon[1], fov_mm[2])
+    xml = (f'<?xml version="1.0" encoding="utf-8"?><ismrmrdHeader xmlns="{ISMRMRD_NS["m"]}"><encoding>'
+           f"{space('encodedSpace', encoded, enc_fov)}{space('reconSpace', recon, fov_mm)}</encoding></ismrmrdHeader>")
+    return xml.encode()
+
+
+def write_fastmri(
+    path: str,
+    kspace: np.ndarray,
+    mask: np.ndarray | None = None,
+    recon_size: tuple[int, int] | None = None,
+    fov_mm: tuple[float, float, float] | None = None,
+    acquisition: str = "unknown",
+) -> str:
+    """Write k-space (S, [C,] H, W) as a fastMRI-format HDF5 file, atomically: `kspace`, the
+    `ismrmrd_header` (when `recon_size` and `fov_mm` are given), attributes `acquisition`, `norm`,
+    `max`; a prospectively undersampled acquisition gets its `mask` and no reference, a fully
+    sampled one gets `reconstruction_rss` (root-sum-of-squares, cropped to `recon_size`)."""
+    import h5py
+
+    from bundle.io import tmp_path_beside
+
+    kspace = np.asarray(kspace).astype(np.complex64)
+    coils = kspace if kspace.ndim == 4 else kspace[:, None]
+    images = rss(ifft2c(torch.from_numpy(coils)), dim=1).numpy()
+    crop = recon_size or tuple(kspace.shape[-2:])
+    target = center_crop(images, crop).astype(np.float32)
+    tmp = tmp_path_beside(path, ".h5")
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset("kspace", data=kspace)
+            if mask is not None:
+                f.create_dataset("mask", data=np.asarray(mask, dtype=bool))
+            else:
+                f.create_dataset("reconstruction_rss", data=target)
+            if recon_size is not None and fov_mm is not None:
+                f.create_dataset("ismrmrd_header", data=ismrmrd_header(tuple(kspace.shape[-2:]), recon_size, fov_mm))
+            f.attrs["acquisition"] = acquisition
+            f.attrs["norm"] = float(np.linalg.norm(target))
+            f.attrs["max"] = float(target.max())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path

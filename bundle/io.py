@@ -60,7 +60,8 @@ def load_nifti_volume(path: str) -> tuple[nib.Nifti1Image, np.ndarray]:
     except Exception as e:  # nibabel/gzip/zlib errors of a corrupt file
         raise InputError(f"{path}: cannot be read as NIfTI ({type(e).__name__}: {str(e)[:160]})") from None
     if data.ndim != 3:
-        raise InputError(f"{path}: expected a 3D volume, got shape {data.shape}")
+        hint = ": 4D volumes (several frames) are not supported; give one 3D volume per frame" if data.ndim == 4 else ""
+        raise InputError(f"{path}: expected a 3D volume, got shape {data.shape}{hint}")
     if not np.isfinite(data).all():
         raise InputError(f"{path}: contains NaN or infinite voxels")
     return img, data

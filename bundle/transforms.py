@@ -47,7 +47,8 @@ class CheckVolumed(MapTransform):
             name = _source_name(img)
             shape = tuple(img.shape)
             if len(shape) != self.spatial_dims:
-                raise InputError(f"{name}: expected a {self.spatial_dims}D volume, got shape {shape}")
+                hint = "; give one 3D volume per frame" if len(shape) == self.spatial_dims + 1 else ""
+                raise InputError(f"{name}: expected a {self.spatial_dims}D volume, got shape {shape}{hint}")
             if torch.is_tensor(img) and img.is_complex():
                 raise InputError(f"{name}: complex voxels are not supported, give a magnitude image")
             arr = torch.as_tensor(img)

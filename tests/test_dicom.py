@@ -192,3 +192,39 @@ def test_shared_mr_slices(tmp_path):
     affine = find_series(str(SHARED / "dicom_mr")).affine()
     np.testing.assert_allclose(item.reference.affine, affine, atol=1e-4)
     nib.Nifti1Image(item.data, item.reference.affine)  # a valid NIfTI geometry
+
+
+def test_dicom_series_through_the_bundle(tmp_path):
+    """A CT series in, NIfTI and a derived DICOM series out, through `python -m monai.bundle run`;
+    a folder with two series stops with one line and writes nothing."""
+    from conftest import phantom_volume, run_bundle
+
+    phantom = phantom_volume((64, 64, 3), seed=2)
+    hu = np.where(phantom > 0, phantom * 2.0, -1000.0).astype(np.float32)
+    write_series(tmp_path / "in" / "ct_series", hu, spacing=(0.9, 0.9), iop=(1, 0, 0, 0, 1, 0))
+    out = tmp_path / "out"
+    res = run_bundle("--config_file", "configs/inference_ct.yaml", "--input_dir", str(tmp_path / "in"),
+                     "--output_dir", str(out), "--output_dicom", "true")
+    assert res.returncode == 0, res.stderr[-3000:]
+    series = find_series(str(tmp_path / "in" / "ct_series"))
+    recon = nib.load(str(out / "ct_series_recon.nii.gz"))
+    assert recon.shape == (64, 64, 3)
+    np.testing.assert_allclose(recon.affine, series.affine(), atol=1e-4)
+    back, back_series = read_dicom_series(str(out / "ct_series_recon_dicom"))
+    np.testing.assert_allclose(np.asarray(back.affine), series.affine(), atol=1e-4)
+    np.testing.assert_allclose(np.asarray(back), recon.get_fdata(), atol=0.1)  # 16-bit rescaled HU
+    assert back_series.uid != series.uid
+
+    write_series(tmp_path / "in2" / "two", hu, series_uid="1.2.3.1")
+    extra = write_series(tmp_path / "tmp2", hu, series_uid="1.2.3.2")
+    for p in extra:
+        shutil.move(str(p), str(tmp_path / "in2" / "two" / ("x" + p.name)))
+    res = run_bundle("--config_file", "configs/inference_ct.yaml", "--input_dir", str(tmp_path / "in2"),
+                     "--output_dir", str(tmp_path / "out2"))
+    assert res.returncode != 0 and "Traceback" not in res.stderr
+    assert res.stderr.strip().splitlines()[-1].startswith("error: ") and "holds 2 series" in res.stderr
+    assert not (tmp_path / "out2").exists()
+    res = run_bundle("--config_file", "configs/inference_ct.yaml", "--input_dir", str(tmp_path / "in2"),
+                     "--output_dir", str(tmp_path / "out3"), "--series_uid", "1.2.3.2")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert (tmp_path / "out3" / "two_recon.nii.gz").exists()
