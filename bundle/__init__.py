@@ -2,7 +2,7 @@
 sparse-view and low-dose scans."""
 
 from bundle import (
-    ct_data, ct_physics, ct_transforms, data, dicom, errors, evaluation, fastmri, inference, io, kspace, losses, metrics,
+    checkpoints, ct_data, ct_physics, ct_transforms, data, dicom, errors, evaluation, fastmri, inference, io, kspace, losses, metrics,
     networks, readers, transforms, xray,
 )
 from bundle.data import SliceDataset, ensure_datalist, load_datalist

@@ -11,6 +11,10 @@ class InputError(ValueError):
     """Bad input from a user: a file, a datalist or an option. Its message names the culprit."""
 
 
+class RunError(InputError):
+    """A run that cannot go on (e.g. a diverged loss); reported in one line like bad input."""
+
+
 def _find_input_error(exc: BaseException | None) -> InputError | None:
     seen = set()
     while exc is not None and id(exc) not in seen:

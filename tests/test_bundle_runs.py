@@ -132,7 +132,8 @@ def test_inference_bad_input_writes_nothing(tmp_path):
     res = run_bundle("--config_file", "configs/inference.yaml", "--input_dir", str(tmp_path / "in"),
                      "--output_dir", str(tmp_path / "out"))
     assert res.returncode != 0 and "Traceback" not in res.stderr
-    assert res.stderr.strip().splitlines()[-1].endswith("b.nii.gz: expected a 3D volume, got shape (8, 8, 8, 2)")
+    assert res.stderr.strip().splitlines()[-1].endswith("b.nii.gz: expected a 3D volume, got shape (8, 8, 8, 2): 4D volumes "
+                                                        "(several frames) are not supported; give one 3D volume per frame")
     assert not (tmp_path / "out").exists()
 
 
