@@ -48,3 +48,9 @@ def format_error(exc: BaseException) -> str:
     """The one-line message of the `InputError` inside `exc`, or the formatted exception."""
     found = _find_input_error(exc)
     return str(found) if found is not None else "".join(traceback.format_exception_only(type(exc), exc)).strip()
+
+
+def check(condition: bool, message: str) -> None:
+    """Raise an `InputError(message)` unless `condition` (for checks written in the configs)."""
+    if not condition:
+        raise InputError(message)
