@@ -14,8 +14,9 @@ Two uses (chosen by the file, not by an option):
   that fastMRI's single-coil track also uses), so such files train and evaluate through the same
   configs as NIfTI volumes.
 - prospectively undersampled file (a `mask`): the zero-filled root-sum-of-squares image of the
-  acquired data, cropped, is the network's input; there is no reference. A 2D mask (H, W) is
-  accepted too (e.g. a Poisson-disc sampled slice of a 3D acquisition).
+  acquired data is the network's input, on the k-space grid (cropped after the network, so the
+  mask still describes its k-space); there is no reference. A 2D mask (H, W) is accepted too
+  (e.g. a Poisson-disc sampled slice of a 3D acquisition).
 """
 
 from __future__ import annotations
@@ -126,17 +127,25 @@ def rss(coil_images: torch.Tensor, dim: int = 1) -> torch.Tensor:
     return torch.sqrt((coil_images.abs() ** 2).sum(dim))
 
 
-def coil_combined(f: FastMRIFile, masked: bool) -> np.ndarray:
+def coil_combined(f: FastMRIFile, masked: bool, crop: bool = True) -> np.ndarray:
     """(S, h, w) float32: root-sum-of-squares of the coil images (the magnitude for single-coil),
-    cropped to the reconstruction size; with `masked`, of the k-space times the file's mask."""
+    cropped to the reconstruction size (or (S, H, W) on the k-space grid without `crop`); with
+    `masked`, of the k-space times the file's mask."""
     out = []
     for s in range(f.kspace.shape[0]):  # one slice at a time: multi-coil files are large
         k = torch.from_numpy(f.kspace[s])
         if masked and f.mask is not None:
-            m = torch.from_numpy(f.mask)
-            k = k * (m[None] if m.ndim == 2 else m[None, None]).to(k.real.dtype)
-        out.append(center_crop(rss(ifft2c(k), dim=0), f.crop).numpy())
+            k = k * torch.from_numpy(mask_2d(f)).to(k.real.dtype)
+        image = rss(ifft2c(k), dim=0)
+        out.append((center_crop(image, f.crop) if crop else image).numpy())
     return np.stack(out).astype(np.float32)
+
+
+def mask_2d(f: FastMRIFile) -> np.ndarray:
+    """The file's mask on the (H, W) k-space grid (a 1D mask of phase-encode lines, repeated)."""
+    if f.mask is None:
+        return np.ones(f.kspace.shape[-2:], dtype=bool)
+    return np.broadcast_to(f.mask if f.mask.ndim == 2 else f.mask[None, :], f.kspace.shape[-2:]).copy()
 
 
 def reference_image(f: FastMRIFile) -> np.ndarray:

@@ -70,6 +70,7 @@ class InputVolume:
     data: np.ndarray
     prospective: bool = False
     series: dicom.DicomSeries | None = None
+    kspace_grid: dict | None = None  # prospective files: "zero_filled" (H, W, S) and "mask" (H, W) before the crop
 
 
 def _reference(data: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image:
@@ -98,9 +99,13 @@ def load_input(path: str, series_uid: str | None = None) -> InputVolume:
         return InputVolume(path, _reference(data, np.asarray(vol.affine)), data, series=series)
     if kind == "fastmri":
         f = fastmri.read_fastmri(path)
-        images = fastmri.coil_combined(f, masked=True) if f.prospective else fastmri.reference_image(f)
-        data = _checked(path, fastmri.as_volume(images))
-        return InputVolume(path, _reference(data, fastmri.volume_affine(f)), data, prospective=f.prospective)
+        if not f.prospective:
+            data = _checked(path, fastmri.as_volume(fastmri.reference_image(f)))
+            return InputVolume(path, _reference(data, fastmri.volume_affine(f)), data)
+        full = fastmri.coil_combined(f, masked=True, crop=False)
+        data = _checked(path, fastmri.as_volume(fastmri.center_crop(full, f.crop)))
+        grid = {"zero_filled": fastmri.as_volume(full), "mask": fastmri.mask_2d(f), "crop": f.crop}
+        return InputVolume(path, _reference(data, fastmri.volume_affine(f)), data, prospective=True, kspace_grid=grid)
     if not os.path.exists(path):
         raise InputError(f"{path}: file not found")
     raise InputError(f"{path}: unknown input format (expected .nii/.nii.gz, a fastMRI .h5 file or a DICOM series folder)")
