@@ -20,6 +20,7 @@ from bundle.errors import InputError
 from bundle.dicom import write_dicom_series
 from bundle.io import save_nifti_like
 from bundle.readers import list_inputs, load_input, output_stem
+from bundle.kspace import undersample
 from bundle.transforms import UndersampleKspaced, percentile_scale
 
 logger = logging.getLogger(__name__)
@@ -95,19 +96,18 @@ class SliceReconstructionInferer(Inferer):
         amp = self.amp and device.type == "cuda"
         slices = slices.detach().float().cpu()
         outputs = {k: torch.zeros_like(slices) for k in ("recon", "zero_filled", "mask")}
+        width = slices.shape[-1]
         for start in range(0, slices.shape[0], self.batch_size):
-            items = [
-                self.undersample({"image": slices[i][None], "slice_id": f"{name}:{i}"})
-                for i in range(start, min(start + self.batch_size, slices.shape[0]))
-            ]
-            image = torch.stack([d["image"] for d in items]).to(device)
-            kspace = torch.stack([d["kspace"] for d in items]).to(device)
-            mask = torch.stack([d["mask"] for d in items]).to(device)
+            stop = min(start + self.batch_size, slices.shape[0])
+            # masks drawn per slice on the CPU (seeded by file and slice), the FFTs batched on the device
+            mask = torch.stack([self.undersample.draw({"slice_id": f"{name}:{i}"}, width)[0] for i in range(start, stop)])
+            mask = mask.float().view(-1, 1, 1, width).to(device)
+            image, k = undersample(slices[start:stop, None].to(device), mask)
+            kspace = torch.cat([k.real, k.imag], dim=1).float()
             with torch.autocast(device.type, enabled=amp):
-                pred = network(image, kspace=kspace, mask=mask)
-            stop = start + len(items)
+                pred = network(image.float(), kspace=kspace, mask=mask)
             outputs["recon"][start:stop] = pred[:, 0].float().cpu()
-            outputs["zero_filled"][start:stop] = image[:, 0].cpu()
+            outputs["zero_filled"][start:stop] = image[:, 0].float().cpu()
             outputs["mask"][start:stop] = mask[:, 0].cpu().expand(-1, slices.shape[1], -1)
         return outputs
 

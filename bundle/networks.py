@@ -15,6 +15,18 @@ from bundle.errors import InputError
 from bundle.kspace import data_consistency
 
 
+# Named feature sets of the residual BasicUNet: "light" has a quarter of the parameters and FLOPs,
+# for small machines (its quality and speed are in the model card).
+VARIANTS = {"standard": (16, 16, 32, 64, 128, 16), "light": (8, 8, 16, 32, 64, 8)}
+
+
+def variant_features(variant: str) -> list[int]:
+    """The BasicUNet features of a model variant ("standard" or "light")."""
+    if variant not in VARIANTS:
+        raise InputError(f"unknown model_variant {variant!r}: expected one of {', '.join(VARIANTS)}")
+    return list(VARIANTS[variant])
+
+
 def as_bool(value: bool | str, name: str) -> bool:
     """Booleans from the command line arrive as "true"/"false" strings (Fire keeps them as text)."""
     if isinstance(value, str):

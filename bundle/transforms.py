@@ -221,14 +221,19 @@ class UndersampleKspaced(SliceSeededTransform):
     def _rng(self, d: Mapping) -> np.random.Generator:
         return np.random.default_rng(self.seed(d, self.mask_type, *self.accelerations))
 
+    def draw(self, d: Mapping, width: int) -> tuple[torch.Tensor, float]:
+        """The (W,) mask and acceleration of one slice (seeded by `d[seed_key]` when deterministic):
+        what `__call__` uses, for callers that undersample whole batches on a GPU."""
+        rng = self._rng(d)
+        choice = int(rng.integers(len(self.accelerations)))
+        acc, cf = self.accelerations[choice], self.center_fractions[choice]
+        return cartesian_mask(width, acc, cf, self.mask_type, rng), acc
+
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
         for key in self.key_iterator(d):
             image = convert_to_tensor(d[key], track_meta=False).float()
-            rng = self._rng(d)
-            choice = int(rng.integers(len(self.accelerations)))
-            acc, cf = self.accelerations[choice], self.center_fractions[choice]
-            mask = cartesian_mask(image.shape[-1], acc, cf, self.mask_type, rng)
+            mask, acc = self.draw(d, image.shape[-1])
             zero_filled, kspace = undersample(image, mask)
             d[self.label_key] = image
             d[key] = zero_filled.float()
