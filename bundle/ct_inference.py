@@ -109,10 +109,10 @@ class CTVolumeReconstructor(VolumeReconstructor):
         for start in range(0, unit.shape[0], self.batch_size):
             stop = min(start + self.batch_size, unit.shape[0])
             if given is not None:  # a measured or precomputed scan: FBP of it, no simulation
-                image = self.acquisition.reconstruct(given[start:stop], geom)[:, None].to(self.device)
-            else:
+                image = self.acquisition.reconstruct(given[start:stop].to(self.device), geom)[:, None]
+            else:  # scan simulation and FBP on the device (noise drawn on the CPU, same on any device)
                 generator = torch.Generator().manual_seed(slice_seed(f"{name}:{start}", "ct", self.acquisition.views))
-                image = self.acquisition(unit[start:stop], spacing, generator)[:, None].to(self.device)
+                image = self.acquisition(unit[start:stop].to(self.device), spacing, generator)[:, None]
             with torch.autocast(self.device.type, enabled=self.amp):
                 pred = self.network(image)
             recon[start:stop] = pred[:, 0].float().cpu()

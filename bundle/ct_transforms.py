@@ -179,16 +179,20 @@ class CTAcquisition:
         mu = ct.hu_to_mu(unit_to_hu(unit.float(), self.window), self.mu_water)
         p = ct.project(mu, geom)
         if self.incident_photons is not None:
-            if isinstance(generator, (list, tuple)):
-                flat = p.reshape(-1, *geom.sinogram_shape)
-                if len(generator) != flat.shape[0]:
-                    raise ValueError(f"{len(generator)} generators for {flat.shape[0]} slices")
-                p = torch.stack([
-                    ct.low_dose(s, self.incident_photons, self.electronic_noise, g) for s, g in zip(flat, generator)
-                ]).reshape(p.shape)
-            else:
-                p = ct.low_dose(p, self.incident_photons, self.electronic_noise, generator)
+            # the noise is drawn on the CPU (CPU generators), so a scan's noise is the same on any device
+            return self._noisy(p.cpu(), geom, generator).to(p.device), geom
         return p, geom
+
+    def _noisy(self, p: torch.Tensor, geom: ct.ParallelBeamGeometry, generator) -> torch.Tensor:
+        """Low-dose line integrals of noise-free ones `p` (CPU), one generator per slice or one for all."""
+        if isinstance(generator, (list, tuple)):
+            flat = p.reshape(-1, *geom.sinogram_shape)
+            if len(generator) != flat.shape[0]:
+                raise ValueError(f"{len(generator)} generators for {flat.shape[0]} slices")
+            return torch.stack([
+                ct.low_dose(s, self.incident_photons, self.electronic_noise, g) for s, g in zip(flat, generator)
+            ]).reshape(p.shape)
+        return ct.low_dose(p, self.incident_photons, self.electronic_noise, generator)
 
     def reconstruct(self, sinogram: torch.Tensor, geom: ct.ParallelBeamGeometry) -> torch.Tensor:
         """FBP of line integrals -> unit scale, not clipped (streaks may leave the window)."""

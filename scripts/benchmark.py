@@ -275,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         from bundle.ct_transforms import CTAcquisition
 
         shape = tuple(int(v) for v in args.ct_volume.split(","))
-        ct_net = ResidualUNet(features=args.features, norm=None, data_consistency=False)
+        ct_net = ResidualUNet(features=args.features, norm=None, data_consistency=False).to(device)
         hu = (rng.random(shape, dtype=np.float32) * 2000 - 1000).astype(np.float32)
         rec = CTVolumeReconstructor(ct_net, CTAcquisition(views=60), batch_size=32, device=device, progress=False)
         rec.spacing = (0.8, 0.8, 1.0)

@@ -1,0 +1,34 @@
+"""scripts/benchmark.py on tiny sizes: every section runs and writes its CSV, table and plot (no
+timing assertions: speed is measured by running the script, not by tests)."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+
+from conftest import ROOT, run_env
+
+
+def test_benchmark_quick_run(tmp_path):
+    res = subprocess.run([sys.executable, "scripts/benchmark.py", "--quick", "--device", "cpu", "--ct-volume", "1",
+                          "--out-dir", str(tmp_path)], cwd=ROOT, env=run_env(), capture_output=True, text=True,
+                         timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = list(csv.DictReader(open(tmp_path / "benchmark.csv")))
+    names = {r["name"] for r in rows}
+    for expected in ("standard parameters", "light parameters", "ratio bundle / plain loop",
+                     "ratio network / compressed sensing (speed)", "compressed_sensing SSIM (same slices)"):
+        assert expected in names, expected
+    assert any(r["section"] == "volume" and "CT volume" in r["name"] for r in rows)
+    assert {r["section"] for r in rows} == {"model", "training", "inference", "volume", "scaling"}
+    params = {r["name"]: float(r["value"]) for r in rows if r["name"].endswith("parameters")}
+    # BasicUNet 16-16-32-64-128-16 (2D, 1 -> 1 channel): 494,369 parameters, counted independently below
+    from monai.networks.nets import BasicUNet
+
+    ref = sum(p.numel() for p in BasicUNet(spatial_dims=2, in_channels=1, out_channels=1,
+                                            features=(16, 16, 32, 64, 128, 16)).parameters())
+    assert params["standard parameters"] == ref
+    assert 3.5 < params["standard parameters"] / params["light parameters"] < 4.5
+    assert all(float(r["value"]) > 0 for r in rows if r["unit"] == "slices/s")
+    assert (tmp_path / "benchmark_scaling.png").stat().st_size > 10_000 and (tmp_path / "benchmark.md").exists()
