@@ -23,11 +23,11 @@ def test_benchmark_quick_run(tmp_path):
     assert any(r["section"] == "volume" and "CT volume" in r["name"] for r in rows)
     assert {r["section"] for r in rows} == {"model", "training", "inference", "volume", "scaling"}
     params = {r["name"]: float(r["value"]) for r in rows if r["name"].endswith("parameters")}
-    # BasicUNet 16-16-32-64-128-16 (2D, 1 -> 1 channel): 494,369 parameters, counted independently below
+    # BasicUNet 16-16-32-64-128-16 (2D, 1 -> 1 channel, instance norm): 494,369 parameters, counted independently
     from monai.networks.nets import BasicUNet
 
     ref = sum(p.numel() for p in BasicUNet(spatial_dims=2, in_channels=1, out_channels=1,
-                                            features=(16, 16, 32, 64, 128, 16)).parameters())
+                                            features=(16, 16, 32, 64, 128, 16), norm="instance").parameters())
     assert params["standard parameters"] == ref
     assert 3.5 < params["standard parameters"] / params["light parameters"] < 4.5
     assert all(float(r["value"]) > 0 for r in rows if r["unit"] == "slices/s")

@@ -62,6 +62,7 @@ def test_train_two_iterations_then_evaluate_and_infer(tiny_dataset, tmp_path):
         assert mask[:, :, 0].sum(axis=1).tolist() == [6] * 40  # 48 lines at 8x
 
 
+@pytest.mark.slow
 def test_evaluation_is_reproducible(tiny_dataset, tmp_path):
     res = run_bundle("training", *TRAIN, *data_args(tiny_dataset, tmp_path, max_epochs=1, epoch_length=1))
     assert res.returncode == 0, res.stderr[-3000:]
@@ -111,8 +112,13 @@ def _bad(tmp_path, tiny_dataset, kind):
     return {"datalist": str(dl)}, message
 
 
-@pytest.mark.parametrize("kind", ["missing dataset_dir", "empty datalist", "not NIfTI", "corrupt", "2D volume",
-                                  "4D volume", "NaN voxels", "acceleration below 1", "unknown mask type"])
+SLOW = pytest.mark.slow  # each case is a process start (~8 s of imports on 2 cores); the same checks run in-process
+
+
+@pytest.mark.parametrize("kind", [pytest.param("missing dataset_dir", marks=SLOW), "empty datalist",
+                                  pytest.param("not NIfTI", marks=SLOW), "corrupt", pytest.param("2D volume", marks=SLOW),
+                                  pytest.param("4D volume", marks=SLOW), pytest.param("NaN voxels", marks=SLOW),
+                                  pytest.param("acceleration below 1", marks=SLOW), "unknown mask type"])
 def test_bad_input_stops_with_one_line(tiny_dataset, tmp_path, kind):
     import re
 

@@ -50,6 +50,7 @@ def test_compare_script_writes_table_and_figures(tiny_dataset, tmp_path, ckpt):
     assert len(pngs) == 1 and pngs[0].read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow
 def test_compare_script_bad_input(tmp_path):
     res = subprocess.run([sys.executable, "scripts/compare.py", "--dataset-dir", str(tmp_path / "nope"),
                           "--datalist", str(tmp_path / "x.json")], cwd=ROOT, env=run_env(), capture_output=True,
@@ -57,6 +58,7 @@ def test_compare_script_bad_input(tmp_path):
     assert res.returncode == 1 and res.stderr.strip() == f"error: dataset_dir {tmp_path / 'nope'}: no such directory"
 
 
+@pytest.mark.slow
 def test_lesion_study_script(tiny_dataset, tmp_path, ckpt):
     out = tmp_path / "report"
     cmd = [sys.executable, "scripts/lesion_study.py", "--dataset-dir", tiny_dataset["dataset_dir"],

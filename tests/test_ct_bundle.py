@@ -152,11 +152,11 @@ def _write(path, data, affine=LPS_AFFINE):
 
 @pytest.mark.parametrize("kind,message", [
     ("not HU", "not in Hounsfield units"),
-    ("zero views", "the number of views must be at least 1"),
+    pytest.param("zero views", "the number of views must be at least 1", marks=pytest.mark.slow),
     ("too many views", "full acquisition has only 720"),
-    ("negative dose", "incident photon count I0 must be positive"),
-    ("unknown filter", "unknown FBP filter"),
-])
+    pytest.param("negative dose", "incident photon count I0 must be positive", marks=pytest.mark.slow),
+    pytest.param("unknown filter", "unknown FBP filter", marks=pytest.mark.slow),
+])  # the slow cases: a process start each; the same checks run in-process in test_ct_physics
 def test_ct_inference_bad_input_one_line_and_nothing_written(tmp_path, kind, message):
     inp = tmp_path / "in"
     inp.mkdir()
@@ -194,6 +194,7 @@ def test_ct_hu_check_warn_goes_on(tmp_path):
     assert (out / "b_recon.nii.gz").is_file() and (out / "b_fbp.nii.gz").is_file()
 
 
+@pytest.mark.slow
 def test_ct_figure_script_writes_a_windowed_panel(tmp_path):
     vol = tmp_path / "ct.nii.gz"
     _write(vol, ct_phantom((48, 48, 3), seed=2))
