@@ -49,7 +49,6 @@ def latest_checkpoint(ckpt_dir: str, prefix: str = "last") -> str | None:
     """The newest `<prefix>_checkpoint_*.pt` in `ckpt_dir` (by modification time: epoch- and
     iteration-level files can sit side by side), or None."""
     files = glob.glob(os.path.join(glob.escape(ckpt_dir), f"{glob.escape(prefix)}_checkpoint_*.pt"))
-
     return max(files, key=os.path.getmtime) if files else None
 
 

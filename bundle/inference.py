@@ -164,9 +164,9 @@ class VolumeReconstructor:
         progress: bool = True,
         inferer: SliceReconstructionInferer | None = None,
     ) -> None:
-        self._set_runtime(network, slice_axis, batch_size, device, amp, progress)
         self.inferer = inferer or SliceReconstructionInferer(acceleration, center_fraction, mask_type, slice_axis, batch_size, amp)
-        self.axis = self.inferer.axis
+        # axis, batch and AMP are the inferer's, so the prospective path runs like the simulated one
+        self._set_runtime(network, self.inferer.axis, self.inferer.batch_size, device, self.inferer.amp, progress)
         self.percentile = percentile
 
     def _set_runtime(self, network: nn.Module, slice_axis, batch_size: int, device, amp: bool, progress: bool) -> None:
@@ -184,14 +184,18 @@ class VolumeReconstructor:
     def check(self, path: str, img: nib.Nifti1Image, data: np.ndarray) -> None:
         """Checks of an input volume beyond `load_nifti_volume`'s, before anything is written."""
 
-    @torch.no_grad()
-    def reconstruct(self, volume: np.ndarray, name: str) -> dict[str, np.ndarray]:
-        """Reconstruct a RAS volume (X, Y, Z). Returns "recon", "zero_filled", "mask" of that shape."""
+    def _normalised_slices(self, volume: np.ndarray, axis: int, name: str) -> tuple[torch.Tensor, float]:
+        """(S, H, W) float32 slices along `axis`, divided by the volume's percentile scale; the scale."""
         volume = np.ascontiguousarray(volume, dtype=np.float32)
         scale = percentile_scale(torch.from_numpy(volume), self.percentile)
         if scale <= 0:
             raise InputError(f"{name}: no positive intensity to normalise")
-        vol = torch.from_numpy(np.ascontiguousarray(np.moveaxis(volume, self.axis, 0)) / scale).float()  # (S, H, W)
+        return torch.from_numpy(np.ascontiguousarray(np.moveaxis(volume, axis, 0)) / scale).float(), scale
+
+    @torch.no_grad()
+    def reconstruct(self, volume: np.ndarray, name: str) -> dict[str, np.ndarray]:
+        """Reconstruct a RAS volume (X, Y, Z). Returns "recon", "zero_filled", "mask" of that shape."""
+        vol, scale = self._normalised_slices(volume, self.axis, name)
         outputs = self.inferer.reconstruct_slices(self.network.to(self.device), vol, name)
         result = {}
         for key, value in outputs.items():
@@ -214,11 +218,7 @@ class VolumeReconstructor:
         from bundle.fastmri import center_crop
         from bundle.kspace import fft2c
 
-        volume = np.ascontiguousarray(grid["zero_filled"], dtype=np.float32)
-        scale = percentile_scale(torch.from_numpy(volume), self.percentile)
-        if scale <= 0:
-            raise InputError(f"{name}: no positive intensity to normalise")
-        vol = torch.from_numpy(np.ascontiguousarray(np.moveaxis(volume, 2, 0)) / scale).float()  # (S, H, W)
+        vol, scale = self._normalised_slices(grid["zero_filled"], 2, name)
         mask = torch.from_numpy(np.asarray(grid["mask"], dtype=np.float32))[None, None]  # (1, 1, H, W)
         network = self.network.to(self.device)
         recon = torch.zeros_like(vol)
@@ -253,7 +253,8 @@ class VolumeReconstructor:
         loaded = [load_input(f, series_uid) for f in files]  # all errors before any output
         for item in loaded:
             if item.prospective and not self.accepts_prospective:
-                raise InputError(f"{item.path}: undersampled MRI k-space; this reconstructor takes {', '.join(self.output_suffixes)} inputs of another modality")
+                raise InputError(f"{item.path}: undersampled MRI k-space is not an input of this reconstructor "
+                                 f"(outputs {', '.join(self.output_suffixes)}); use configs/inference.yaml")
             self.check(item.path, item.reference, item.data)
         out_abs = os.path.abspath(output_dir)
         for f in files:
@@ -266,11 +267,10 @@ class VolumeReconstructor:
             to_ras = io_orientation(img.affine)
             from_ras = ornt_transform(axcodes2ornt(("R", "A", "S")), to_ras)
             self.spacing = ras_spacing(img, to_ras)
-            ras = apply_orientation(item.data, to_ras)
             if item.prospective:  # fastMRI volumes are (h, w, slices) with a diagonal affine: already RAS
                 result = self.reconstruct_prospective(item.kspace_grid, stem)
             else:
-                result = self.reconstruct(ras, stem)
+                result = self.reconstruct(apply_orientation(item.data, to_ras), stem)
             result = {key: apply_orientation(value, from_ras) for key, value in result.items()}
             for key, value in result.items():
                 out = os.path.join(output_dir, f"{stem}_{key}.nii.gz")

@@ -59,12 +59,17 @@ def load_nifti_volume(path: str) -> tuple[nib.Nifti1Image, np.ndarray]:
         raise
     except Exception as e:  # nibabel/gzip/zlib errors of a corrupt file
         raise InputError(f"{path}: cannot be read as NIfTI ({type(e).__name__}: {str(e)[:160]})") from None
+    return img, check_volume_array(path, data)
+
+
+def check_volume_array(path: str, data: np.ndarray) -> np.ndarray:
+    """`data` as float32 if it is a finite 3D volume, else an `InputError` naming `path`."""
     if data.ndim != 3:
         hint = ": 4D volumes (several frames) are not supported; give one 3D volume per frame" if data.ndim == 4 else ""
         raise InputError(f"{path}: expected a 3D volume, got shape {data.shape}{hint}")
     if not np.isfinite(data).all():
         raise InputError(f"{path}: contains NaN or infinite voxels")
-    return img, data
+    return np.asarray(data, dtype=np.float32)
 
 
 def save_nifti_like(data: np.ndarray, reference: nib.Nifti1Image, path: str) -> None:

@@ -20,7 +20,7 @@ from monai.transforms import LoadImage, MapTransform
 
 from bundle import dicom, fastmri
 from bundle.errors import InputError
-from bundle.io import is_nifti, load_nifti_volume
+from bundle.io import check_volume_array, is_nifti, load_nifti_volume
 
 HDF5_SUFFIXES = (".h5", ".hdf5")
 
@@ -79,14 +79,6 @@ def _reference(data: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image:
     return img
 
 
-def _checked(path: str, data: np.ndarray) -> np.ndarray:
-    if data.ndim != 3:
-        raise InputError(f"{path}: expected a 3D volume, got shape {data.shape}")
-    if not np.isfinite(data).all():
-        raise InputError(f"{path}: contains NaN or infinite voxels")
-    return np.asarray(data, dtype=np.float32)
-
-
 def load_input(path: str, series_uid: str | None = None) -> InputVolume:
     """Load and check one input of any supported kind (one-line `InputError`s naming it)."""
     kind = input_kind(path)
@@ -95,15 +87,15 @@ def load_input(path: str, series_uid: str | None = None) -> InputVolume:
         return InputVolume(path, img, data)
     if kind == "dicom" or (os.path.isdir(path) and kind is None):
         vol, series = dicom.read_dicom_series(path, series_uid)
-        data = _checked(path, np.asarray(vol))
+        data = check_volume_array(path, np.asarray(vol))
         return InputVolume(path, _reference(data, np.asarray(vol.affine)), data, series=series)
     if kind == "fastmri":
         f = fastmri.read_fastmri(path)
         if not f.prospective:
-            data = _checked(path, fastmri.as_volume(fastmri.reference_image(f)))
+            data = check_volume_array(path, fastmri.as_volume(fastmri.reference_image(f)))
             return InputVolume(path, _reference(data, fastmri.volume_affine(f)), data)
         full = fastmri.coil_combined(f, masked=True, crop=False)
-        data = _checked(path, fastmri.as_volume(fastmri.center_crop(full, f.crop)))
+        data = check_volume_array(path, fastmri.as_volume(fastmri.center_crop(full, f.crop)))
         grid = {"zero_filled": fastmri.as_volume(full), "mask": fastmri.mask_2d(f), "crop": f.crop}
         return InputVolume(path, _reference(data, fastmri.volume_affine(f)), data, prospective=True, kspace_grid=grid)
     if not os.path.exists(path):
@@ -125,7 +117,7 @@ class LoadVolumed(MapTransform):
         for key in self.key_iterator(d):
             path = str(d[key])
             kind = input_kind(path)
-            if kind == "nifti" or kind is None and os.path.isfile(path) and not path.endswith(HDF5_SUFFIXES):
+            if kind == "nifti" or (kind is None and os.path.isfile(path)):  # other formats MONAI reads
                 d[key] = self.nifti(path)
                 continue
             item = load_input(path)

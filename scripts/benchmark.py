@@ -131,15 +131,13 @@ def test_slices(parser, max_slices: int):
     from bundle.comparison import volume_slices
     from bundle.data import load_datalist
 
-    items = load_datalist(parser.get_parsed_content("datalist"), parser.get_parsed_content("dataset_dir"),
-                          "test" if not parser.get("__synthetic__") else "validation")
+    items = load_datalist(parser.get_parsed_content("datalist"), parser.get_parsed_content("dataset_dir"), "test")
     name, vmax, sl = next(volume_slices(parser, items[:1], "loading test slices"))
     return {k: v[:max_slices] for k, v in sl.items()}, vmax
 
 
 def time_method(fn, sl, batch: int, device: torch.device, repeats: int = 2) -> tuple[float, torch.Tensor]:
-    out = torch.cat([fn(sl["image"][i:i + batch], sl["kspace"][i:i + batch], sl["mask"][i:i + batch]).float().cpu()
-                     for i in range(0, min(batch, len(sl["image"])), batch)])  # warm-up
+    fn(sl["image"][:batch], sl["kspace"][:batch], sl["mask"][:batch])  # warm-up
     best = float("inf")
     for _ in range(repeats):
         sync(device)
@@ -177,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ct-volume", default="", help="X,Y,Z of a CT volume timed end to end (e.g. 512,512,300)")
     p.add_argument("--sizes", default="64,128,256,384")
     p.add_argument("--batches", default="1,4,16,32")
-    p.add_argument("--synthetic", help="a folder with a datalist of phantoms instead of the demo data")
+    p.add_argument("--synthetic", help="a folder with a datalist (training, test) of phantoms instead of the demo data")
     p.add_argument("--quick", action="store_true", help="tiny sizes and counts (a smoke run)")
     args = p.parse_args(argv)
     if args.quick:
@@ -321,15 +319,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _throughput(fn, batch: int, device: torch.device, seconds: float = 0.5) -> float:
-    with torch.set_grad_enabled(torch.is_grad_enabled()):
+    fn()
+    sync(device)
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds or n < 2:
         fn()
+        n += 1
         sync(device)
-        n, t0 = 0, time.perf_counter()
-        while time.perf_counter() - t0 < seconds or n < 2:
-            fn()
-            n += 1
-            sync(device)
-        return n * batch / (time.perf_counter() - t0)
+    return n * batch / (time.perf_counter() - t0)
 
 
 def _write(out_dir: str, rows: list[list], scaling: dict, device: torch.device) -> None:
