@@ -10,16 +10,43 @@ import os
 import nibabel as nib
 import numpy as np
 import torch
+from monai.inferers import Inferer
 from nibabel.orientations import apply_orientation, io_orientation
 from torch import nn
+from tqdm import tqdm
 
-from bundle.ct_transforms import HU_CHECKS, HU_WINDOW, CTAcquisition, check_hu, hu_to_unit, unit_to_hu
+from bundle.ct_transforms import HU_CHECKS, HU_WINDOW, CTAcquisition, CTDataConsistency, check_hu, hu_to_unit, unit_to_hu
 from bundle.errors import InputError
 from bundle.inference import VolumeReconstructor, output_stem, ras_spacing
 from bundle.kspace import slice_seed
 
 
 SINOGRAM_SUFFIX = "_sinogram.npy"
+
+
+class CTConsistencyInferer(Inferer):
+    """A MONAI inferer for CT evaluation: the network on the FBP image, then data consistency with
+    the slice's own scan (`CTDataConsistency`) when the batch brings `sinogram` ((B, V, D)) and
+    `pixel_spacing` ((B, 2) mm), e.g. through `monai.engines.PrepareBatchExtraInput`."""
+
+    def __init__(self, consistency: CTDataConsistency | None = None) -> None:
+        super().__init__()
+        self.consistency = consistency
+
+    def __call__(self, inputs: torch.Tensor, network, *args, sinogram=None, pixel_spacing=None, **kwargs):
+        pred = network(inputs, *args, **kwargs)
+        if self.consistency is None or self.consistency.iterations == 0 or sinogram is None:
+            return pred
+        if pixel_spacing is None:
+            raise ValueError("CT data consistency needs the slices' pixel_spacing beside their sinogram")
+        spacing = torch.as_tensor(pixel_spacing, dtype=torch.float64).reshape(-1, 2).tolist()
+        with torch.autocast(pred.device.type, enabled=False):
+            if all(sp == spacing[0] for sp in spacing):  # one geometry: one batched solve
+                out = self.consistency(pred[:, 0].float(), sinogram.to(pred.device), spacing[0])
+            else:
+                out = torch.stack([self.consistency(p[0].float(), y.to(pred.device), sp)
+                                   for p, y, sp in zip(pred, sinogram, spacing)])
+        return out[:, None].to(pred.dtype)
 
 
 class CTVolumeReconstructor(VolumeReconstructor):
@@ -42,7 +69,8 @@ class CTVolumeReconstructor(VolumeReconstructor):
         batch_size: slices per forward pass.
         device: torch device.
         amp: autocast on CUDA.
-        progress: progress bar over volumes.
+        progress: progress bars over volumes and over the slices of each volume.
+        consistency: data consistency with the scan after the network (None: off).
     """
 
     output_suffixes = ("_recon", "_fbp")
@@ -59,9 +87,11 @@ class CTVolumeReconstructor(VolumeReconstructor):
         device: str | torch.device = "cpu",
         amp: bool = False,
         progress: bool = True,
+        consistency: CTDataConsistency | None = None,
     ) -> None:
         self._set_runtime(network, slice_axis, batch_size, device, amp, progress)
         self.acquisition = acquisition
+        self.consistency = consistency
         self.window = (float(window[0]), float(window[1]))
         if hu_check not in HU_CHECKS:
             raise InputError(f"unknown hu_check {hu_check!r}: expected one of {', '.join(HU_CHECKS)}")
@@ -106,17 +136,23 @@ class CTVolumeReconstructor(VolumeReconstructor):
         recon, fbp = torch.zeros_like(unit), torch.zeros_like(unit)
         given = self.sinograms.get(name)
         geom = self.acquisition.geometry(unit.shape[-2:], spacing)
+        bar = tqdm(total=unit.shape[0], desc=f"{name}", unit="slice", leave=False, disable=not self.progress)
         for start in range(0, unit.shape[0], self.batch_size):
             stop = min(start + self.batch_size, unit.shape[0])
             if given is not None:  # a measured or precomputed scan: FBP of it, no simulation
-                image = self.acquisition.reconstruct(given[start:stop].to(self.device), geom)[:, None]
+                sinogram = given[start:stop].to(self.device)
             else:  # scan simulation and FBP on the device (noise drawn on the CPU, same on any device)
                 generator = torch.Generator().manual_seed(slice_seed(f"{name}:{start}", "ct", self.acquisition.views))
-                image = self.acquisition(unit[start:stop].to(self.device), spacing, generator)[:, None]
+                sinogram, _ = self.acquisition.sinogram(unit[start:stop].to(self.device), spacing, generator)
+            image = self.acquisition.reconstruct(sinogram, geom)[:, None]
             with torch.autocast(self.device.type, enabled=self.amp):
-                pred = self.network(image)
-            recon[start:stop] = pred[:, 0].float().cpu()
+                pred = self.network(image)[:, 0].float()
+            if self.consistency is not None:
+                pred = self.consistency(pred, sinogram, spacing)
+            recon[start:stop] = pred.cpu()
             fbp[start:stop] = image[:, 0].cpu()
+            bar.update(stop - start)
+        bar.close()
         return {
             key: np.moveaxis(unit_to_hu(value.clamp(0.0, 1.0), self.window).numpy(), 0, self.axis)
             for key, value in (("recon", recon), ("fbp", fbp))

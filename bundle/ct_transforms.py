@@ -176,8 +176,7 @@ class CTAcquisition:
         does not depend on the slices simulated with it.
         """
         geom = self.geometry(unit.shape[-2:], spacing)
-        mu = ct.hu_to_mu(unit_to_hu(unit.float(), self.window), self.mu_water)
-        p = ct.project(mu, geom)
+        p = ct.project(self.unit_to_mu(unit), geom)
         if self.incident_photons is not None:
             # the noise is drawn on the CPU (CPU generators), so a scan's noise is the same on any device
             return self._noisy(p.cpu(), geom, generator).to(p.device), geom
@@ -196,7 +195,14 @@ class CTAcquisition:
 
     def reconstruct(self, sinogram: torch.Tensor, geom: ct.ParallelBeamGeometry) -> torch.Tensor:
         """FBP of line integrals -> unit scale, not clipped (streaks may leave the window)."""
-        mu = ct.fbp(sinogram, geom, self.filter_name)
+        return self.mu_to_unit(ct.fbp(sinogram, geom, self.filter_name))
+
+    def unit_to_mu(self, unit: torch.Tensor) -> torch.Tensor:
+        """[0, 1] window scale -> linear attenuation (1/mm)."""
+        return ct.hu_to_mu(unit_to_hu(unit.float(), self.window), self.mu_water)
+
+    def mu_to_unit(self, mu: torch.Tensor) -> torch.Tensor:
+        """Linear attenuation (1/mm) -> [0, 1] window scale, not clipped."""
         lo, hi = self.window
         return (ct.mu_to_hu(mu, self.mu_water) - lo) / (hi - lo)
 
@@ -210,12 +216,54 @@ class CTAcquisition:
         return f"{self.views}/{self.full_views} views, {dose}"
 
 
+class CTDataConsistency:
+    """Make a reconstruction agree with the scan it came from (`ct_physics.sinogram_consistency`):
+    images on the [0, 1] scale of the acquisition's HU window, solved on the linear attenuation
+    with the acquisition's geometry for the given pixel spacing.
+
+    Measured on the validation CT (cardiac, 60 views, noise-free): weight 1e-3 with 12 iterations
+    raised the network's PSNR from 33.0 to 35.7 dB; 32 iterations gave 35.9 dB, larger weights less.
+
+    Args:
+        acquisition: the scan (views, window, attenuation of water).
+        weight: the regularisation weight relative to the largest eigenvalue of A^T A.
+        iterations: conjugate-gradient steps; 0 switches data consistency off.
+    """
+
+    def __init__(self, acquisition: CTAcquisition, weight: float = 1e-3, iterations: int = 12) -> None:
+        self.acquisition = acquisition
+        self.set(weight, iterations)
+
+    def set(self, weight: float, iterations: int) -> None:
+        """Change the weight and the number of iterations; an `InputError` if impossible."""
+        try:
+            w, n = float(weight), int(iterations)
+        except (TypeError, ValueError):
+            raise InputError(f"data consistency needs a number weight and whole iterations, got {weight!r}, {iterations!r}") from None
+        if not (w >= 0 and math.isfinite(w)):
+            raise InputError(f"dc_weight must be >= 0, got {weight!r}")
+        if n != iterations or n < 0:
+            raise InputError(f"dc_iterations must be a whole number >= 0, got {iterations!r}")
+        self.weight, self.iterations = w, n
+
+    def __call__(self, unit: torch.Tensor, sinogram: torch.Tensor, spacing: Sequence[float]) -> torch.Tensor:
+        """(..., H, W) unit-scale images and their (..., V, D) scans -> consistent images (same shape)."""
+        if self.iterations == 0:
+            return unit
+        acq = self.acquisition
+        geom = acq.geometry(unit.shape[-2:], spacing)
+        mu = ct.sinogram_consistency(acq.unit_to_mu(unit), sinogram.float(), geom, self.weight, self.iterations)
+        return acq.mu_to_unit(mu).to(unit.dtype)
+
+
 class SimulateCTd(SliceSeededTransform):
     """Replace a (1, H, W) unit-scale CT slice by the FBP of its simulated scan.
 
     Writes `label` (the slice), the key itself (the FBP image: the network input) and `views`.
     When `deterministic`, the noise depends only on `seed_key`'s value (e.g. "file:slice"), so
     validation numbers are reproducible. The slice's spacing is read from `spacing_key` (mm).
+    With `sinogram_key`, the scan itself ((V, D) line integrals) is kept there too, for data
+    consistency at evaluation (`CTDataConsistency`).
     """
 
     def __init__(
@@ -226,11 +274,13 @@ class SimulateCTd(SliceSeededTransform):
         seed_key: str = "slice_id",
         spacing_key: str = "pixel_spacing",
         label_key: str = "label",
+        sinogram_key: str | None = None,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, deterministic, seed_key, label_key, allow_missing_keys)
         self.acquisition = acquisition
         self.spacing_key = spacing_key
+        self.sinogram_key = sinogram_key
 
     def _generator(self, d: Mapping) -> torch.Generator:
         return torch.Generator().manual_seed(self.seed(d, "ct", self.acquisition.views))
@@ -257,9 +307,12 @@ class SimulateCTd(SliceSeededTransform):
         generators = [self._generator(d) for d in out]
         for key in self.key_iterator(out[0]):
             images = torch.stack([convert_to_tensor(d[key], track_meta=False).float() for d in out])
-            fbp_images = self.acquisition(images, spacing, generators).float()
-            for d, image, rec in zip(out, images, fbp_images):
+            sinograms, geom = self.acquisition.sinogram(images, spacing, generators)
+            fbp_images = self.acquisition.reconstruct(sinograms, geom).float()
+            for d, image, rec, sino in zip(out, images, fbp_images, sinograms):
                 d[self.label_key] = image
                 d[key] = rec
                 d["views"] = self.acquisition.views
+                if self.sinogram_key:
+                    d[self.sinogram_key] = sino[0].float()
         return out

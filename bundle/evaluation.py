@@ -20,7 +20,8 @@ from bundle.transforms import UndersampleKspaced
 logger = logging.getLogger(__name__)
 
 METHODS = {"network": "val", "zero_filled": "zf"}
-CT_METHODS = {"network": "val", "fbp": "fbp"}
+CT_METHODS = {"fbp": "fbp", "network": "val"}
+CT_DC_METHODS = {"network_dc": "val"}  # the same network output after data consistency with the scan
 XRAY_METHODS = {"network": "val", "low_dose": "noisy"}
 REPORTED = ("ssim", "psnr", "nmse", "vif", "ssim_fastmri")  # those present in the evaluator's metrics
 LABELS = {"ssim": "SSIM", "psnr": "PSNR (dB)", "nmse": "NMSE", "vif": "VIF", "ssim_fastmri": "SSIM (fastMRI)"}
@@ -66,16 +67,34 @@ def evaluate_accelerations(
     return evaluate_settings(evaluator, settings, output_dir, METHODS, "acceleration", "x")
 
 
-def evaluate_views(evaluator: SupervisedEvaluator, dataset, acquisition, views: Sequence[int], output_dir: str) -> dict:
+def evaluate_views(
+    evaluator: SupervisedEvaluator, dataset, acquisition, views: Sequence[int], output_dir: str, consistency=None
+) -> dict:
     """CT: run `evaluator` once per number of views; the scans of `dataset` (a `SliceDataset` whose
-    cache transform simulates with `acquisition`) are simulated again for each. Network vs FBP."""
+    cache transform simulates with `acquisition`) are simulated again for each. Network vs FBP.
 
-    def apply(v):
+    With `consistency` (the `CTDataConsistency` of the evaluator's inferer), each scan is also
+    evaluated with it: rows "network" (its iterations set to 0) and "network_dc" (as configured)."""
+    iterations = consistency.iterations if consistency is not None else 0
+
+    def dc(n: int) -> None:
+        if consistency is not None:
+            consistency.set(consistency.weight, n)
+
+    def apply(v: int) -> None:
+        dc(0)
         acquisition.set_views(v)
         dataset.recache(dataset.cache_transform)
 
-    settings = [(f"{int(v)}", lambda v=v: apply(v)) for v in views]
-    return evaluate_settings(evaluator, settings, output_dir, CT_METHODS, "views", " views")
+    settings = []
+    for v in views:
+        settings.append((f"{int(v)}", lambda v=v: apply(v), CT_METHODS))
+        if iterations > 0:  # the same cached scans, now with data consistency
+            settings.append((f"{int(v)}", lambda: dc(iterations), CT_DC_METHODS))
+    try:
+        return evaluate_settings(evaluator, settings, output_dir, CT_METHODS, "views", " views")
+    finally:
+        dc(iterations)
 
 
 def evaluate_doses(evaluator: SupervisedEvaluator, noise, doses: Sequence[float], output_dir: str) -> dict:
@@ -94,15 +113,18 @@ def evaluate_settings(
     suffix: str = "x",
 ) -> dict:
     """For each (label, apply) in `settings`: apply(), run `evaluator`, collect the per-volume
-    metrics of each method (`methods`: name -> metric prefix in the evaluator); then write them."""
+    metrics of each method (`methods`: name -> metric prefix in the evaluator); then write them.
+    A setting may carry its own methods, (label, apply, methods): several runs of one label then
+    add rows to it (e.g. CT with and without data consistency)."""
     rows, summary, names = [], {}, ["ssim"]
-    for key, apply in settings:
+    for key, apply, *own in settings:
+        run_methods = own[0] if own else methods
         apply()
         evaluator.run()
         details = evaluator.state.metric_details or {}
-        summary[key] = {}
-        names = [m for m in REPORTED if all(f"{p}_{m}" in details for p in methods.values())]
-        for method, prefix in methods.items():
+        summary.setdefault(key, {})
+        names = [m for m in REPORTED if all(f"{p}_{m}" in details for p in run_methods.values())]
+        for method, prefix in run_methods.items():
             per_metric = {m: details[f"{prefix}_{m}"] for m in names}
             summary[key][method] = {m: mean_std(list(v.values())) for m, v in per_metric.items()}
             for case in per_metric["ssim"]:
