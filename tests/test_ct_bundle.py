@@ -251,3 +251,22 @@ def test_ct_inference_from_a_given_sinogram(tmp_path):
     with pytest.raises(InputError, match=r"a_sinogram.npy: sinogram of shape \(3, 19, \d+\) does not match"):
         CTVolumeReconstructor(net, acq, progress=False).run(str(tmp_path / "in"), str(tmp_path / "bad"))
     assert not (tmp_path / "bad").exists()
+
+
+def test_tune_ct_dc_script_reports_the_grid_on_the_validation_ct(tmp_path):
+    cmd = [sys.executable, "scripts/tune_ct_dc.py", "--step", "40", "--weights", "0.001,1000", "--iterations", "3"]
+    res = subprocess.run(cmd, cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    lines = res.stdout.splitlines()
+    assert lines[0].startswith("totalseg_ct_cropped.nii.gz: 5 slices, 60/720 views, noise-free")
+
+    def psnr(prefix):
+        line = next(s for s in lines if s.startswith(prefix))
+        return float(line.split("dB")[0].split()[-1])
+
+    # a tiny weight follows the scan (better than the network alone); a huge one keeps the network
+    assert psnr("weight 0.001:") > psnr("network") + 0.5
+    assert abs(psnr("weight 1000:") - psnr("network")) < 0.05
+    bad = subprocess.run([sys.executable, "scripts/tune_ct_dc.py", "--model", str(tmp_path / "none.pt")], cwd=ROOT,
+                         env=run_env(), capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1 and "none.pt: file not found" in bad.stderr
