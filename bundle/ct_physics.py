@@ -399,6 +399,22 @@ def normal_operator_norm(geom: ParallelBeamGeometry, device=None, iterations: in
     return _NORM_CACHE[key]
 
 
+def check_consistency_settings(
+    weight, iterations, names: tuple[str, str] = ("data-consistency weight", "data-consistency iterations")
+) -> tuple[float, int]:
+    """(weight, iterations) as (float >= 0, int >= 0), else an `InputError` with `names` (the
+    config keys where they come from a config)."""
+    try:
+        w, n = float(weight), int(iterations)
+    except (TypeError, ValueError):
+        raise InputError(f"{names[0]} and {names[1]} must be numbers, got {weight!r}, {iterations!r}") from None
+    if not (w >= 0 and math.isfinite(w)):
+        raise InputError(f"{names[0]} must be >= 0, got {weight!r}")
+    if n != iterations or n < 0:
+        raise InputError(f"{names[1]} must be a whole number >= 0, got {iterations!r}")
+    return w, n
+
+
 def sinogram_consistency(
     image: torch.Tensor, sinogram: torch.Tensor, geom: ParallelBeamGeometry, weight: float = 1e-3, iterations: int = 12
 ) -> torch.Tensor:
@@ -419,10 +435,7 @@ def sinogram_consistency(
         weight: lam relative to the largest eigenvalue of A^T A (dimensionless, >= 0).
         iterations: conjugate-gradient steps (0 returns `image`).
     """
-    if not (weight >= 0 and math.isfinite(weight)):
-        raise InputError(f"data-consistency weight must be >= 0, got {weight}")
-    if int(iterations) != iterations or iterations < 0:
-        raise InputError(f"data-consistency iterations must be a whole number >= 0, got {iterations}")
+    weight, iterations = check_consistency_settings(weight, iterations)
     _check_image(image, geom)
     check_sinogram(sinogram, geom)
     if iterations == 0:
@@ -437,10 +450,10 @@ def sinogram_consistency(
         return (a * b).sum((-2, -1), keepdim=True)
 
     x = x0.clone()
-    r = backproject(sinogram.to(x0), geom) - backproject(project(x0, geom), geom)  # b - N x0 (the lam terms cancel)
+    r = backproject(sinogram.to(x0) - project(x0, geom), geom)  # b - N x0 (the lam terms cancel)
     p, rs = r.clone(), dot(r, r)
     tiny = torch.finfo(x.dtype).tiny
-    for _ in range(int(iterations)):
+    for _ in range(iterations):
         ap = normal(p)
         curvature = dot(p, ap)
         alpha = torch.where(curvature > 0, rs / curvature.clamp_min(tiny), torch.zeros_like(rs))

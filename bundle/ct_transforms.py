@@ -236,15 +236,7 @@ class CTDataConsistency:
 
     def set(self, weight: float, iterations: int) -> None:
         """Change the weight and the number of iterations; an `InputError` if impossible."""
-        try:
-            w, n = float(weight), int(iterations)
-        except (TypeError, ValueError):
-            raise InputError(f"data consistency needs a number weight and whole iterations, got {weight!r}, {iterations!r}") from None
-        if not (w >= 0 and math.isfinite(w)):
-            raise InputError(f"dc_weight must be >= 0, got {weight!r}")
-        if n != iterations or n < 0:
-            raise InputError(f"dc_iterations must be a whole number >= 0, got {iterations!r}")
-        self.weight, self.iterations = w, n
+        self.weight, self.iterations = ct.check_consistency_settings(weight, iterations, ("dc_weight", "dc_iterations"))
 
     def __call__(self, unit: torch.Tensor, sinogram: torch.Tensor, spacing: Sequence[float]) -> torch.Tensor:
         """(..., H, W) unit-scale images and their (..., V, D) scans -> consistent images (same shape)."""

@@ -25,12 +25,15 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from nibabel.orientations import apply_orientation, io_orientation  # noqa: E402
 
 from bundle.ct_transforms import CTAcquisition, CTDataConsistency, hu_to_unit  # noqa: E402
 from bundle.data import foreground_fraction  # noqa: E402
+from bundle.errors import InputError, format_error  # noqa: E402
+from bundle.inference import ras_spacing  # noqa: E402
+from bundle.io import load_nifti_volume  # noqa: E402
 from bundle.metrics import VolumeAccumulator  # noqa: E402
 from bundle.networks import ResidualUNet, load_checkpoint  # noqa: E402
 
@@ -56,18 +59,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--weights", default="0.1,0.03,0.01,0.003,0.001,0")
     p.add_argument("--iterations", default="4,8,12,16,32")
     args = p.parse_args(argv)
-    for path in (args.volume, args.model):
-        if not os.path.isfile(path):
-            print(f"error: {path}: file not found", file=sys.stderr)
-            return 1
     torch.set_grad_enabled(False)
-    net = load_checkpoint(ResidualUNet(norm=None, data_consistency=False), args.model).eval()
-    acq = CTAcquisition(views=args.views, incident_photons=args.incident_photons, electronic_noise=args.electronic_noise)
-    img = nib.as_closest_canonical(nib.load(args.volume))
-    hu = torch.from_numpy(np.ascontiguousarray(np.moveaxis(np.asarray(img.dataobj, dtype=np.float32), 2, 0)))
+    try:  # one-line errors for a missing or unreadable model or volume
+        net = load_checkpoint(ResidualUNet(norm=None, data_consistency=False), args.model).eval()
+        acq = CTAcquisition(views=args.views, incident_photons=args.incident_photons,
+                            electronic_noise=args.electronic_noise)
+        img, data = load_nifti_volume(args.volume)
+    except InputError as e:
+        print(f"error: {format_error(e)}", file=sys.stderr)
+        return 1
+    to_ras = io_orientation(img.affine)
+    hu = torch.from_numpy(np.ascontiguousarray(np.moveaxis(apply_orientation(data, to_ras), 2, 0)))
     unit = hu_to_unit(hu, acq.window)
     unit = torch.stack([s for s in unit if foreground_fraction(s, 0.1 * float(unit.max())) >= 0.1])[:: args.step]
-    spacing = [float(s) for s in img.header.get_zooms()[:2]]
+    spacing = ras_spacing(img, to_ras)[:2]
     sinogram, geom = acq.sinogram(unit, spacing, torch.Generator().manual_seed(0))
     fbp = acq.reconstruct(sinogram, geom)
     pred = net(fbp[:, None])[:, 0]

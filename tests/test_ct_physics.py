@@ -247,7 +247,6 @@ def test_sinogram_consistency_keeps_a_consistent_image_and_moves_towards_the_sca
     y = ct.project(truth, geom)
     same = ct.sinogram_consistency(truth, y, geom, 1e-3, 12)  # already consistent: a fixed point
     assert float((same - truth).abs().max()) < 1e-4
-    assert ct.sinogram_consistency(truth * 0.5, y, geom, 1e-3, 0) is not None
     blurred = torch.nn.functional.avg_pool2d(truth[:, None], 5, 1, 2)[:, 0] * 0.9  # a wrong start
     fixed = ct.sinogram_consistency(blurred, y, geom, 1e-3, 12)
     for before, after, ref, sino in zip(blurred, fixed, truth, y):  # each slice on its own
