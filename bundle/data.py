@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Sequence
+from multiprocessing.pool import ThreadPool
 from pathlib import Path
 
 import torch
-from monai.data import load_decathlon_datalist
+from monai.data import CacheDataset, PersistentDataset, load_decathlon_datalist
+from monai.data.utils import pickle_hashing
+from monai.transforms import Compose, Transform
 from monai.utils import convert_to_tensor
 from tqdm import tqdm
 
@@ -99,12 +102,109 @@ def slice_axis_index(axis: int | str) -> int:
     return int(axis)
 
 
+def _file_hash(item: dict) -> bytes:
+    """Cache key of a datalist item: the item and the size and modification time of its files."""
+    stats = {}
+    for key in ("image", "label"):
+        if isinstance(item.get(key), str) and os.path.exists(item[key]):
+            st = os.stat(item[key])
+            stats[key] = (st.st_size, st.st_mtime_ns)
+    return pickle_hashing({**item, "_stat": stats})
+
+
 def foreground_fraction(slice_2d: torch.Tensor, threshold: float) -> float:
     return float((slice_2d > threshold).float().mean())
 
 
+class VolumeSlices(Transform):
+    """A volume item -> the list of its non-empty 2D slice items (deterministic, so MONAI's
+    `CacheDataset` / `PersistentDataset` keep its output).
+
+    Args:
+        volume_transform: load, check, channel first, orient, normalise one volume item; must give
+            "image" of shape (1, X, Y, Z) and "image_scale".
+        slice_axis: spatial axis to slice along (after orientation): 0/"sagittal", 1/"coronal", 2/"axial".
+        min_foreground: slices whose fraction of voxels above 10% of the volume maximum is below
+            this are skipped as empty.
+        data_range: if given, the "volume_max" of every slice, else the volume's maximum.
+    """
+
+    def __init__(
+        self,
+        volume_transform: Callable,
+        slice_axis: int | str = "axial",
+        min_foreground: float = 0.05,
+        data_range: float | None = None,
+    ) -> None:
+        self.volume_transform = volume_transform
+        self.axis = slice_axis_index(slice_axis)
+        self.min_foreground = float(min_foreground)
+        self.data_range = None if data_range is None else float(data_range)
+
+    def __call__(self, item: dict) -> list[dict]:
+        # MONAI Label's datalists pair an "image" with a "label"; here the label is the fully
+        # sampled reference the acquisition is simulated from, so it is the volume when present.
+        path = str(item.get("label") or item["image"])
+        if not os.path.exists(path):
+            raise InputError(f"{path}: file not found")
+        try:
+            d = self.volume_transform({**item, "image": path})
+        except Exception as e:  # a reader's deep error becomes one line naming the file
+            msg = format_error(e)
+            if msg.startswith(path) or path in msg.split(":")[0]:
+                raise InputError(msg) from None
+            raise InputError(f"{path}: cannot be loaded as a 3D image ({msg.splitlines()[-1][:200]})") from None
+        pixdim = [float(v) for v in getattr(d["image"], "pixdim", [1.0, 1.0, 1.0])][:3]
+        spacing = [v for i, v in enumerate(pixdim) if i != self.axis]
+        vol = convert_to_tensor(d["image"], track_meta=False).float()
+        if vol.ndim != 4 or vol.shape[0] != 1:
+            raise InputError(f"{path}: expected a single-channel 3D volume, got shape {tuple(vol.shape)}")
+        vmax = float(vol.max())
+        data_max = vmax if self.data_range is None else self.data_range
+        vol = vol.movedim(self.axis + 1, 1)  # (1, S, H, W)
+        out = []
+        for i in range(vol.shape[1]):
+            s = vol[:, i]
+            if foreground_fraction(s, 0.1 * vmax) < self.min_foreground:
+                continue
+            out.append({
+                "image": s.clone(),
+                "filename": path,
+                "slice_index": i,
+                "slice_id": f"{os.path.basename(path)}:{i}",
+                "volume_max": data_max,
+                "image_scale": float(d["image_scale"]),
+                "pixel_spacing": torch.tensor(spacing, dtype=torch.float32),
+            })
+        return out
+
+
+def _fingerprint(obj, depth: int = 0):
+    """The settings of a transform (class names and plain attribute values, recursively) as plain
+    data, for the on-disk cache key."""
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if isinstance(obj, (list, tuple)):
+        return [_fingerprint(v, depth + 1) for v in obj][:64]
+    if isinstance(obj, dict):
+        return {str(k): _fingerprint(v, depth + 1) for k, v in sorted(obj.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(obj, type):
+        return obj.__qualname__
+    if isinstance(obj, torch.Tensor) and obj.numel() <= 64:
+        return obj.tolist()
+    if depth > 6 or not hasattr(obj, "__dict__"):
+        return type(obj).__qualname__
+    return [type(obj).__qualname__, _fingerprint({k: v for k, v in vars(obj).items() if not k.startswith("_")}, depth)]
+
+
 class SliceDataset(torch.utils.data.Dataset):
-    """2D slices of 3D volumes: each volume is loaded and normalised once, its slices are cached.
+    """2D slices of 3D volumes: each volume is loaded, normalised and sliced once, its slices cached.
+
+    The deterministic part (`VolumeSlices`: load, check, orient, normalise, slice, drop empty
+    slices) is cached by MONAI: in memory with `CacheDataset` (default), or on disk with
+    `PersistentDataset` when `cache_dir` is given, so later runs (evaluation, resumed or repeated
+    trainings) skip reading and normalising the volumes. Random transforms (`slice_transform`) run
+    after the cache, on each access.
 
     Args:
         data: datalist items with an "image" path (a NIfTI file, a DICOM series folder or a
@@ -125,6 +225,10 @@ class SliceDataset(torch.utils.data.Dataset):
             for CT on the fixed [0, 1] HU-window scale; by default the volume's maximum.
         repeat: each slice appears this many times per epoch (for tiny datasets such as a few
             radiographs, where each access draws a new random patch and noise).
+        cache_dir: a folder for MONAI's `PersistentDataset` (made if missing; one file per volume,
+            keyed by the file's path, size and modification time and by the volume transform's
+            settings); None keeps the cache in memory only.
+        num_workers: threads that load the volumes when the cache is built.
 
     Each item: "image" (1, H, W), "filename", "slice_index", "slice_id" ("file:index"),
     "volume_max" (maximum of the normalised volume), "image_scale" (the normalisation scale) and
@@ -142,23 +246,49 @@ class SliceDataset(torch.utils.data.Dataset):
         cache_transform: Callable | None = None,
         data_range: float | None = None,
         repeat: int = 1,
+        cache_dir: str | None = None,
+        num_workers: int = 1,
     ) -> None:
         if not data:
             raise InputError("the dataset is empty: no volumes in the datalist")
         self.slice_transform = slice_transform
-        self.axis = slice_axis_index(slice_axis)
-        self.data_range = None if data_range is None else float(data_range)
+        slicer = VolumeSlices(volume_transform, slice_axis, min_foreground, data_range)
+        self.axis, self.data_range = slicer.axis, slicer.data_range
         if int(repeat) < 1:
             raise InputError(f"repeat must be at least 1, got {repeat!r}")
         self.repeat = int(repeat)
         self.progress = progress
         self.cache_batch = 8
-        self.raw_items: list[dict] = []
-        for item in tqdm(data, desc="loading volumes", unit="vol", disable=not progress):
-            self.raw_items.extend(self._slices(item, volume_transform, min_foreground))
+        self.raw_items: list[dict] = [s for volume in self._cached_volumes(data, slicer, cache_dir, num_workers)
+                                      for s in volume]
         if not self.raw_items:
             raise InputError("no non-empty slices in the dataset")
         self.recache(cache_transform)
+
+    def _cached_volumes(self, data, slicer: VolumeSlices, cache_dir: str | None, num_workers: int) -> list[list[dict]]:
+        workers = max(1, int(num_workers or 1))
+        try:
+            if cache_dir is None:
+                ds = CacheDataset(list(data), Compose([slicer]), num_workers=workers, progress=self.progress,
+                                  copy_cache=False)
+                return [ds[i] for i in range(len(ds))]
+            try:
+                os.makedirs(cache_dir, exist_ok=True)
+            except OSError as e:
+                raise InputError(f"cache_dir {cache_dir}: cannot be created ({e.strerror})") from None
+            # MONAI's default key is the datalist item alone (or the transforms' class names): an
+            # edited file or a changed normalisation would reuse a stale cache, so the key here
+            # adds the file's size and modification time and the volume transform's settings.
+            settings = pickle_hashing({"slicer": _fingerprint(slicer)})
+            ds = PersistentDataset(list(data), Compose([slicer]), cache_dir, hash_func=_file_hash,
+                                   hash_transform=lambda _: settings)
+            with ThreadPool(workers) as pool:
+                jobs = pool.imap(ds.__getitem__, range(len(ds)))
+                return list(tqdm(jobs, total=len(ds), desc="loading volumes", unit="vol", disable=not self.progress))
+        except InputError:
+            raise
+        except Exception as e:  # MONAI wraps the transform's InputError in RuntimeErrors
+            raise InputError(format_error(e)) from None
 
     def recache(self, cache_transform: Callable | None = None) -> None:
         """(Re)apply `cache_transform` to every slice, e.g. after changing the simulated scan."""
@@ -183,43 +313,6 @@ class SliceDataset(torch.utils.data.Dataset):
                     batch = []
                 if item is not None:
                     batch.append(item)
-
-    def _slices(self, item: dict, volume_transform: Callable, min_foreground: float) -> list[dict]:
-        # MONAI Label's datalists pair an "image" with a "label"; here the label is the fully
-        # sampled reference the acquisition is simulated from, so it is the volume when present.
-        path = str(item.get("label") or item["image"])
-        if not os.path.exists(path):
-            raise InputError(f"{path}: file not found")
-        try:
-            d = volume_transform({**item, "image": path})
-        except Exception as e:  # a reader's deep error becomes one line naming the file
-            msg = format_error(e)
-            if msg.startswith(path) or path in msg.split(":")[0]:
-                raise InputError(msg) from None
-            raise InputError(f"{path}: cannot be loaded as a 3D image ({msg.splitlines()[-1][:200]})") from None
-        pixdim = [float(v) for v in getattr(d["image"], "pixdim", [1.0, 1.0, 1.0])][:3]
-        spacing = [v for i, v in enumerate(pixdim) if i != self.axis]
-        vol = convert_to_tensor(d["image"], track_meta=False).float()
-        if vol.ndim != 4 or vol.shape[0] != 1:
-            raise InputError(f"{path}: expected a single-channel 3D volume, got shape {tuple(vol.shape)}")
-        vmax = float(vol.max())
-        data_max = vmax if self.data_range is None else self.data_range
-        vol = vol.movedim(self.axis + 1, 1)  # (1, S, H, W)
-        out = []
-        for i in range(vol.shape[1]):
-            s = vol[:, i]
-            if foreground_fraction(s, 0.1 * vmax) < min_foreground:
-                continue
-            out.append({
-                "image": s.clone(),
-                "filename": path,
-                "slice_index": i,
-                "slice_id": f"{os.path.basename(path)}:{i}",
-                "volume_max": data_max,
-                "image_scale": float(d["image_scale"]),
-                "pixel_spacing": torch.tensor(spacing, dtype=torch.float32),
-            })
-        return out
 
     def __len__(self) -> int:
         return len(self.items) * self.repeat

@@ -111,3 +111,50 @@ def test_slice_dataset_cache_transform_repeat_and_data_range(tiny_dataset):
     assert torch.equal(batched[2]["image"], 2 * plain[2]["image"])
     with pytest.raises(InputError, match="repeat"):
         SliceDataset(items, volume_transform(), progress=False, repeat=0)
+
+
+def test_slice_dataset_cache_in_memory_and_on_disk(tiny_dataset, tmp_path):
+    """MONAI's CacheDataset (threads) and PersistentDataset give the same slices; the disk cache
+    is reused by a second dataset and invalidated by an edited file or other settings."""
+    from conftest import phantom_volume, write_nifti
+
+    items = load_datalist(tiny_dataset["datalist"], tiny_dataset["dataset_dir"], "training")
+    loads = []
+
+    class Counting(Compose):
+        def __call__(self, d, *args, **kwargs):
+            loads.append(d["image"])
+            return super().__call__(d, *args, **kwargs)
+
+    def counting(percentile=99.5):
+        return Counting(list(volume_transform().transforms[:-1]) + [ScaleByPercentiled(keys="image", percentile=percentile)])
+
+    ref = SliceDataset(items, volume_transform(), progress=False)
+    threads = SliceDataset(items, volume_transform(), progress=False, num_workers=2)
+    cache = tmp_path / "cache"
+    first = SliceDataset(items, counting(), progress=False, cache_dir=str(cache))
+    assert len(loads) == 3 and len(list(cache.glob("*.pt"))) == 3  # one file per volume
+    second = SliceDataset(items, counting(), progress=False, cache_dir=str(cache), num_workers=2)
+    assert len(loads) == 3  # all read from the disk cache
+    for ds in (threads, first, second):
+        assert [d["slice_id"] for d in ds.items] == [d["slice_id"] for d in ref.items]
+        assert all(torch.equal(a["image"], b["image"]) and a["volume_max"] == b["volume_max"]
+                   for a, b in zip(ds.items, ref.items))
+    SliceDataset(items, counting(percentile=90.0), progress=False, cache_dir=str(cache))
+    assert len(loads) == 6  # other settings: other keys
+    write_nifti(items[0]["image"], phantom_volume(seed=7))  # the file changes: its entry is stale
+    fresh = SliceDataset(items, counting(), progress=False, cache_dir=str(cache))
+    assert len(loads) == 7 and not torch.equal(fresh.items[0]["image"], ref.items[0]["image"])
+
+
+def test_slice_dataset_cache_errors(tmp_path):
+    txt = tmp_path / "notes.nii.gz"
+    txt.write_text("this is not an image")
+    with pytest.raises(InputError, match="notes.nii.gz"):  # still one line naming the file through MONAI's cache
+        SliceDataset([{"image": str(txt)}], volume_transform(), progress=False, cache_dir=str(tmp_path / "c"))
+    with pytest.raises(InputError, match="notes.nii.gz"):
+        SliceDataset([{"image": str(txt)}], volume_transform(), progress=False, num_workers=2)
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(InputError, match="cache_dir .*cannot be created"):
+        SliceDataset([{"image": str(txt)}], volume_transform(), progress=False, cache_dir=str(blocker / "sub"))
