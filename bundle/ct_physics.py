@@ -10,8 +10,8 @@ at x = (j - (W - 1) / 2) * sx, y = (i - (H - 1) / 2) * sy. The ray of view angle
 detector position t is {t * (cos theta, -sin theta) + s * (sin theta, cos theta)} in (x, y), the
 convention of scikit-image's `radon` (theta = 0 sums the image along its rows); its line
 integral is sampled every `ray_step` mm with bilinear interpolation (Joseph-style, via
-`grid_sample`). The back-projector is the exact adjoint of that projector (autograd of the same
-`grid_sample`), so <A x, y> = <x, A^T y> to float precision.
+`grid_sample`). The back-projector is the exact adjoint of that projector (the backward kernel of
+the same `grid_sample`), so <A x, y> = <x, A^T y> to float precision.
 """
 
 from __future__ import annotations
@@ -171,10 +171,29 @@ def _cached(key: tuple, make) -> torch.Tensor:
     return grid
 
 
+def _grid_parts(device) -> int:
+    """Batch entries a sampling grid is split into. The CPU kernels of `grid_sample` (and of its
+    backward) parallelise over the batch dimension only, so a grid of batch 1 runs on one core;
+    split in `k` parts, the projector runs on `k` threads. CUDA kernels use every point anyway."""
+    return max(1, min(torch.get_num_threads(), 8)) if torch.device(device).type == "cpu" else 1
+
+
+def _split_rows(grid: torch.Tensor, parts: int) -> torch.Tensor:
+    """(1, R, S, 2) -> (parts, ceil(R / parts), S, 2), the rows in order; padded with points far
+    outside the image, which sample zeros and receive nothing."""
+    rows = grid.shape[1]
+    per = -(-rows // parts)
+    if per * parts > rows:
+        grid = torch.cat([grid, grid.new_full((1, per * parts - rows, *grid.shape[2:]), 4.0)], dim=1)
+    return grid.reshape(parts, per, *grid.shape[2:])
+
+
 def _ray_grid(geom: ParallelBeamGeometry, views: slice, device, dtype) -> torch.Tensor:
-    """Sample points of the rays of `views` as grid_sample coordinates: (1, V*D, S, 2)."""
-    return _cached(("ray", geom, views.start, views.stop, str(device), dtype),
-                   lambda: _make_ray_grid(geom, views, device, dtype))
+    """Sample points of the rays of `views` as grid_sample coordinates, the V*D rays split in
+    `_grid_parts` batch entries: (k, ceil(V*D / k), S, 2)."""
+    k = _grid_parts(device)
+    return _cached(("ray", geom, views.start, views.stop, str(device), dtype, k),
+                   lambda: _split_rows(_make_ray_grid(geom, views, device, dtype), k))
 
 
 def _make_ray_grid(geom: ParallelBeamGeometry, views: slice, device, dtype) -> torch.Tensor:
@@ -224,29 +243,46 @@ def project(image: torch.Tensor, geom: ParallelBeamGeometry) -> torch.Tensor:
     x = image.reshape(1, -1, *geom.image_shape)  # slices as channels share one sampling grid
     if not x.is_floating_point():
         x = x.float()
-    out = []
-    for views in _view_chunks(geom, x.shape[1]):
+    c, out = x.shape[1], []
+    for views in _view_chunks(geom, c):
         grid = _ray_grid(geom, views, x.device, x.dtype)
-        samples = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-        out.append(samples.sum(-1).reshape(x.shape[1], -1, geom.n_det) * geom.step)
+        samples = F.grid_sample(x.expand(grid.shape[0], -1, -1, -1), grid, mode="bilinear", padding_mode="zeros",
+                                align_corners=False)  # (k, C, rows / k, S)
+        rays = samples.sum(-1).transpose(0, 1).reshape(c, -1)[:, : (views.stop - views.start) * geom.n_det]
+        out.append(rays.reshape(c, -1, geom.n_det) * geom.step)
     return torch.cat(out, dim=1).reshape(*lead, geom.n_views, geom.n_det)
 
 
 def backproject(sinogram: torch.Tensor, geom: ParallelBeamGeometry) -> torch.Tensor:
-    """The exact adjoint of `project`: (..., V, D) -> (..., H, W)."""
+    """The exact adjoint of `project`: (..., V, D) -> (..., H, W).
+
+    The adjoint of bilinear sampling is the backward of `grid_sample` with respect to its input;
+    called directly (torch.ops.aten.grid_sampler_2d_backward) rather than through autograd, which
+    would first run the forward sampling for nothing. Differentiable (through autograd) when the
+    sinogram requires a gradient.
+    """
     check_sinogram(sinogram, geom)
     lead = sinogram.shape[:-2]
     y = sinogram.reshape(-1, geom.n_views, geom.n_det)
     dtype = y.dtype if y.is_floating_point() else torch.float32
-    out = torch.zeros(1, y.shape[0], *geom.image_shape, dtype=dtype, device=y.device)
-    for views in _view_chunks(geom, y.shape[0]):
+    c = y.shape[0]
+    out = torch.zeros(c, *geom.image_shape, dtype=dtype, device=y.device)
+    for views in _view_chunks(geom, c):
         grid = _ray_grid(geom, views, y.device, dtype)
-        with torch.enable_grad():
-            probe = torch.zeros_like(out, requires_grad=True)
-            samples = F.grid_sample(probe, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-            weight = (y[:, views].to(dtype) * geom.step).reshape(1, y.shape[0], -1, 1)
-            (grad,) = torch.autograd.grad(samples, probe, weight.expand_as(samples), create_graph=sinogram.requires_grad)
-        out = out + grad
+        k, per = grid.shape[:2]
+        weight = (y[:, views].to(dtype) * geom.step).reshape(c, -1)
+        weight = F.pad(weight, (0, k * per - weight.shape[1])).reshape(c, k, per).transpose(0, 1)
+        weight = weight[..., None].expand(k, c, per, grid.shape[2])  # the same value along each ray
+        if sinogram.requires_grad and torch.is_grad_enabled():
+            with torch.enable_grad():
+                probe = torch.zeros(k, c, *geom.image_shape, dtype=dtype, device=y.device, requires_grad=True)
+                samples = F.grid_sample(probe, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+                (grad,) = torch.autograd.grad(samples, probe, weight, create_graph=True)
+        else:
+            shape = torch.zeros((), dtype=dtype, device=y.device).expand(k, c, *geom.image_shape)
+            # interpolation 0 = bilinear, padding 0 = zeros, as in `project`; no gradient for the grid
+            grad, _ = torch.ops.aten.grid_sampler_2d_backward(weight, shape, grid, 0, 0, False, [True, False])
+        out = out + grad.sum(0)
     return out.reshape(*lead, *geom.image_shape)
 
 
@@ -296,14 +332,17 @@ def interpolate_backproject(sinogram: torch.Tensor, geom: ParallelBeamGeometry) 
     if not q.is_floating_point():
         q = q.float()
     out = torch.zeros(q.shape[1], h * w, dtype=q.dtype, device=q.device)
+    k = _grid_parts(q.device)
     size = max(1, _CHUNK_POINTS // (h * w * max(q.shape[1], 1)))
+    size = max(k, size - size % k)  # whole views in each of the k parts
     for start in range(0, geom.n_views, size):
         views = slice(start, min(start + size, geom.n_views))
-        grid = _cached(("pixel", geom, views.start, views.stop, str(q.device), q.dtype),
-                       lambda: _make_pixel_grid(geom, views, q.device, q.dtype))
-        samples = F.grid_sample(q, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        grid = _cached(("pixel", geom, views.start, views.stop, str(q.device), q.dtype, k),
+                       lambda: _split_rows(_make_pixel_grid(geom, views, q.device, q.dtype), k))
+        samples = F.grid_sample(q.expand(grid.shape[0], -1, -1, -1), grid, mode="bilinear", padding_mode="zeros",
+                                align_corners=False)  # (k, C, views / k, H*W)
         # bilinear in the view direction is exact here: every sample sits on a view's row
-        out += samples[0].sum(1)
+        out += samples.sum(2).sum(0)  # (one reduction over two dimensions is 10x slower on CPU)
     return out.reshape(*lead, h, w)
 
 

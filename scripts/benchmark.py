@@ -5,6 +5,8 @@
     python scripts/benchmark.py --quick               # tiny sizes (the test suite runs this)
 
 Measures, on the same data (the demo subjects, or synthetic phantoms with --synthetic):
+- the time to build the training set's slice cache: in memory (MONAI CacheDataset) and on disk
+  (PersistentDataset, a first run that writes it and a later run that reads it);
 - training throughput (slices/s) of the bundle's pipeline (configs/train.yaml: MONAI
   SupervisedTrainer, its data pipeline and handlers) and of a plain PyTorch loop over the same
   dataset, network, loss and batch size (the MONAI reconstruction tutorial's style); ratio;
@@ -197,6 +199,29 @@ def main(argv: list[str] | None = None) -> int:
         add("model", f"{variant} parameters", float(sum(p.numel() for p in net.parameters())), "")
         for size in (128, 256):
             add("model", f"{variant} GFLOPs per {size}x{size} slice", flops_per_slice(net, size) / 1e9, "GFLOP")
+
+    # ---- data: building the training set's slice cache (MONAI CacheDataset / PersistentDataset) ----
+    import shutil
+    import tempfile
+
+    from bundle.data import SliceDataset, load_datalist
+
+    parser = train_parser(args, device)
+    items = load_datalist(parser.get_parsed_content("datalist"), parser.get_parsed_content("dataset_dir"), "training")
+    items = items[:2] if args.quick else items
+    volume_transform = parser.get_parsed_content("volume_transforms")
+    cache_dir = tempfile.mkdtemp(prefix="slice_cache_")
+    try:
+        for what, kwargs in [("in memory (CacheDataset), 1 thread", {"num_workers": 1}),
+                             ("in memory (CacheDataset), 2 threads", {"num_workers": 2}),
+                             ("on disk (PersistentDataset), first run: writes the cache", {"cache_dir": cache_dir}),
+                             ("on disk (PersistentDataset), next run: reads the cache", {"cache_dir": cache_dir})]:
+            t0 = time.perf_counter()
+            ds = SliceDataset(items, volume_transform, progress=False, **kwargs)
+            add("data", f"training set ({len(items)} volumes, {len(ds)} slices) cached {what}",
+                time.perf_counter() - t0, "s")
+    finally:
+        shutil.rmtree(cache_dir, ignore_errors=True)
 
     # ---- training: bundle pipeline vs plain loop, same work ----
     # alternated rounds, best of each: the machine's own drift (other processes, clocks) hits both

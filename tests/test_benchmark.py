@@ -21,7 +21,10 @@ def test_benchmark_quick_run(tmp_path):
                      "ratio network / compressed sensing (speed)", "compressed_sensing SSIM (same slices)"):
         assert expected in names, expected
     assert any(r["section"] == "volume" and "CT volume" in r["name"] for r in rows)
-    assert {r["section"] for r in rows} == {"model", "training", "inference", "volume", "scaling"}
+    assert {r["section"] for r in rows} == {"model", "data", "training", "inference", "volume", "scaling"}
+    cache_rows = [r for r in rows if r["section"] == "data"]
+    assert len(cache_rows) == 4 and all(float(r["value"]) > 0 and r["unit"] == "s" for r in cache_rows)
+    assert any("PersistentDataset" in r["name"] for r in cache_rows) and any("CacheDataset" in r["name"] for r in cache_rows)
     params = {r["name"]: float(r["value"]) for r in rows if r["name"].endswith("parameters")}
     # BasicUNet 16-16-32-64-128-16 (2D, 1 -> 1 channel, instance norm): 494,369 parameters, counted independently
     from monai.networks.nets import BasicUNet
