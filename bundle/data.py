@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Callable, Sequence
 from multiprocessing.pool import ThreadPool
@@ -15,7 +16,7 @@ from monai.transforms import Compose, Transform
 from monai.utils import convert_to_tensor
 from tqdm import tqdm
 
-from bundle.errors import InputError, format_error
+from bundle.errors import InputError, find_input_error, format_error
 from bundle.io import write_text_atomic
 
 DEMO_DIR = Path(__file__).resolve().parent / "demo_data"
@@ -103,12 +104,15 @@ def slice_axis_index(axis: int | str) -> int:
 
 
 def _file_hash(item: dict) -> bytes:
-    """Cache key of a datalist item: the item and the size and modification time of its files."""
+    """Cache key of a datalist item: the item and the size and modification time of its files
+    (of every file of a DICOM series folder)."""
     stats = {}
     for key in ("image", "label"):
-        if isinstance(item.get(key), str) and os.path.exists(item[key]):
-            st = os.stat(item[key])
-            stats[key] = (st.st_size, st.st_mtime_ns)
+        path = item.get(key)
+        if not isinstance(path, str) or not os.path.exists(path):
+            continue
+        files = sorted(os.path.join(path, f) for f in os.listdir(path)) if os.path.isdir(path) else [path]
+        stats[key] = [(os.path.basename(f), os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files]
     return pickle_hashing({**item, "_stat": stats})
 
 
@@ -282,8 +286,22 @@ class SliceDataset(torch.utils.data.Dataset):
             settings = pickle_hashing({"slicer": _fingerprint(slicer)})
             ds = PersistentDataset(list(data), Compose([slicer]), cache_dir, hash_func=_file_hash,
                                    hash_transform=lambda _: settings)
+
+            def load(i: int) -> list[dict]:
+                try:
+                    return ds[i]
+                except Exception as e:
+                    # MONAI recomputes a cache file it cannot unpickle, but not a truncated one
+                    # (torch.load's RuntimeError): drop it and read the volume again, once.
+                    stale = Path(cache_dir) / f"{_file_hash(ds.data[i]).decode()}{settings.decode()}.pt"
+                    if find_input_error(e) is not None or not stale.is_file():
+                        raise
+                    logging.getLogger(__name__).warning("%s: unreadable cache file, recomputed", stale)
+                    stale.unlink()
+                    return ds[i]
+
             with ThreadPool(workers) as pool:
-                jobs = pool.imap(ds.__getitem__, range(len(ds)))
+                jobs = pool.imap(load, range(len(ds)))
                 return list(tqdm(jobs, total=len(ds), desc="loading volumes", unit="vol", disable=not self.progress))
         except InputError:
             raise

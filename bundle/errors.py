@@ -15,7 +15,8 @@ class RunError(InputError):
     """A run that cannot go on (e.g. a diverged loss); reported in one line like bad input."""
 
 
-def _find_input_error(exc: BaseException | None) -> InputError | None:
+def find_input_error(exc: BaseException | None) -> InputError | None:
+    """The `InputError` in the chain of causes and contexts of `exc`, if any."""
     seen = set()
     while exc is not None and id(exc) not in seen:
         if isinstance(exc, InputError):
@@ -28,7 +29,7 @@ def _find_input_error(exc: BaseException | None) -> InputError | None:
 def _excepthook(
     exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None, _default=sys.excepthook
 ) -> None:
-    found = _find_input_error(exc)
+    found = find_input_error(exc)
     if found is None:
         _default(exc_type, exc, tb)
         return
@@ -46,7 +47,7 @@ def install_excepthook() -> None:
 
 def format_error(exc: BaseException) -> str:
     """The one-line message of the `InputError` inside `exc`, or the formatted exception."""
-    found = _find_input_error(exc)
+    found = find_input_error(exc)
     return str(found) if found is not None else "".join(traceback.format_exception_only(type(exc), exc)).strip()
 
 

@@ -142,9 +142,13 @@ def test_slice_dataset_cache_in_memory_and_on_disk(tiny_dataset, tmp_path):
                    for a, b in zip(ds.items, ref.items))
     SliceDataset(items, counting(percentile=90.0), progress=False, cache_dir=str(cache))
     assert len(loads) == 6  # other settings: other keys
+    entry = max(cache.glob("*.pt"), key=lambda f: f.stat().st_mtime_ns)  # the percentile-90 entry of the last volume
+    entry.write_bytes(entry.read_bytes()[:100])  # truncated (a crash of an older writer, a full disk)
+    again = SliceDataset(items, counting(percentile=90.0), progress=False, cache_dir=str(cache))
+    assert len(loads) == 7 and len(again) == len(ref)  # that volume read again, the others from the cache
     write_nifti(items[0]["image"], phantom_volume(seed=7))  # the file changes: its entry is stale
     fresh = SliceDataset(items, counting(), progress=False, cache_dir=str(cache))
-    assert len(loads) == 7 and not torch.equal(fresh.items[0]["image"], ref.items[0]["image"])
+    assert len(loads) == 8 and not torch.equal(fresh.items[0]["image"], ref.items[0]["image"])
 
 
 def test_slice_dataset_cache_errors(tmp_path):
