@@ -279,7 +279,10 @@ def backproject(sinogram: torch.Tensor, geom: ParallelBeamGeometry) -> torch.Ten
                 samples = F.grid_sample(probe, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
                 (grad,) = torch.autograd.grad(samples, probe, weight, create_graph=True)
         else:
+            # only the input's shape matters: a stride-0 tensor on CPU; elsewhere a real one, the
+            # arguments autograd passes to this kernel
             shape = torch.zeros((), dtype=dtype, device=y.device).expand(k, c, *geom.image_shape)
+            shape = shape if y.device.type == "cpu" else shape.contiguous()
             # interpolation 0 = bilinear, padding 0 = zeros, as in `project`; no gradient for the grid
             grad, _ = torch.ops.aten.grid_sampler_2d_backward(weight, shape, grid, 0, 0, False, [True, False])
         out = out + grad.sum(0)
