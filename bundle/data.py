@@ -112,7 +112,10 @@ def _file_hash(item: dict) -> bytes:
         if not isinstance(path, str) or not os.path.exists(path):
             continue
         files = sorted(os.path.join(path, f) for f in os.listdir(path)) if os.path.isdir(path) else [path]
-        stats[key] = [(os.path.basename(f), os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files]
+        stats[key] = []
+        for f in files:
+            st = os.stat(f)
+            stats[key].append((os.path.basename(f), st.st_size, st.st_mtime_ns))
     return pickle_hashing({**item, "_stat": stats})
 
 
@@ -293,7 +296,8 @@ class SliceDataset(torch.utils.data.Dataset):
                 except Exception as e:
                     # MONAI recomputes a cache file it cannot unpickle, but not a truncated one
                     # (torch.load's RuntimeError): drop it and read the volume again, once.
-                    stale = Path(cache_dir) / f"{_file_hash(ds.data[i]).decode()}{settings.decode()}.pt"
+                    # the file name PersistentDataset gives this item
+                    stale = Path(cache_dir) / f"{ds.hash_func(ds.data[i]).decode()}{ds.transform_hash}.pt"
                     if find_input_error(e) is not None or not stale.is_file():
                         raise
                     logging.getLogger(__name__).warning("%s: unreadable cache file, recomputed", stale)
