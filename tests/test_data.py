@@ -162,3 +162,60 @@ def test_slice_dataset_cache_errors(tmp_path):
     blocker.write_text("")
     with pytest.raises(InputError, match="cache_dir .*cannot be created"):
         SliceDataset([{"image": str(txt)}], volume_transform(), progress=False, cache_dir=str(blocker / "sub"))
+
+
+def test_slice_transforms_run_without_metadata(tiny_dataset):
+    """The random slice transforms run on plain tensors (MONAI's meta tracking off while they run)
+    and give the values they give with metadata, every augmentation drawn; the switch is restored,
+    also after an error and after concurrent use."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from monai.bundle import ConfigParser
+    from monai.data import get_track_meta
+
+    from bundle.data import meta_tracking_off
+
+    parser = ConfigParser()
+    parser.read_config("configs/train.yaml")
+    parser.update({"dataset_dir": tiny_dataset["dataset_dir"], "datalist": tiny_dataset["datalist"],
+                   "train#dataset#progress": False, "patch_size": [32, 32]})
+    for key in ("rotate", "translate", "scale", "contrast", "intensity"):
+        parser[f"aug_{key}_prob"] = 1.0
+    ds = parser.get_parsed_content("train#dataset")
+    seen = []
+
+    def spy(d):
+        out = transforms.transforms[0](d)  # the rotation
+        seen.append(type(out["image"]))
+        return out
+
+    transforms = ds.slice_transform
+    for i in range(4):
+        transforms.set_random_state(seed=i)
+        with_meta = transforms(dict(ds.items[i]))  # tracking on, as MONAI's default
+        assert isinstance(with_meta["label"], torch.Tensor) and get_track_meta()
+        transforms.set_random_state(seed=i)
+        plain = ds[i]
+        for key in ("image", "label", "kspace", "mask"):
+            assert type(plain[key]) is torch.Tensor and torch.equal(plain[key], torch.as_tensor(with_meta[key]))
+    ds.slice_transform = Compose([spy])
+    ds[0]
+    assert seen == [torch.Tensor]  # the rotation made no MetaTensor
+    assert get_track_meta()
+
+    def boom(d):
+        raise ValueError("bad slice")
+
+    ds.slice_transform = boom
+    with pytest.raises(ValueError, match="bad slice"):
+        ds[0]
+    assert get_track_meta()
+
+    def slow(_):
+        with meta_tracking_off():
+            assert not get_track_meta()
+            return sum(range(20000))
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(slow, range(64)))
+    assert get_track_meta()
