@@ -258,10 +258,31 @@ def backproject(sinogram: torch.Tensor, geom: ParallelBeamGeometry) -> torch.Ten
 
     The adjoint of bilinear sampling is the backward of `grid_sample` with respect to its input;
     called directly (torch.ops.aten.grid_sampler_2d_backward) rather than through autograd, which
-    would first run the forward sampling for nothing. Differentiable (through autograd) when the
-    sinogram requires a gradient.
+    would first run the forward sampling for nothing. Differentiable when the sinogram requires a
+    gradient: the gradient of the back-projector is the projector (`_BackProjection`).
     """
     check_sinogram(sinogram, geom)
+    if sinogram.requires_grad and torch.is_grad_enabled():
+        return _BackProjection.apply(sinogram, geom)
+    return _backproject(sinogram, geom)
+
+
+class _BackProjection(torch.autograd.Function):
+    """`backproject` for autograd, its backward the projector (its exact adjoint). Autograd through
+    grid_sample's backward kernel would need that kernel's own derivative, which torch 2.11 lacks
+    (seen on the GPU machine)."""
+
+    @staticmethod
+    def forward(ctx, sinogram: torch.Tensor, geom: ParallelBeamGeometry) -> torch.Tensor:
+        ctx.geom = geom
+        return _backproject(sinogram, geom)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return project(grad, ctx.geom), None
+
+
+def _backproject(sinogram: torch.Tensor, geom: ParallelBeamGeometry) -> torch.Tensor:
     lead = sinogram.shape[:-2]
     y = sinogram.reshape(-1, geom.n_views, geom.n_det)
     dtype = y.dtype if y.is_floating_point() else torch.float32
@@ -273,18 +294,12 @@ def backproject(sinogram: torch.Tensor, geom: ParallelBeamGeometry) -> torch.Ten
         weight = (y[:, views].to(dtype) * geom.step).reshape(c, -1)
         weight = F.pad(weight, (0, k * per - weight.shape[1])).reshape(c, k, per).transpose(0, 1)
         weight = weight[..., None].expand(k, c, per, grid.shape[2])  # the same value along each ray
-        if sinogram.requires_grad and torch.is_grad_enabled():
-            with torch.enable_grad():
-                probe = torch.zeros(k, c, *geom.image_shape, dtype=dtype, device=y.device, requires_grad=True)
-                samples = F.grid_sample(probe, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-                (grad,) = torch.autograd.grad(samples, probe, weight, create_graph=True)
-        else:
-            # only the input's shape matters: a stride-0 tensor on CPU; elsewhere a real one, the
-            # arguments autograd passes to this kernel
-            shape = torch.zeros((), dtype=dtype, device=y.device).expand(k, c, *geom.image_shape)
-            shape = shape if y.device.type == "cpu" else shape.contiguous()
-            # interpolation 0 = bilinear, padding 0 = zeros, as in `project`; no gradient for the grid
-            grad, _ = torch.ops.aten.grid_sampler_2d_backward(weight, shape, grid, 0, 0, False, [True, False])
+        # only the input's shape matters: a stride-0 tensor on CPU; elsewhere a real one, the
+        # arguments autograd passes to this kernel
+        shape = torch.zeros((), dtype=dtype, device=y.device).expand(k, c, *geom.image_shape)
+        shape = shape if y.device.type == "cpu" else shape.contiguous()
+        # interpolation 0 = bilinear, padding 0 = zeros, as in `project`; no gradient for the grid
+        grad, _ = torch.ops.aten.grid_sampler_2d_backward(weight, shape, grid, 0, 0, False, [True, False])
         out = out + grad.sum(0)
     return out.reshape(*lead, *geom.image_shape)
 
