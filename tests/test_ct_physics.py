@@ -64,7 +64,32 @@ def test_projector_split_in_parts_and_differentiable(parts, monkeypatch):
     y.requires_grad_(True)
     (grad,) = torch.autograd.grad((ct.backproject(y, g) * x).sum(), y)
     assert torch.allclose(grad, ct.project(x, g), rtol=1e-10, atol=1e-10)
+    small = ct.ParallelBeamGeometry((9, 7), (1.0, 0.8), n_views=4)  # against finite differences
+    assert torch.autograd.gradcheck(lambda s: ct.backproject(s, small),
+                                    (torch.randn(2, *small.sinogram_shape, generator=gen, dtype=torch.float64,
+                                                 requires_grad=True),))
     ct._GRID_CACHE.clear()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: the GPU path of the projector pair")
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
+def test_projector_pair_on_cuda_matches_cpu(dtype, tol):
+    """On CUDA the grids are not split and the back-projector calls the backward kernel with a real
+    zero input: the same operators as on the CPU, still adjoint, FBP and gradient included."""
+    g = ct.ParallelBeamGeometry((30, 41), (0.7, 1.2), n_views=13)
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(3, 30, 41, generator=gen, dtype=dtype)
+    y = torch.randn(3, *g.sinogram_shape, generator=gen, dtype=dtype)
+    cpu = ct.project(x, g), ct.backproject(y, g), ct.fbp(y, g), ct.interpolate_backproject(y, g)
+    xc, yc = x.cuda(), y.cuda()
+    gpu = ct.project(xc, g), ct.backproject(yc, g), ct.fbp(yc, g), ct.interpolate_backproject(yc, g)
+    for a, b in zip(gpu, cpu):
+        assert a.device.type == "cuda" and torch.allclose(a.cpu(), b, rtol=tol, atol=tol * float(b.abs().max()))
+    lhs, rhs = float((gpu[0] * yc).sum(dtype=torch.float64)), float((xc * gpu[1]).sum(dtype=torch.float64))
+    assert abs(lhs - rhs) <= tol * abs(lhs)
+    yc.requires_grad_(True)
+    (grad,) = torch.autograd.grad((ct.backproject(yc, g) * xc).sum(), yc)
+    assert torch.allclose(grad, gpu[0], rtol=tol, atol=tol * float(gpu[0].abs().max()))
 
 
 def test_projection_of_a_disc_is_its_chord_length():
