@@ -130,30 +130,34 @@ class CTVolumeReconstructor(VolumeReconstructor):
 
     @torch.no_grad()
     def reconstruct(self, volume: np.ndarray, name: str) -> dict[str, np.ndarray]:
-        """Reconstruct a RAS volume (X, Y, Z) in HU. Returns "recon" and "fbp" in HU, same shape."""
-        unit = hu_to_unit(torch.from_numpy(np.ascontiguousarray(np.moveaxis(volume, self.axis, 0))).float(), self.window)
+        """Reconstruct a RAS volume (X, Y, Z) in HU. Returns "recon" and "fbp" in HU, same shape.
+
+        Each batch of slices is converted to and from HU on the device and copied straight into
+        slice-ordered output arrays (returned as views in the input's axis order): whole-volume
+        passes and strided writes on the CPU cost more than the reconstruction on a GPU (a
+        512 x 512 x 300 volume: 2.9 s of them on the 2-core machine).
+        """
+        slices = np.moveaxis(volume, self.axis, 0)  # a view
         spacing = [s for i, s in enumerate(self.spacing) if i != self.axis]
-        recon, fbp = torch.zeros_like(unit), torch.zeros_like(unit)
+        out = {key: np.empty(slices.shape, dtype=np.float32) for key in ("recon", "fbp")}
         given = self.sinograms.get(name)
-        geom = self.acquisition.geometry(unit.shape[-2:], spacing)
-        bar = tqdm(total=unit.shape[0], desc=f"{name}", unit="slice", leave=False, disable=not self.progress)
-        for start in range(0, unit.shape[0], self.batch_size):
-            stop = min(start + self.batch_size, unit.shape[0])
+        geom = self.acquisition.geometry(slices.shape[-2:], spacing)
+        bar = tqdm(total=slices.shape[0], desc=f"{name}", unit="slice", leave=False, disable=not self.progress)
+        for start in range(0, slices.shape[0], self.batch_size):
+            stop = min(start + self.batch_size, slices.shape[0])
             if given is not None:  # a measured or precomputed scan: FBP of it, no simulation
                 sinogram = given[start:stop].to(self.device)
             else:  # scan simulation and FBP on the device (noise drawn on the CPU, same on any device)
+                hu = torch.from_numpy(np.ascontiguousarray(slices[start:stop])).to(self.device).float()
                 generator = torch.Generator().manual_seed(slice_seed(f"{name}:{start}", "ct", self.acquisition.views))
-                sinogram, _ = self.acquisition.sinogram(unit[start:stop].to(self.device), spacing, generator)
+                sinogram, _ = self.acquisition.sinogram(hu_to_unit(hu, self.window), spacing, generator)
             image = self.acquisition.reconstruct(sinogram, geom)[:, None]
             with torch.autocast(self.device.type, enabled=self.amp):
                 pred = self.network(image)[:, 0].float()
             if self.consistency is not None:
                 pred = self.consistency(pred, sinogram, spacing)
-            recon[start:stop] = pred.cpu()
-            fbp[start:stop] = image[:, 0].cpu()
+            for key, value in (("recon", pred), ("fbp", image[:, 0])):
+                torch.from_numpy(out[key][start:stop]).copy_(unit_to_hu(value.clamp(0.0, 1.0), self.window))
             bar.update(stop - start)
         bar.close()
-        return {
-            key: np.moveaxis(unit_to_hu(value.clamp(0.0, 1.0), self.window).numpy(), 0, self.axis)
-            for key, value in (("recon", recon), ("fbp", fbp))
-        }
+        return {key: np.moveaxis(value, 0, self.axis) for key, value in out.items()}
