@@ -3,6 +3,7 @@
     python scripts/benchmark.py                       # this machine's default device
     python scripts/benchmark.py --device cuda --volume 256,256,200
     python scripts/benchmark.py --quick               # tiny sizes (the test suite runs this)
+    python scripts/benchmark.py --sections volume --ct-volume 512,512,300   # one section only
 
 Measures, on the same data (the demo subjects, or synthetic phantoms with --synthetic):
 - the time to build the training set's slice cache: in memory (MONAI CacheDataset) and on disk
@@ -12,12 +13,15 @@ Measures, on the same data (the demo subjects, or synthetic phantoms with --synt
   dataset, network, loss and batch size (the MONAI reconstruction tutorial's style); ratio;
 - inference: network, zero-filled and compressed sensing (L1-wavelet FISTA, 50 iterations) on
   the same slices, slices/s and SSIM; seconds per 3D volume (simulation + network + data
-  consistency) for a volume of --volume size; ratio network / CS;
+  consistency) for a volume of --volume size; ratio network / CS; with --ct-volume, a CT volume's
+  60-view scan simulation, and its reconstruction (FBP + network, then + data consistency) from
+  the simulation and from the scan alone;
 - parameters and FLOPs per slice of each model variant; throughput against image size and batch
   size (plot); AMP on and off (CUDA) with its SSIM; peak memory (CUDA allocator, or the process'
   peak resident set on CPU).
 
-Writes OUT/benchmark.csv, OUT/benchmark.md and OUT/benchmark_scaling.png; prints the table.
+Writes OUT/benchmark.csv, OUT/benchmark.md and (with the scaling section) OUT/benchmark_scaling.png;
+prints the table.
 Timings skip warm-up iterations and synchronise CUDA before reading the clock.
 """
 
@@ -39,6 +43,8 @@ sys.path.insert(0, ROOT)
 
 from bundle.io import write_text_atomic  # noqa: E402
 from bundle.networks import VARIANTS, ResidualUNet  # noqa: E402
+
+SECTIONS = ("model", "data", "training", "inference", "volume", "scaling")
 
 
 def sync(device: torch.device) -> None:
@@ -180,7 +186,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batches", default="1,4,16,32")
     p.add_argument("--synthetic", help="a folder with a datalist (training, test) of phantoms instead of the demo data")
     p.add_argument("--quick", action="store_true", help="tiny sizes and counts (a smoke run)")
+    p.add_argument("--sections", default=",".join(SECTIONS),
+                   help=f"comma-separated subset of {','.join(SECTIONS)} (default: all)")
     args = p.parse_args(argv)
+    sections = [v.strip() for v in args.sections.split(",") if v.strip()]
+    unknown = sorted(set(sections) - set(SECTIONS))
+    if unknown or not sections:
+        p.error(f"unknown --sections {','.join(unknown) or repr(args.sections)}: expected some of {','.join(SECTIONS)}")
     if args.quick:
         args.iterations, args.warmup, args.slices, args.cs_iterations, args.rounds = 4, 1, 4, 3, 1
         args.volume, args.sizes, args.batches, args.patch, args.batch = "32,32,4", "32,64", "1,2", 32, 2
@@ -195,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{section:>10} | {name:<48} | {value if not isinstance(value, float) else f'{value:.4g}'} {unit}")
 
     # ---- model variants: size and cost ----
-    for variant, feats in VARIANTS.items():
+    for variant, feats in (VARIANTS.items() if "model" in sections else ()):
         net = ResidualUNet(features=feats)
         add("model", f"{variant} parameters", float(sum(p.numel() for p in net.parameters())), "")
         for size in (128, 256):
@@ -213,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     volume_transform = parser.get_parsed_content("volume_transforms")
     cache_dir = tempfile.mkdtemp(prefix="slice_cache_")
     try:
-        for what, kwargs in [("in memory (CacheDataset), 1 thread", {"num_workers": 1}),
+        for what, kwargs in [] if "data" not in sections else [("in memory (CacheDataset), 1 thread", {"num_workers": 1}),
                              ("in memory (CacheDataset), 2 threads", {"num_workers": 2}),
                              ("on disk (PersistentDataset), first run: writes the cache", {"cache_dir": cache_dir}),
                              ("on disk (PersistentDataset), next run: reads the cache", {"cache_dir": cache_dir})]:
@@ -227,13 +239,27 @@ def main(argv: list[str] | None = None) -> int:
     # ---- training: bundle pipeline vs plain loop, same work ----
     # alternated rounds, best of each: the machine's own drift (other processes, clocks) hits both
     bundle_rates, ref_rates = [], []
-    for _ in range(args.rounds):
+    for _ in range(args.rounds if "training" in sections else 0):
         parser = train_parser(args, device)
         reset_peak(device)
         bundle_rates.append(time_bundle_training(parser, args.warmup, device)[0])
         bundle_mem = peak_memory_mb(device)
         parser = train_parser(args, device)
         ref_rates.append(time_reference_training(parser, args.warmup, args.iterations + args.warmup + 1, device))
+    if "training" in sections:
+        _training_rows(add, args, bundle_rates, ref_rates, bundle_mem)
+    if "inference" in sections:
+        _inference_rows(add, args, parser, device)
+    if "volume" in sections:
+        _volume_rows(add, args, device)
+    scaling = {"size": [], "batch": []}
+    if "scaling" in sections:
+        _scaling_rows(add, args, device, scaling)
+    _write(args.out_dir, rows, scaling, device)
+    return 0
+
+
+def _training_rows(add, args, bundle_rates, ref_rates, bundle_mem) -> None:
     bundle_rate, ref_rate = max(bundle_rates), max(ref_rates)
     add("training", f"bundle pipeline (SupervisedTrainer + handlers), batch {args.batch} of {args.patch}x{args.patch}",
         bundle_rate, "slices/s")
@@ -244,14 +270,22 @@ def main(argv: list[str] | None = None) -> int:
     add("training", "ratio bundle / plain loop, each round: " + " ".join(f"{v:.3f}" for v in paired),
         float(np.mean(paired)), "x (mean)")
 
-    # ---- inference on the same test slices: network, zero-filled, CS ----
-    from bundle.comparison import cs_method, network_method, zero_filled_method
+
+def _trained_net(args) -> ResidualUNet:
     from bundle.networks import load_checkpoint
 
-    sl, vmax = test_slices(parser, args.slices)
     net = ResidualUNet(features=args.features)
     if os.path.isfile(args.ckpt) and not args.quick:
         load_checkpoint(net, args.ckpt)
+    return net
+
+
+def _inference_rows(add, args, parser, device) -> None:
+    """The network, zero-filled and CS on the same test slices."""
+    from bundle.comparison import cs_method, network_method, zero_filled_method
+
+    sl, vmax = test_slices(parser, args.slices)
+    net = _trained_net(args)
     methods = {"network": network_method(net, True, device), "zero_filled": zero_filled_method()}
 
     def on_device(fn):
@@ -281,9 +315,12 @@ def main(argv: list[str] | None = None) -> int:
         add("inference", "network with AMP", amp_rate, "slices/s")
         add("inference", "SSIM AMP - full precision", ssim_of(amp_out, sl["label"], vmax) - ssims["network"], "")
 
-    # ---- a full 3D volume end to end (simulation + network + data consistency) ----
+
+def _volume_rows(add, args, device) -> None:
+    """Whole 3D volumes end to end: MRI (simulation, network, data consistency), CT (scan, FBP, network)."""
     from bundle.inference import VolumeReconstructor
 
+    net = _trained_net(args)
     shape = tuple(int(v) for v in args.volume.split(","))
     rng = np.random.default_rng(0)
     volume = rng.random(shape, dtype=np.float32) + np.linspace(0, 1, shape[0], dtype=np.float32)[:, None, None]
@@ -300,28 +337,46 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.ct_volume:  # CT: simulated 60-view scan, FBP and network, slice by slice
         from bundle.ct_inference import CTVolumeReconstructor
-        from bundle.ct_transforms import CTAcquisition, CTDataConsistency
+        from bundle.ct_transforms import CTAcquisition, CTDataConsistency, hu_to_unit
 
         shape = tuple(int(v) for v in args.ct_volume.split(","))
+        amp = device.type == "cuda"  # configs/inference_ct.yaml's default
+        label = f"{'x'.join(map(str, shape))} CT volume, 60 views{' (AMP)' if amp else ''}"
         ct_net = ResidualUNet(features=args.features, norm=None, data_consistency=False).to(device)
         hu = (rng.random(shape, dtype=np.float32) * 2000 - 1000).astype(np.float32)
         acq = CTAcquisition(views=60)
+        spacing = (0.8, 0.8, 1.0)
+        # the scan alone (what a scanner measures), then reconstructions from it: what a user with
+        # a measured sinogram runs, without the simulation
+        unit = hu_to_unit(torch.from_numpy(np.ascontiguousarray(np.moveaxis(hu, 2, 0))))
+        acq.sinogram(unit[:4].to(device), spacing[:2])  # warm-up
+        sync(device)
+        t0 = time.perf_counter()
+        sinogram = torch.cat([acq.sinogram(unit[i:i + 32].to(device), spacing[:2])[0].cpu()
+                              for i in range(0, len(unit), 32)])
+        sync(device)
+        add("volume", f"{label}: scan simulation alone", time.perf_counter() - t0, "s")
         for dc in (None, CTDataConsistency(acq)):  # the network alone, then with the bundle's default consistency
-            rec = CTVolumeReconstructor(ct_net, acq, batch_size=32, device=device, progress=False, consistency=dc)
-            rec.spacing = (0.8, 0.8, 1.0)
-            rec.reconstruct(hu[:, :, :4], "warmup")
-            reset_peak(device)
-            sync(device)
-            t0 = time.perf_counter()
-            rec.reconstruct(hu, "ct")
-            sync(device)
             what = "network" if dc is None else f"network + data consistency ({dc.iterations} CG iterations)"
-            add("volume", f"{'x'.join(map(str, shape))} CT volume, 60 views (scan simulation + FBP + {what})",
-                time.perf_counter() - t0, "s")
+            for given in (False, True):
+                rec = CTVolumeReconstructor(ct_net, acq, batch_size=32, device=device, amp=amp, progress=False,
+                                            consistency=dc)
+                rec.spacing = spacing
+                rec.reconstruct(hu[:, :, :4], "warmup")
+                if given:
+                    rec.sinograms["ct"] = sinogram
+                reset_peak(device)
+                sync(device)
+                t0 = time.perf_counter()
+                rec.reconstruct(hu, "ct")
+                sync(device)
+                how = f"from its scan (FBP + {what})" if given else f"(scan simulation + FBP + {what})"
+                add("volume", f"{label} {how}", time.perf_counter() - t0, "s")
             add("volume", f"CT peak memory ({'no DC' if dc is None else 'DC'})", peak_memory_mb(device), "MiB")
 
-    # ---- scaling: throughput against image size and batch size ----
-    scaling = {"size": [], "batch": []}
+
+def _scaling_rows(add, args, device, scaling: dict) -> None:
+    """Throughput against image size and batch size, both variants."""
     for variant in VARIANTS:
         vnet = ResidualUNet(features=VARIANTS[variant]).to(device).eval()
         for size in (int(s) for s in args.sizes.split(",")):
@@ -347,9 +402,6 @@ def main(argv: list[str] | None = None) -> int:
             add("scaling", f"{variant} training step {size}x{size} batch 8 (model only)", _throughput(step, 8, device),
                 "slices/s")
 
-    _write(args.out_dir, rows, scaling, device)
-    return 0
-
 
 def _throughput(fn, batch: int, device: torch.device, seconds: float = 0.5) -> float:
     fn()
@@ -371,6 +423,9 @@ def _write(out_dir: str, rows: list[list], scaling: dict, device: torch.device) 
     md = [f"Device: {device_name(device)}", "", "| section | measure | value | unit |", "|---|---|---|---|"]
     md += [f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} |" for r in rows]
     write_text_atomic(os.path.join(out_dir, "benchmark.md"), "\n".join(md) + "\n")
+    if not scaling["size"]:
+        print(f"wrote {out_dir}/benchmark.csv, benchmark.md")
+        return
 
     import matplotlib
 

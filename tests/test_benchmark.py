@@ -20,7 +20,9 @@ def test_benchmark_quick_run(tmp_path):
     for expected in ("standard parameters", "light parameters", "ratio bundle / plain loop",
                      "ratio network / compressed sensing (speed)", "compressed_sensing SSIM (same slices)"):
         assert expected in names, expected
-    assert any(r["section"] == "volume" and "CT volume" in r["name"] for r in rows)
+    ct_rows = [r["name"] for r in rows if r["section"] == "volume" and "CT volume" in r["name"]]
+    # the simulated scan alone, then with and without data consistency: from the simulation, from the scan
+    assert len(ct_rows) == 5 and sum("from its scan" in n for n in ct_rows) == 2
     assert {r["section"] for r in rows} == {"model", "data", "training", "inference", "volume", "scaling"}
     cache_rows = [r for r in rows if r["section"] == "data"]
     assert len(cache_rows) == 4 and all(float(r["value"]) > 0 and r["unit"] == "s" for r in cache_rows)
@@ -35,3 +37,17 @@ def test_benchmark_quick_run(tmp_path):
     assert 3.5 < params["standard parameters"] / params["light parameters"] < 4.5
     assert all(float(r["value"]) > 0 for r in rows if r["unit"] == "slices/s")
     assert (tmp_path / "benchmark_scaling.png").stat().st_size > 10_000 and (tmp_path / "benchmark.md").exists()
+
+
+def test_benchmark_sections(tmp_path):
+    """--sections runs only those (no plot without the scaling section); an unknown one is refused."""
+    res = subprocess.run([sys.executable, "scripts/benchmark.py", "--quick", "--device", "cpu", "--sections", "model,volume",
+                          "--out-dir", str(tmp_path)], cwd=ROOT, env=run_env(), capture_output=True, text=True,
+                         timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = list(csv.DictReader(open(tmp_path / "benchmark.csv")))
+    assert {r["section"] for r in rows} == {"model", "volume"}
+    assert not (tmp_path / "benchmark_scaling.png").exists()
+    res = subprocess.run([sys.executable, "scripts/benchmark.py", "--sections", "volume,speed"], cwd=ROOT, env=run_env(),
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 2 and "unknown --sections speed" in res.stderr
