@@ -197,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         args.iterations, args.warmup, args.slices, args.cs_iterations, args.rounds = 4, 1, 4, 3, 1
         args.volume, args.sizes, args.batches, args.patch, args.batch = "32,32,4", "32,64", "1,2", 32, 2
         args.ct_volume = "32,32,2" if args.ct_volume else ""
+    if args.rounds < 1 or args.iterations <= args.warmup + 1:
+        p.error("--rounds must be at least 1 and --iterations larger than --warmup + 1")
     args.features = VARIANTS["standard"]
     device = torch.device(args.device)
     os.makedirs(args.out_dir, exist_ok=True)
@@ -358,6 +360,7 @@ def _volume_rows(add, args, device) -> None:
         add("volume", f"{label}: scan simulation alone", time.perf_counter() - t0, "s")
         for dc in (None, CTDataConsistency(acq)):  # the network alone, then with the bundle's default consistency
             what = "network" if dc is None else f"network + data consistency ({dc.iterations} CG iterations)"
+            peak = 0.0
             for given in (False, True):
                 rec = CTVolumeReconstructor(ct_net, acq, batch_size=32, device=device, amp=amp, progress=False,
                                             consistency=dc)
@@ -372,7 +375,8 @@ def _volume_rows(add, args, device) -> None:
                 sync(device)
                 how = f"from its scan (FBP + {what})" if given else f"(scan simulation + FBP + {what})"
                 add("volume", f"{label} {how}", time.perf_counter() - t0, "s")
-            add("volume", f"CT peak memory ({'no DC' if dc is None else 'DC'})", peak_memory_mb(device), "MiB")
+                peak = max(peak, peak_memory_mb(device))
+            add("volume", f"CT peak memory ({'no DC' if dc is None else 'DC'})", peak, "MiB")
 
 
 def _scaling_rows(add, args, device, scaling: dict) -> None:

@@ -48,6 +48,7 @@ def test_benchmark_sections(tmp_path):
     rows = list(csv.DictReader(open(tmp_path / "benchmark.csv")))
     assert {r["section"] for r in rows} == {"model", "volume"}
     assert not (tmp_path / "benchmark_scaling.png").exists()
-    res = subprocess.run([sys.executable, "scripts/benchmark.py", "--sections", "volume,speed"], cwd=ROOT, env=run_env(),
-                         capture_output=True, text=True, timeout=600)
-    assert res.returncode == 2 and "unknown --sections speed" in res.stderr
+    for bad, message in ((["--sections", "volume,speed"], "unknown --sections speed"), (["--rounds", "0"], "--rounds")):
+        res = subprocess.run([sys.executable, "scripts/benchmark.py", *bad], cwd=ROOT, env=run_env(),
+                             capture_output=True, text=True, timeout=600)
+        assert res.returncode == 2 and message in res.stderr
