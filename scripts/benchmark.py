@@ -208,48 +208,13 @@ def main(argv: list[str] | None = None) -> int:
         rows.append([section, name, f"{value:.6g}" if isinstance(value, float) else value, unit, device_name(device)])
         print(f"{section:>10} | {name:<48} | {value if not isinstance(value, float) else f'{value:.4g}'} {unit}")
 
-    # ---- model variants: size and cost ----
-    for variant, feats in (VARIANTS.items() if "model" in sections else ()):
-        net = ResidualUNet(features=feats)
-        add("model", f"{variant} parameters", float(sum(p.numel() for p in net.parameters())), "")
-        for size in (128, 256):
-            add("model", f"{variant} GFLOPs per {size}x{size} slice", flops_per_slice(net, size) / 1e9, "GFLOP")
-
-    # ---- data: building the training set's slice cache (MONAI CacheDataset / PersistentDataset) ----
-    import shutil
-    import tempfile
-
-    from bundle.data import SliceDataset, load_datalist
-
     parser = train_parser(args, device)
-    items = load_datalist(parser.get_parsed_content("datalist"), parser.get_parsed_content("dataset_dir"), "training")
-    items = items[:2] if args.quick else items
-    volume_transform = parser.get_parsed_content("volume_transforms")
-    cache_dir = tempfile.mkdtemp(prefix="slice_cache_")
-    try:
-        for what, kwargs in [] if "data" not in sections else [("in memory (CacheDataset), 1 thread", {"num_workers": 1}),
-                             ("in memory (CacheDataset), 2 threads", {"num_workers": 2}),
-                             ("on disk (PersistentDataset), first run: writes the cache", {"cache_dir": cache_dir}),
-                             ("on disk (PersistentDataset), next run: reads the cache", {"cache_dir": cache_dir})]:
-            t0 = time.perf_counter()
-            ds = SliceDataset(items, volume_transform, progress=False, **kwargs)
-            add("data", f"training set ({len(items)} volumes, {len(ds)} slices) cached {what}",
-                time.perf_counter() - t0, "s")
-    finally:
-        shutil.rmtree(cache_dir, ignore_errors=True)
-
-    # ---- training: bundle pipeline vs plain loop, same work ----
-    # alternated rounds, best of each: the machine's own drift (other processes, clocks) hits both
-    bundle_rates, ref_rates = [], []
-    for _ in range(args.rounds if "training" in sections else 0):
-        parser = train_parser(args, device)
-        reset_peak(device)
-        bundle_rates.append(time_bundle_training(parser, args.warmup, device)[0])
-        bundle_mem = peak_memory_mb(device)
-        parser = train_parser(args, device)
-        ref_rates.append(time_reference_training(parser, args.warmup, args.iterations + args.warmup + 1, device))
+    if "model" in sections:
+        _model_rows(add)
+    if "data" in sections:
+        _data_rows(add, args, parser)
     if "training" in sections:
-        _training_rows(add, args, bundle_rates, ref_rates, bundle_mem)
+        _training_rows(add, args, device)
     if "inference" in sections:
         _inference_rows(add, args, parser, device)
     if "volume" in sections:
@@ -261,7 +226,50 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _training_rows(add, args, bundle_rates, ref_rates, bundle_mem) -> None:
+def _model_rows(add) -> None:
+    """Size and cost of each model variant."""
+    for variant, feats in VARIANTS.items():
+        net = ResidualUNet(features=feats)
+        add("model", f"{variant} parameters", float(sum(p.numel() for p in net.parameters())), "")
+        for size in (128, 256):
+            add("model", f"{variant} GFLOPs per {size}x{size} slice", flops_per_slice(net, size) / 1e9, "GFLOP")
+
+
+def _data_rows(add, args, parser) -> None:
+    """Building the training set's slice cache (MONAI CacheDataset / PersistentDataset)."""
+    import shutil
+    import tempfile
+
+    from bundle.data import SliceDataset, load_datalist
+
+    items = load_datalist(parser.get_parsed_content("datalist"), parser.get_parsed_content("dataset_dir"), "training")
+    items = items[:2] if args.quick else items
+    volume_transform = parser.get_parsed_content("volume_transforms")
+    cache_dir = tempfile.mkdtemp(prefix="slice_cache_")
+    try:
+        for what, kwargs in [("in memory (CacheDataset), 1 thread", {"num_workers": 1}),
+                             ("in memory (CacheDataset), 2 threads", {"num_workers": 2}),
+                             ("on disk (PersistentDataset), first run: writes the cache", {"cache_dir": cache_dir}),
+                             ("on disk (PersistentDataset), next run: reads the cache", {"cache_dir": cache_dir})]:
+            t0 = time.perf_counter()
+            ds = SliceDataset(items, volume_transform, progress=False, **kwargs)
+            add("data", f"training set ({len(items)} volumes, {len(ds)} slices) cached {what}",
+                time.perf_counter() - t0, "s")
+    finally:
+        shutil.rmtree(cache_dir, ignore_errors=True)
+
+
+def _training_rows(add, args, device) -> None:
+    """The bundle pipeline against the plain loop, same work, in alternated rounds (best of each: the
+    machine's own drift hits both) and each round's ratio."""
+    bundle_rates, ref_rates = [], []
+    for _ in range(args.rounds):
+        parser = train_parser(args, device)
+        reset_peak(device)
+        bundle_rates.append(time_bundle_training(parser, args.warmup, device)[0])
+        bundle_mem = peak_memory_mb(device)
+        parser = train_parser(args, device)
+        ref_rates.append(time_reference_training(parser, args.warmup, args.iterations + args.warmup + 1, device))
     bundle_rate, ref_rate = max(bundle_rates), max(ref_rates)
     add("training", f"bundle pipeline (SupervisedTrainer + handlers), batch {args.batch} of {args.patch}x{args.patch}",
         bundle_rate, "slices/s")
