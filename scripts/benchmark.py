@@ -7,7 +7,8 @@
 
 Measures, on the same data (the demo subjects, or synthetic phantoms with --synthetic):
 - the time to build the training set's slice cache: in memory (MONAI CacheDataset) and on disk
-  (PersistentDataset, a first run that writes it and a later run that reads it);
+  (PersistentDataset, a first run that writes it and a later run that reads it); the time of the
+  random slice transforms per training slice, without and with MONAI's metadata;
 - training throughput (slices/s) of the bundle's pipeline (configs/train.yaml: MONAI
   SupervisedTrainer, its data pipeline and handlers) and of a plain PyTorch loop over the same
   dataset, network, loss and batch size (the MONAI reconstruction tutorial's style); ratio;
@@ -257,6 +258,26 @@ def _data_rows(add, args, parser) -> None:
                 time.perf_counter() - t0, "s")
     finally:
         shutil.rmtree(cache_dir, ignore_errors=True)
+    # the random slice transforms (augmentation, undersampling) as a DataLoader worker runs them (one
+    # thread), without MONAI's metadata as the bundle does since 0.6.0, then with it as before
+    from monai.data import get_track_meta
+
+    ds = parser.get_parsed_content("train#dataset")
+    n = min(len(ds), 8 if args.quick else 300)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for label, call in (("without MONAI metadata (the bundle)", lambda i: ds[i]),
+                            ("with MONAI metadata tracked", lambda i: ds.slice_transform(dict(ds.items[i])))):
+            assert get_track_meta()  # on outside the dataset: the second row tracks it
+            call(0)
+            t0 = time.perf_counter()
+            for i in range(n):
+                call(i)
+            add("data", f"random slice transforms per training slice, {label}, 1 thread",
+                (time.perf_counter() - t0) / n * 1000, "ms")
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _training_rows(add, args, device) -> None:

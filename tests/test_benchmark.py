@@ -25,8 +25,11 @@ def test_benchmark_quick_run(tmp_path):
     # the simulated scan alone, then with and without data consistency: from the simulation, from the scan
     assert len(ct_rows) == 5 and sum("from its scan" in n for n in ct_rows) == 2
     assert {r["section"] for r in rows} == {"model", "data", "training", "inference", "volume", "scaling"}
-    cache_rows = [r for r in rows if r["section"] == "data"]
+    cache_rows = [r for r in rows if r["section"] == "data" and " cached " in r["name"]]
     assert len(cache_rows) == 4 and all(float(r["value"]) > 0 and r["unit"] == "s" for r in cache_rows)
+    transform_rows = [r for r in rows if r["section"] == "data" and "slice transforms" in r["name"]]
+    assert len(transform_rows) == 2 and all(float(r["value"]) > 0 and r["unit"] == "ms" for r in transform_rows)
+    assert len([r for r in rows if r["section"] == "data"]) == 6
     assert any("PersistentDataset" in r["name"] for r in cache_rows) and any("CacheDataset" in r["name"] for r in cache_rows)
     params = {r["name"]: float(r["value"]) for r in rows if r["name"].endswith("parameters")}
     # BasicUNet 16-16-32-64-128-16 (2D, 1 -> 1 channel, instance norm): 494,369 parameters, counted independently
