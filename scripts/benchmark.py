@@ -13,8 +13,10 @@ Measures, on the same data (the demo subjects, or synthetic phantoms with --synt
   SupervisedTrainer, its data pipeline and handlers) and of a plain PyTorch loop over the same
   dataset, network, loss and batch size (the MONAI reconstruction tutorial's style); ratio;
 - inference: network, zero-filled and compressed sensing (L1-wavelet FISTA, 50 iterations) on
-  the same slices, slices/s and SSIM; seconds per 3D volume (simulation + network + data
-  consistency) for a volume of --volume size; ratio network / CS; with --ct-volume, a CT volume's
+  the same slices, slices/s and SSIM, ratio network / CS; CS again with --cs-sweep iteration
+  counts (its speed / SSIM trade-off); seconds per 3D volume of --volume size for each of the
+  three (the same simulation; the network with its data consistency) and the ratio network / CS
+  per volume; with --ct-volume, a CT volume's
   60-view scan simulation, and its reconstruction (FBP + network, then + data consistency) from
   the simulation and from the scan alone;
 - parameters and FLOPs per slice of each model variant; throughput against image size and batch
@@ -181,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--slices", type=int, default=48, help="test slices for the inference comparison")
     p.add_argument("--cs-lambda", type=float, default=3e-4, help="CS weight (the validation-tuned 4x value)")
     p.add_argument("--cs-iterations", type=int, default=50)
+    p.add_argument("--cs-sweep", default="10,25,100",
+                   help="further CS iteration counts timed on the same slices (empty: none)")
     p.add_argument("--volume", default="256,256,200", help="X,Y,Z of the 3D volume timed end to end")
     p.add_argument("--ct-volume", default="", help="X,Y,Z of a CT volume timed end to end (e.g. 512,512,300)")
     p.add_argument("--sizes", default="64,128,256,384")
@@ -196,10 +200,17 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown --sections {','.join(unknown) or repr(args.sections)}: expected some of {','.join(SECTIONS)}")
     if args.quick:
         args.iterations, args.warmup, args.slices, args.cs_iterations, args.rounds = 4, 1, 4, 3, 1
+        args.cs_sweep = "2" if args.cs_sweep else ""
         args.volume, args.sizes, args.batches, args.patch, args.batch = "32,32,4", "32,64", "1,2", 32, 2
         args.ct_volume = "32,32,2" if args.ct_volume else ""
     if args.rounds < 1 or args.iterations <= args.warmup + 1:
         p.error("--rounds must be at least 1 and --iterations larger than --warmup + 1")
+    try:
+        args.cs_sweep = [int(v) for v in args.cs_sweep.split(",") if v.strip()]
+    except ValueError:
+        p.error(f"--cs-sweep must be comma-separated iteration counts, got {args.cs_sweep!r}")
+    if any(v < 1 for v in args.cs_sweep) or args.cs_iterations < 1:
+        p.error("CS iteration counts (--cs-iterations, --cs-sweep) must be at least 1")
     args.features = VARIANTS["standard"]
     device = torch.device(args.device)
     os.makedirs(args.out_dir, exist_ok=True)
@@ -300,6 +311,12 @@ def _training_rows(add, args, device) -> None:
     paired = [b / r for b, r in zip(bundle_rates, ref_rates)]  # each round's pair ran back to back
     add("training", "ratio bundle / plain loop, each round: " + " ".join(f"{v:.3f}" for v in paired),
         float(np.mean(paired)), "x (mean)")
+    if len(paired) > 1:  # is the difference beyond the machine's spread? (Student t over the rounds)
+        from bundle.comparison import summarize
+
+        ci = summarize(paired)
+        add("training", "ratio bundle / plain loop, 95% CI of the mean over rounds: low", ci["ci_low"], "x")
+        add("training", "ratio bundle / plain loop, 95% CI of the mean over rounds: high", ci["ci_high"], "x")
 
 
 def _trained_net(args) -> ResidualUNet:
@@ -334,6 +351,10 @@ def _inference_rows(add, args, parser, device) -> None:
         add("inference", f"{name} peak memory", peak_memory_mb(device), "MiB")
     add("inference", "ratio network / compressed sensing (speed)", rates["network"] / rates["compressed_sensing"], "x")
     add("inference", "SSIM network - compressed sensing", ssims["network"] - ssims["compressed_sensing"], "")
+    for iterations in args.cs_sweep:  # CS's own speed / quality trade-off on the same slices
+        rate, out = time_method(on_device(cs_method(args.cs_lambda, iterations)), sl, args.infer_batch, device)
+        add("inference", f"compressed_sensing, {iterations} iterations", rate, "slices/s")
+        add("inference", f"compressed_sensing, {iterations} iterations, SSIM", ssim_of(out, sl["label"], vmax), "")
 
     if device.type == "cuda":  # AMP: speed and SSIM on the same slices
         amp_net = network_method(net, True, device)
@@ -348,23 +369,40 @@ def _inference_rows(add, args, parser, device) -> None:
 
 
 def _volume_rows(add, args, device) -> None:
-    """Whole 3D volumes end to end: MRI (simulation, network, data consistency), CT (scan, FBP, network)."""
+    """Whole 3D volumes end to end: MRI (simulation, network, data consistency; zero-filled and CS
+    through the same simulation), CT (scan, FBP, network)."""
     from bundle.inference import VolumeReconstructor
 
     net = _trained_net(args)
     shape = tuple(int(v) for v in args.volume.split(","))
     rng = np.random.default_rng(0)
     volume = rng.random(shape, dtype=np.float32) + np.linspace(0, 1, shape[0], dtype=np.float32)[:, None, None]
-    for amp in ([False, True] if device.type == "cuda" else [False]):
-        rec = VolumeReconstructor(net, batch_size=args.infer_batch * 2, device=device, amp=amp, progress=False)
+    name = "x".join(map(str, shape))
+
+    def volume_seconds(model: torch.nn.Module, amp: bool = False) -> float:
+        rec = VolumeReconstructor(model, batch_size=args.infer_batch * 2, device=device, amp=amp, progress=False)
         rec.reconstruct(volume[:, :, : min(4, shape[2])], "warmup")
         reset_peak(device)
         sync(device)
         t0 = time.perf_counter()
         rec.reconstruct(volume, "volume")
         sync(device)
-        add("volume", f"{'x'.join(map(str, shape))} MRI volume{' (AMP)' if amp else ''}", time.perf_counter() - t0, "s")
-        add("volume", f"peak memory{' (AMP)' if amp else ''}", peak_memory_mb(device), "MiB")
+        return time.perf_counter() - t0
+
+    seconds = {"network": volume_seconds(net)}
+    add("volume", f"{name} MRI volume", seconds["network"], "s")
+    add("volume", "peak memory", peak_memory_mb(device), "MiB")
+    if device.type == "cuda":
+        add("volume", f"{name} MRI volume (AMP)", volume_seconds(net, amp=True), "s")
+        add("volume", "peak memory (AMP)", peak_memory_mb(device), "MiB")
+    # the baselines through the same simulation, batching and device: whole-volume seconds side by side
+    from bundle.comparison import cs_method, zero_filled_method
+
+    cs = f"compressed sensing ({args.cs_iterations} iterations)"
+    for method, fn in (("zero-filled", zero_filled_method()), (cs, cs_method(args.cs_lambda, args.cs_iterations))):
+        seconds[method] = volume_seconds(_MethodModule(fn).to(device))
+        add("volume", f"{name} MRI volume, {method}", seconds[method], "s")
+    add("volume", "ratio network / compressed sensing per MRI volume (speed)", seconds[cs] / seconds["network"], "x")
 
     if args.ct_volume:  # CT: simulated 60-view scan, FBP and network, slice by slice
         from bundle.ct_inference import CTVolumeReconstructor
@@ -406,6 +444,19 @@ def _volume_rows(add, args, device) -> None:
                 add("volume", f"{label} {how}", time.perf_counter() - t0, "s")
                 peak = max(peak, peak_memory_mb(device))
             add("volume", f"CT peak memory ({'no DC' if dc is None else 'DC'})", peak, "MiB")
+
+
+class _MethodModule(torch.nn.Module):
+    """A baseline (image, kspace, mask) -> image as the module VolumeReconstructor runs; the empty
+    parameter only tells it the device."""
+
+    def __init__(self, fn) -> None:
+        super().__init__()
+        self.fn = fn
+        self.anchor = torch.nn.Parameter(torch.zeros(0), requires_grad=False)
+
+    def forward(self, image, kspace, mask):
+        return self.fn(image, kspace, mask)
 
 
 def _scaling_rows(add, args, device, scaling: dict) -> None:

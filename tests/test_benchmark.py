@@ -40,6 +40,18 @@ def test_benchmark_quick_run(tmp_path):
     assert params["standard parameters"] == ref
     assert 3.5 < params["standard parameters"] / params["light parameters"] < 4.5
     assert all(float(r["value"]) > 0 for r in rows if r["unit"] == "slices/s")
+    # CS's trade-off: the --quick sweep is one further iteration count, speed and SSIM
+    sweep = {r["name"]: float(r["value"]) for r in rows if r["name"].startswith("compressed_sensing, ")}
+    assert set(sweep) == {"compressed_sensing, 2 iterations", "compressed_sensing, 2 iterations, SSIM"}
+    assert 0 < sweep["compressed_sensing, 2 iterations, SSIM"] <= 1
+    # seconds per MRI volume of the network and of both baselines, through the same simulation
+    mri = {r["name"]: float(r["value"]) for r in rows if r["section"] == "volume" and "MRI volume" in r["name"]}
+    assert set(mri) >= {"32x32x4 MRI volume", "32x32x4 MRI volume, zero-filled",
+                        "32x32x4 MRI volume, compressed sensing (3 iterations)",
+                        "ratio network / compressed sensing per MRI volume (speed)"}
+    assert all(v > 0 for v in mri.values())
+    assert mri["ratio network / compressed sensing per MRI volume (speed)"] == pytest.approx(
+        mri["32x32x4 MRI volume, compressed sensing (3 iterations)"] / mri["32x32x4 MRI volume"], rel=1e-4)
     assert (tmp_path / "benchmark_scaling.png").stat().st_size > 10_000 and (tmp_path / "benchmark.md").exists()
 
 
@@ -54,7 +66,8 @@ def test_benchmark_sections(tmp_path, capsys):
     rows = list(csv.DictReader(open(tmp_path / "benchmark.csv")))
     assert rows and {r["section"] for r in rows} == {"model"}
     assert not (tmp_path / "benchmark_scaling.png").exists()
-    for bad, message in ((["--sections", "volume,speed"], "unknown --sections speed"), (["--rounds", "0"], "--rounds")):
+    for bad, message in ((["--sections", "volume,speed"], "unknown --sections speed"), (["--rounds", "0"], "--rounds"),
+                         (["--cs-sweep", "10,x"], "--cs-sweep"), (["--cs-sweep", "0"], "at least 1")):
         with pytest.raises(SystemExit) as exit_info:
             benchmark.main(bad)
         assert exit_info.value.code == 2 and message in capsys.readouterr().err
