@@ -19,8 +19,8 @@ Measures, on the same data (the demo subjects, or synthetic phantoms with --synt
   per volume; with --ct-volume, a CT volume's
   60-view scan simulation, and its reconstruction (FBP + network, then + data consistency) from
   the simulation and from the scan alone;
-- parameters and FLOPs per slice of each model variant; throughput against image size and batch
-  size (plot); AMP on and off (CUDA) with its SSIM; peak memory (CUDA allocator, or the process'
+- parameters and FLOPs per slice of each model variant; inference and training-step throughput of
+  each variant against image size and batch size (plot); AMP on and off (CUDA) with its SSIM; peak memory (CUDA allocator, or the process'
   peak resident set on CPU).
 
 Writes OUT/benchmark.csv, OUT/benchmark.md and (with the scaling section) OUT/benchmark_scaling.png;
@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         _inference_rows(add, args, parser, device)
     if "volume" in sections:
         _volume_rows(add, args, device)
-    scaling = {"size": [], "batch": []}
+    scaling = {"size": [], "batch": [], "train_size": [], "train_batch": []}
     if "scaling" in sections:
         _scaling_rows(add, args, device, scaling)
     _write(args.out_dir, rows, scaling, device)
@@ -460,7 +460,7 @@ class _MethodModule(torch.nn.Module):
 
 
 def _scaling_rows(add, args, device, scaling: dict) -> None:
-    """Throughput against image size and batch size, both variants."""
+    """Throughput against image size and batch size, both variants, inference and training step."""
     for variant in VARIANTS:
         vnet = ResidualUNet(features=VARIANTS[variant]).to(device).eval()
         for size in (int(s) for s in args.sizes.split(",")):
@@ -475,16 +475,25 @@ def _scaling_rows(add, args, device, scaling: dict) -> None:
             add("scaling", f"{variant} inference 128x128 batch {b}", rate, "slices/s")
         vnet.train()
         opt = torch.optim.Adam(vnet.parameters())
-        for size in (int(s) for s in args.sizes.split(",")):
-            x = torch.rand(8, 1, size, size, device=device)
+
+        def train_rate(b: int, size: int) -> float:
+            x = torch.rand(b, 1, size, size, device=device)
 
             def step():
                 opt.zero_grad()
                 vnet(x).abs().mean().backward()
                 opt.step()
 
-            add("scaling", f"{variant} training step {size}x{size} batch 8 (model only)", _throughput(step, 8, device),
-                "slices/s")
+            return _throughput(step, b, device)
+
+        for size in (int(s) for s in args.sizes.split(",")):
+            rate = train_rate(8, size)
+            scaling["train_size"].append((variant, size, rate))
+            add("scaling", f"{variant} training step {size}x{size} batch 8 (model only)", rate, "slices/s")
+        for b in (int(s) for s in args.batches.split(",")):
+            rate = train_rate(b, 128)
+            scaling["train_batch"].append((variant, b, rate))
+            add("scaling", f"{variant} training step 128x128 batch {b} (model only)", rate, "slices/s")
 
 
 def _throughput(fn, batch: int, device: torch.device, seconds: float = 0.5) -> float:
@@ -519,17 +528,20 @@ def _write(out_dir: str, rows: list[list], scaling: dict, device: torch.device) 
     from bundle.figures import save_figure
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for variant in VARIANTS:
-        pts = [(s, r) for v, s, r in scaling["size"] if v == variant]
-        axes[0].plot([s for s, _ in pts], [1000 / r for _, r in pts], "o-", label=variant)
-        pts = [(b, r) for v, b, r in scaling["batch"] if v == variant]
-        axes[1].plot([b for b, _ in pts], [r for _, r in pts], "o-", label=variant)
-    axes[0].set(xlabel="image size (pixels per side)", ylabel="ms per slice (batch 8)", title="cost against size")
+    for variant, color in zip(VARIANTS, ("C0", "C1")):
+        for what, style in (("", "o-"), ("train_", "s--")):
+            label = f"{variant}, {'training step' if what else 'inference'}"
+            pts = [(s, r) for v, s, r in scaling[what + "size"] if v == variant]
+            axes[0].plot([s for s, _ in pts], [1000 / r for _, r in pts], style, color=color, label=label)
+            pts = [(b, r) for v, b, r in scaling[what + "batch"] if v == variant]
+            axes[1].plot([b for b, _ in pts], [r for _, r in pts], style, color=color, label=label)
+    axes[0].set(xlabel="image size (pixels per side)", ylabel="ms per slice (batch 8)", title="cost against size",
+                yscale="log")
     axes[1].set(xlabel="batch size", ylabel="slices / s (128 x 128)", title="throughput against batch")
     for ax in axes:
         ax.grid(alpha=0.3)
-        ax.legend()
-    fig.suptitle(f"Inference, {device_name(device)}")
+        ax.legend(fontsize=8)
+    fig.suptitle(f"Model alone (inference; training step: forward, backward, Adam), {device_name(device)}")
     fig.tight_layout()
     save_figure(fig, os.path.join(out_dir, "benchmark_scaling.png"))
     print(f"wrote {out_dir}/benchmark.csv, benchmark.md, benchmark_scaling.png")

@@ -40,6 +40,13 @@ def test_benchmark_quick_run(tmp_path):
     assert params["standard parameters"] == ref
     assert 3.5 < params["standard parameters"] / params["light parameters"] < 4.5
     assert all(float(r["value"]) > 0 for r in rows if r["unit"] == "slices/s")
+    # cost against size and batch: inference and training step of both variants (--quick: sizes 32, 64; batches 1, 2)
+    scaling = {r["name"] for r in rows if r["section"] == "scaling"}
+    for variant in ("standard", "light"):
+        for what in ("inference", "training step"):
+            assert {f"{variant} {what} 32x32 batch 8", f"{variant} {what} 64x64 batch 8"} <= {
+                n.replace(" (model only)", "") for n in scaling}
+            assert {f"{variant} {what} 128x128 batch {b}" for b in (1, 2)} <= {n.replace(" (model only)", "") for n in scaling}
     # CS's trade-off: the --quick sweep is one further iteration count, speed and SSIM
     sweep = {r["name"]: float(r["value"]) for r in rows if r["name"].startswith("compressed_sensing, ")}
     assert set(sweep) == {"compressed_sensing, 2 iterations", "compressed_sensing, 2 iterations, SSIM"}
