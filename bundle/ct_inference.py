@@ -19,6 +19,7 @@ from bundle.ct_transforms import HU_CHECKS, HU_WINDOW, CTAcquisition, CTDataCons
 from bundle.errors import InputError
 from bundle.inference import VolumeReconstructor, output_stem, ras_spacing
 from bundle.kspace import slice_seed
+from bundle.networks import CPU_BATCH_PIXELS, check_cpu_batch_pixels, slices_per_call
 
 
 SINOGRAM_SUFFIX = "_sinogram.npy"
@@ -71,6 +72,9 @@ class CTVolumeReconstructor(VolumeReconstructor):
         amp: autocast on CUDA.
         progress: progress bars over volumes and over the slices of each volume.
         consistency: data consistency with the scan after the network (None: off).
+        cpu_batch_pixels: on the CPU, the network sees at most this many pixels per call (faster
+            there: `bundle.networks.CPU_BATCH_PIXELS`); the scan simulation, its noise and the FBP
+            do not depend on it, the network's output only up to float rounding.
     """
 
     output_suffixes = ("_recon", "_fbp")
@@ -88,8 +92,10 @@ class CTVolumeReconstructor(VolumeReconstructor):
         amp: bool = False,
         progress: bool = True,
         consistency: CTDataConsistency | None = None,
+        cpu_batch_pixels: int = CPU_BATCH_PIXELS,
     ) -> None:
         self._set_runtime(network, slice_axis, batch_size, device, amp, progress)
+        self.cpu_batch_pixels = check_cpu_batch_pixels(cpu_batch_pixels)
         self.acquisition = acquisition
         self.consistency = consistency
         self.window = (float(window[0]), float(window[1]))
@@ -152,8 +158,9 @@ class CTVolumeReconstructor(VolumeReconstructor):
                 generator = torch.Generator().manual_seed(slice_seed(f"{name}:{start}", "ct", self.acquisition.views))
                 sinogram, _ = self.acquisition.sinogram(hu_to_unit(hu, self.window), spacing, generator)
             image = self.acquisition.reconstruct(sinogram, geom)[:, None]
+            step = slices_per_call(len(image), *image.shape[-2:], self.device, self.cpu_batch_pixels)
             with torch.autocast(self.device.type, enabled=self.amp):
-                pred = self.network(image)[:, 0].float()
+                pred = torch.cat([self.network(image[i : i + step])[:, 0].float() for i in range(0, len(image), step)])
             if self.consistency is not None:
                 pred = self.consistency(pred, sinogram, spacing)
             for key, value in (("recon", pred), ("fbp", image[:, 0])):

@@ -21,6 +21,7 @@ from bundle.dicom import write_dicom_series
 from bundle.io import save_nifti_like
 from bundle.readers import list_inputs, load_input, output_stem
 from bundle.kspace import undersample
+from bundle.networks import CPU_BATCH_PIXELS, check_cpu_batch_pixels, slices_per_call
 from bundle.transforms import UndersampleKspaced, percentile_scale
 
 logger = logging.getLogger(__name__)
@@ -64,8 +65,10 @@ class SliceReconstructionInferer(Inferer):
         center_fraction: fully sampled centre; default 0.32 / acceleration (fastMRI).
         mask_type: "equispaced" or "random".
         slice_axis: "axial", "coronal", "sagittal" or 0, 1, 2 (RAS).
-        batch_size: slices per forward pass.
+        batch_size: slices per forward pass (on the CPU, fewer: see `cpu_batch_pixels`).
         amp: autocast (CUDA only).
+        cpu_batch_pixels: on the CPU, at most this many pixels per forward pass (faster there:
+            `bundle.networks.CPU_BATCH_PIXELS`); the results are the same up to float rounding.
     """
 
     def __init__(
@@ -76,6 +79,7 @@ class SliceReconstructionInferer(Inferer):
         slice_axis: int | str = "axial",
         batch_size: int = 16,
         amp: bool = False,
+        cpu_batch_pixels: int = CPU_BATCH_PIXELS,
     ) -> None:
         super().__init__()
         self.undersample = UndersampleKspaced(
@@ -88,6 +92,7 @@ class SliceReconstructionInferer(Inferer):
         self.axis = slice_axis_index(slice_axis)
         self.batch_size = int(batch_size)
         self.amp = bool(amp)
+        self.cpu_batch_pixels = check_cpu_batch_pixels(cpu_batch_pixels)
 
     @torch.no_grad()
     def reconstruct_slices(self, network: nn.Module, slices: torch.Tensor, name: str) -> dict[str, torch.Tensor]:
@@ -97,8 +102,9 @@ class SliceReconstructionInferer(Inferer):
         slices = slices.detach().float().cpu()
         outputs = {k: torch.zeros_like(slices) for k in ("recon", "zero_filled", "mask")}
         width = slices.shape[-1]
-        for start in range(0, slices.shape[0], self.batch_size):
-            stop = min(start + self.batch_size, slices.shape[0])
+        step = slices_per_call(self.batch_size, slices.shape[-2], width, device, self.cpu_batch_pixels)
+        for start in range(0, slices.shape[0], step):
+            stop = min(start + step, slices.shape[0])
             # masks drawn per slice on the CPU (seeded by file and slice), the FFTs batched on the device
             mask = torch.stack([self.undersample.draw({"slice_id": f"{name}:{i}"}, width)[0] for i in range(start, stop)])
             mask = mask.float().view(-1, 1, 1, width).to(device)
@@ -222,8 +228,10 @@ class VolumeReconstructor:
         mask = torch.from_numpy(np.asarray(grid["mask"], dtype=np.float32))[None, None]  # (1, 1, H, W)
         network = self.network.to(self.device)
         recon = torch.zeros_like(vol)
-        for start in range(0, vol.shape[0], self.batch_size):
-            image = vol[start : start + self.batch_size, None]
+        step = slices_per_call(self.batch_size, vol.shape[-2], vol.shape[-1], self.device,
+                               getattr(self.inferer, "cpu_batch_pixels", CPU_BATCH_PIXELS))
+        for start in range(0, vol.shape[0], step):
+            image = vol[start : start + step, None]
             k = fft2c(image) * mask
             kspace = torch.cat([k.real, k.imag], 1)
             with torch.autocast(self.device.type, enabled=self.amp):

@@ -270,3 +270,32 @@ def test_tune_ct_dc_script_reports_the_grid_on_the_validation_ct(tmp_path):
     bad = subprocess.run([sys.executable, "scripts/tune_ct_dc.py", "--model", str(tmp_path / "none.pt")], cwd=ROOT,
                          env=run_env(), capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1 and "none.pt: file not found" in bad.stderr
+
+
+def test_ct_cpu_slices_per_call_do_not_change_the_reconstruction():
+    """The CT network sees a few slices per call on the CPU; the simulated low-dose scan (noise
+    seeded per batch), the FBP and the reconstruction do not depend on it."""
+    from bundle.ct_inference import CTVolumeReconstructor
+    from bundle.ct_transforms import CTAcquisition
+    from bundle.errors import InputError
+    from bundle.networks import ResidualUNet
+
+    vol = ct_phantom((40, 36, 5), seed=1)
+    torch.manual_seed(0)
+    net = ResidualUNet(features=(4, 4, 8, 8, 16, 4), norm=None, data_consistency=False)
+    acq = CTAcquisition(views=20, full_views=80, incident_photons=1e4)
+    outputs, calls = {}, {}
+    for pixels in (40 * 36, 10**9):  # one slice per call, then the whole batch of 8
+        rec = CTVolumeReconstructor(net, acq, batch_size=8, progress=False, cpu_batch_pixels=pixels)
+        sizes = []
+        hook = net.register_forward_hook(lambda m, args, out: sizes.append(len(args[0])))
+        try:
+            outputs[pixels] = rec.reconstruct(vol, "ct")
+        finally:
+            hook.remove()
+        calls[pixels] = sizes
+    assert calls == {40 * 36: [1] * 5, 10**9: [5]}
+    np.testing.assert_array_equal(outputs[40 * 36]["fbp"], outputs[10**9]["fbp"])
+    np.testing.assert_allclose(outputs[40 * 36]["recon"], outputs[10**9]["recon"], rtol=0, atol=1e-3)  # HU
+    with pytest.raises(InputError, match="cpu_batch_pixels"):
+        CTVolumeReconstructor(net, acq, cpu_batch_pixels=-1)

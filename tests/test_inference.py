@@ -103,3 +103,36 @@ def test_inputs_from_a_datalist(tiny_dataset):
     files = resolve_inputs(tiny_dataset["dataset_dir"], tiny_dataset["datalist"], "test")
     assert [f.split("/")[-1] for f in files] == [tiny_dataset["names"][4]]
     assert len(resolve_inputs(tiny_dataset["dataset_dir"])) == 5
+
+
+def test_cpu_slices_per_call_follow_the_pixels_and_do_not_change_the_reconstruction():
+    """On the CPU the network gets a few slices per call (faster there); accelerators keep the
+    batch; the outputs do not depend on it."""
+    from bundle.inference import SliceReconstructionInferer
+    from bundle.networks import slices_per_call
+
+    assert slices_per_call(16, 256, 256, "cpu") == 2  # 2**17 pixels
+    assert slices_per_call(16, 120, 120, "cpu") == 9
+    assert slices_per_call(16, 512, 512, "cpu") == 1  # never fewer than one slice
+    assert slices_per_call(4, 32, 32, "cpu") == 4  # never more than the batch
+    assert slices_per_call(16, 512, 512, "cuda") == 16
+    assert slices_per_call(16, 10, 10, "cpu", max_pixels=350) == 3
+    vol = phantom_volume((40, 48, 7))
+    outputs, calls = {}, {}
+    for pixels in (40 * 48 * 2, 10**9):  # 2 slices per call, then the whole batch of 16
+        rec = reconstructor(inferer=SliceReconstructionInferer(batch_size=16, cpu_batch_pixels=pixels))
+        sizes = []
+        hook = rec.network.register_forward_hook(lambda m, args, out: sizes.append(len(args[0])))
+        try:
+            outputs[pixels] = rec.reconstruct(vol, "v")
+        finally:
+            hook.remove()
+        calls[pixels] = sizes
+    assert calls == {40 * 48 * 2: [2, 2, 2, 1], 10**9: [7]}
+    small, whole = outputs[40 * 48 * 2], outputs[10**9]
+    np.testing.assert_array_equal(small["mask"], whole["mask"])
+    np.testing.assert_array_equal(small["zero_filled"], whole["zero_filled"])
+    # float32 rounding only: the convolutions may pick other kernels for other batch sizes
+    np.testing.assert_allclose(small["recon"], whole["recon"], rtol=0, atol=1e-5 * np.abs(whole["recon"]).max())
+    with pytest.raises(InputError, match="cpu_batch_pixels"):
+        SliceReconstructionInferer(cpu_batch_pixels=0)
