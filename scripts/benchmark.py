@@ -11,17 +11,18 @@ Measures, on the same data (the demo subjects, or synthetic phantoms with --synt
   random slice transforms per training slice, without and with MONAI's metadata;
 - training throughput (slices/s) of the bundle's pipeline (configs/train.yaml: MONAI
   SupervisedTrainer, its data pipeline and handlers) and of a plain PyTorch loop over the same
-  dataset, network, loss and batch size (the MONAI reconstruction tutorial's style); ratio;
+  dataset, network, loss and batch size (the MONAI reconstruction tutorial's style), in
+  alternated rounds; ratio (best of each, each round's, and the 95% confidence interval of their
+  mean);
 - inference: network, zero-filled and compressed sensing (L1-wavelet FISTA, 50 iterations) on
   the same slices, slices/s and SSIM, ratio network / CS; CS again with --cs-sweep iteration
   counts (its speed / SSIM trade-off); seconds per 3D volume of --volume size for each of the
   three (the same simulation; the network with its data consistency) and the ratio network / CS
-  per volume; with --ct-volume, a CT volume's
-  60-view scan simulation, and its reconstruction (FBP + network, then + data consistency) from
-  the simulation and from the scan alone;
+  per volume; with --ct-volume, a CT volume's 60-view scan simulation, and its reconstruction
+  (FBP + network, then + data consistency) from the simulation and from the scan alone;
 - parameters and FLOPs per slice of each model variant; inference and training-step throughput of
-  each variant against image size and batch size (plot); AMP on and off (CUDA) with its SSIM; peak memory (CUDA allocator, or the process'
-  peak resident set on CPU).
+  each variant against image size and batch size (plot); AMP on and off (CUDA) with its SSIM; peak
+  memory (CUDA allocator, or the process' peak resident set on CPU).
 
 Writes OUT/benchmark.csv, OUT/benchmark.md and (with the scaling section) OUT/benchmark_scaling.png;
 prints the table.
