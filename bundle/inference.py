@@ -228,8 +228,7 @@ class VolumeReconstructor:
         mask = torch.from_numpy(np.asarray(grid["mask"], dtype=np.float32))[None, None]  # (1, 1, H, W)
         network = self.network.to(self.device)
         recon = torch.zeros_like(vol)
-        step = slices_per_call(self.batch_size, vol.shape[-2], vol.shape[-1], self.device,
-                               getattr(self.inferer, "cpu_batch_pixels", CPU_BATCH_PIXELS))
+        step = slices_per_call(self.batch_size, vol.shape[-2], vol.shape[-1], self.device, self.inferer.cpu_batch_pixels)
         for start in range(0, vol.shape[0], step):
             image = vol[start : start + step, None]
             k = fft2c(image) * mask
