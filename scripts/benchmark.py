@@ -221,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
         rows.append([section, name, f"{value:.6g}" if isinstance(value, float) else value, unit, device_name(device)])
         print(f"{section:>10} | {name:<48} | {value if not isinstance(value, float) else f'{value:.4g}'} {unit}")
 
-    parser = train_parser(args, device)
+    # the demo training config: the data and inference sections read their slices through it
+    parser = train_parser(args, device) if {"data", "inference"} & set(sections) else None
     if "model" in sections:
         _model_rows(add)
     if "data" in sections:
