@@ -11,10 +11,20 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 sys.path.insert(0, str(ROOT))
+
+# The README's test command runs the suite in pytest-xdist workers (`-n 2`): most of a bundle run's
+# time is Python importing MONAI on one core, so two run side by side. Each worker, and each
+# process it starts, then gets its share of the cores: two workers that each start one OpenMP
+# thread per core slow each other down.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+THREADS = max(1, len(os.sched_getaffinity(0)) // WORKERS) if hasattr(os, "sched_getaffinity") else 1
+if WORKERS > 1:
+    torch.set_num_threads(THREADS)
 
 
 def phantom_volume(shape=(40, 48, 10), seed=0) -> np.ndarray:
@@ -67,4 +77,6 @@ def run_bundle(*args, timeout=300) -> subprocess.CompletedProcess:
 def run_env() -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    if WORKERS > 1:
+        env["OMP_NUM_THREADS"] = str(THREADS)
     return env
