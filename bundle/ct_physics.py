@@ -11,13 +11,17 @@ detector position t is {t * (cos theta, -sin theta) + s * (sin theta, cos theta)
 convention of scikit-image's `radon` (theta = 0 sums the image along its rows); its line
 integral is sampled every `ray_step` mm with bilinear interpolation (Joseph-style, via
 `grid_sample`). The back-projector is the exact adjoint of that projector (the backward kernel of
-the same `grid_sample`), so <A x, y> = <x, A^T y> to float precision.
+the same `grid_sample`), so <A x, y> = <x, A^T y> to float precision. Data consistency, which
+applies both a few dozen times per slice, uses the same operator as an explicit sparse matrix
+(`SystemMatrix`), built once per geometry.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
+from functools import partial
 from typing import Optional
 
 import torch
@@ -439,21 +443,138 @@ def low_dose(
 _NORM_CACHE: dict = {}
 
 
-def normal_operator_norm(geom: ParallelBeamGeometry, device=None, iterations: int = 10) -> float:
+def normal_operator_norm(geom: ParallelBeamGeometry, device=None, iterations: int = 10,
+                         operator: Optional["SystemMatrix"] = None) -> float:
     """The largest eigenvalue of A^T A (A = `project`) by power iteration from a fixed start,
-    cached per geometry and device: the scale that makes data-consistency weights dimensionless."""
+    cached per geometry and device: the scale that makes data-consistency weights dimensionless.
+    `operator`: the same A as a `SystemMatrix`, faster (the value agrees to float rounding)."""
     key = (geom, str(device))
     if key not in _NORM_CACHE:
+        proj, back = ((operator.project, operator.backproject) if operator is not None
+                      else (partial(project, geom=geom), partial(backproject, geom=geom)))
         v = torch.ones(1, *geom.image_shape, device=device)
         norm = torch.ones(())
         for _ in range(iterations):
-            v = backproject(project(v, geom), geom)
+            v = back(proj(v))
             norm = v.norm()
             v = v / norm
         if len(_NORM_CACHE) > 64:
             _NORM_CACHE.clear()
         _NORM_CACHE[key] = float(norm)
     return _NORM_CACHE[key]
+
+
+_MATRIX_CACHE: dict = {}
+_MATRIX_WORK: dict = {}  # slices x (CG iterations + 1) run so far per geometry
+_MATRIX_BYTES = 2**31  # bound on the two matrices of one geometry: larger ones are not built
+# The matrices are built once the work done with a geometry, this call's included, reaches this
+# many slices x (CG iterations + 1), i.e. once the sampling operators would have cost about as much
+# as the build (as in renting skis until their price is spent): on the 2-core CPU a 512 x 512,
+# 60-view geometry takes about 10 s to build, two slices' worth of 12-iteration consistency steps
+# with the sampling operators (4.6 s per slice), 0.3 s per slice with the matrices. Evaluation calls
+# it slice by slice, so the work is counted over calls.
+_MATRIX_MIN_WORK = 36
+_MATRIX_CHUNK_POINTS = 2**21  # ray sample points per chunk of the build (about 160 bytes each)
+
+
+class SystemMatrix:
+    """`project` as an explicit sparse matrix A (rays x pixels, CSR, int32 indices) and its
+    transpose (CSR too), for solvers that apply A and A^T many times with one geometry.
+
+    The weights are those of `project`'s sampling: every `step` mm along each ray, the four
+    bilinear weights of `grid_sample` (align_corners=False, zeros outside), summed per pixel and
+    scaled by the step. So `SystemMatrix(g).project(x)` is `project(x, g)` and `.backproject(y)` is
+    `backproject(y, g)` to float rounding (tests), but without recomputing the weights at each
+    call and without scattering: the adjoint is a product with the stored transpose. Written here
+    because neither torch nor MONAI builds a CT system matrix; the build sorts each ray's samples
+    by pixel, then all entries by pixel for the transpose, in chunks of views.
+
+    Memory: about 2.2 entries per pixel and view in each matrix, 8 bytes each (e.g. 560 MB for
+    512 x 512 pixels and 60 views); `bytes_bound` is the bound checked before building.
+    """
+
+    def __init__(self, geom: ParallelBeamGeometry, device=None, dtype=torch.float32) -> None:
+        self.geom = geom
+        (h, w), n_rays = geom.image_shape, geom.n_views * geom.n_det
+        counts, cols, vals = [], [], []
+        per_chunk = max(1, _MATRIX_CHUNK_POINTS // (geom.n_det * geom.n_samples))
+        for start in range(0, geom.n_views, per_chunk):
+            c, col, val = self._rows(slice(start, min(start + per_chunk, geom.n_views)), device, dtype)
+            counts.append(c)
+            cols.append(col)
+            vals.append(val)
+        counts, col, val = torch.cat(counts), torch.cat(cols), torch.cat(vals) * geom.step
+        zero = counts.new_zeros(1)
+        # the transpose: the same entries ordered by pixel (stable: by ray within each pixel)
+        order = torch.argsort(col, stable=True)
+        rows = torch.repeat_interleave(torch.arange(n_rays, device=col.device, dtype=torch.int32), counts)
+        per_pixel = torch.bincount(col, minlength=h * w)
+        with warnings.catch_warnings():  # torch's notes that sparse CSR is "beta" and unchecked: noise here
+            warnings.simplefilter("ignore", UserWarning)
+            self.matrix = torch.sparse_csr_tensor(torch.cat([zero, counts.cumsum(0)]).int(), col, val, (n_rays, h * w))
+            self.transpose = torch.sparse_csr_tensor(torch.cat([zero, per_pixel.cumsum(0)]).int(), rows[order],
+                                                     val[order], (h * w, n_rays))
+
+    @staticmethod
+    def bytes_bound(geom: ParallelBeamGeometry) -> int:
+        """An upper bound of the two matrices' bytes: each sample point inside the image gives at
+        most four entries of 8 bytes (value, column) in each matrix."""
+        (h, w), (sy, sx) = geom.image_shape, geom.pixel_spacing
+        samples = geom.n_views * (h * sy + 2 * geom.step) * (w * sx + 2 * geom.step) / (geom.step * geom.det_spacing)
+        return int(2 * 4 * 8 * samples)
+
+    def _rows(self, views: slice, device, dtype):
+        """Per ray of `views`: the number of pixels it touches, their indices (sorted) and weights."""
+        (h, w) = self.geom.image_shape
+        grid = _make_ray_grid(self.geom, views, device, dtype)[0]  # (rays, S, 2)
+        ix = ((grid[..., 0] + 1) * w - 1) / 2  # grid_sample's pixel coordinates (align_corners=False)
+        iy = ((grid[..., 1] + 1) * h - 1) / 2
+        x0, y0 = ix.floor(), iy.floor()
+        fx, fy = ix - x0, iy - y0
+        x0, y0 = x0.int(), y0.int()
+        outside = torch.iinfo(torch.int32).max  # sorts after every pixel
+        keys, weights = [], []
+        for dy, dx, wt in ((0, 0, (1 - fx) * (1 - fy)), (0, 1, fx * (1 - fy)), (1, 0, (1 - fx) * fy), (1, 1, fx * fy)):
+            xx, yy = x0 + dx, y0 + dy
+            inside = (xx >= 0) & (xx < w) & (yy >= 0) & (yy < h) & (wt > 0)
+            keys.append(torch.where(inside, yy * w + xx, outside))
+            weights.append(torch.where(inside, wt, 0))
+        key, order = torch.cat(keys, 1).sort(dim=1)  # each ray's entries by pixel
+        weight = torch.cat(weights, 1).gather(1, order)
+        first = torch.ones_like(key, dtype=torch.bool)  # the first entry of each pixel in its ray
+        first[:, 1:] = key[:, 1:] != key[:, :-1]
+        first &= key != outside
+        valid = (key != outside).reshape(-1)
+        entry = first.reshape(-1).cumsum(0) - 1  # the (row-major) matrix entry each sample adds to
+        val = weight.new_zeros(int(entry[-1]) + 1).index_add_(0, entry[valid], weight.reshape(-1)[valid])
+        return first.sum(1), key.reshape(-1)[first.reshape(-1)], val
+
+    def project(self, image: torch.Tensor) -> torch.Tensor:
+        """(..., H, W) -> (..., V, D), as `project`."""
+        _check_image(image, self.geom)
+        flat = image.reshape(-1, image.shape[-2] * image.shape[-1]).to(self.matrix.dtype)
+        return (self.matrix @ flat.T).T.reshape(*image.shape[:-2], *self.geom.sinogram_shape)
+
+    def backproject(self, sinogram: torch.Tensor) -> torch.Tensor:
+        """(..., V, D) -> (..., H, W), as `backproject`."""
+        if sinogram.ndim < 2 or tuple(sinogram.shape[-2:]) != self.geom.sinogram_shape:
+            raise InputError(f"sinogram of shape {tuple(sinogram.shape)} does not match the geometry's "
+                             f"{self.geom.sinogram_shape}")
+        flat = sinogram.reshape(-1, self.geom.n_views * self.geom.n_det).to(self.matrix.dtype)
+        return (self.transpose @ flat.T).T.reshape(*sinogram.shape[:-2], *self.geom.image_shape)
+
+
+def system_matrix(geom: ParallelBeamGeometry, device=None, dtype=torch.float32, build: bool = True):
+    """The `SystemMatrix` of `geom`, cached for the last geometry used; None where it would
+    exceed `_MATRIX_BYTES`, or where it is not cached and `build` is False."""
+    key = (geom, str(torch.device(device) if device is not None else torch.device("cpu")), dtype)
+    if key not in _MATRIX_CACHE:
+        if not build or SystemMatrix.bytes_bound(geom) > _MATRIX_BYTES:
+            return None
+        _MATRIX_CACHE.clear()  # one geometry at a time: the matrices are large
+        with torch.no_grad():
+            _MATRIX_CACHE[key] = SystemMatrix(geom, device, dtype)
+    return _MATRIX_CACHE[key]
 
 
 def check_consistency_settings(
@@ -485,6 +606,8 @@ def sinogram_consistency(
     and replaces it by what the scan measured elsewhere; early stopping regularises further. With
     noisy (low-dose) scans use a larger weight, or the noise comes back. The k-space analogue is
     `bundle.kspace.data_consistency`; nothing in MONAI projects CT data, hence this solver.
+    Once the slices x (iterations + 1) run with a geometry reach `_MATRIX_MIN_WORK` (this call's
+    included), A and A^T are applied as a `SystemMatrix`: the same operator, several times faster.
 
     Args:
         image: (..., H, W) linear attenuation (1/mm), the starting point and prior x0.
@@ -498,16 +621,31 @@ def sinogram_consistency(
     if iterations == 0:
         return image
     x0 = image if image.dtype in (torch.float32, torch.float64) else image.float()
-    lam = float(weight) * normal_operator_norm(geom, x0.device)
+    # the operators as a sparse matrix when they are applied often enough to repay building it
+    # (and nothing needs a gradient through them); else the sampling operators
+    slices = x0.numel() // (geom.image_shape[0] * geom.image_shape[1])
+    graph = torch.is_grad_enabled() and (x0.requires_grad or sinogram.requires_grad)
+    matrix = None
+    if not graph:
+        key = (geom, str(x0.device), x0.dtype)
+        if len(_MATRIX_WORK) > 64:
+            _MATRIX_WORK.clear()
+        _MATRIX_WORK[key] = _MATRIX_WORK.get(key, 0) + slices * (iterations + 1)
+        matrix = system_matrix(geom, x0.device, x0.dtype, _MATRIX_WORK[key] >= _MATRIX_MIN_WORK)
+    if matrix is not None:
+        proj, back = matrix.project, matrix.backproject
+    else:
+        proj, back = partial(project, geom=geom), partial(backproject, geom=geom)
+    lam = float(weight) * normal_operator_norm(geom, x0.device, operator=matrix)
 
     def normal(v: torch.Tensor) -> torch.Tensor:
-        return backproject(project(v, geom), geom) + lam * v
+        return back(proj(v)) + lam * v
 
     def dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # one value per slice
         return (a * b).sum((-2, -1), keepdim=True)
 
     x = x0.clone()
-    r = backproject(sinogram.to(x0) - project(x0, geom), geom)  # b - N x0 (the lam terms cancel)
+    r = back(sinogram.to(x0) - proj(x0))  # b - N x0 (the lam terms cancel)
     p, rs = r.clone(), dot(r, r)
     tiny = torch.finfo(x.dtype).tiny
     for _ in range(iterations):

@@ -19,7 +19,8 @@ Measures, on the same data (the demo subjects, or synthetic phantoms with --synt
   counts (its speed / SSIM trade-off); seconds per 3D volume of --volume size for each of the
   three (the same simulation; the network with its data consistency) and the ratio network / CS
   per volume; with --ct-volume, a CT volume's 60-view scan simulation, and its reconstruction
-  (FBP + network, then + data consistency) from the simulation and from the scan alone;
+  (FBP + network, then + data consistency) from the simulation and from the scan alone, and the
+  build of the sparse system matrix that data consistency runs on (once per geometry);
 - parameters and FLOPs per slice of each model variant; inference and training-step throughput of
   each variant against image size and batch size (plot); AMP on and off (CUDA) with its SSIM; peak
   memory (CUDA allocator, or the process' peak resident set on CPU).
@@ -446,6 +447,17 @@ def _volume_rows(add, args, device) -> None:
                 add("volume", f"{label} {how}", time.perf_counter() - t0, "s")
                 peak = max(peak, peak_memory_mb(device))
             add("volume", f"CT peak memory ({'no DC' if dc is None else 'DC'})", peak, "MiB")
+        # data consistency runs on the sparse system matrix of the geometry, built once (in the
+        # warm-up above, as the sampling grids); its own cost, which a single volume pays once:
+        from bundle.ct_physics import SystemMatrix
+
+        sync(device)
+        t0 = time.perf_counter()
+        matrix = SystemMatrix(acq.geometry(shape[:2], spacing[:2]), device)
+        sync(device)
+        add("volume", f"{label}: system matrix for data consistency, built once per geometry",
+            time.perf_counter() - t0, "s")
+        add("volume", "system matrix and its transpose", matrix.matrix._nnz() * 16 / 2**20, "MiB")
 
 
 class _MethodModule(torch.nn.Module):

@@ -22,8 +22,11 @@ def test_benchmark_quick_run(tmp_path):
                      "ratio network / compressed sensing (speed)", "compressed_sensing SSIM (same slices)"):
         assert expected in names, expected
     ct_rows = [r["name"] for r in rows if r["section"] == "volume" and "CT volume" in r["name"]]
-    # the simulated scan alone, then with and without data consistency: from the simulation, from the scan
-    assert len(ct_rows) == 5 and sum("from its scan" in n for n in ct_rows) == 2
+    # the simulated scan alone, then with and without data consistency: from the simulation, from the
+    # scan; and the build of the system matrix that data consistency runs on, with its size
+    assert len(ct_rows) == 6 and sum("from its scan" in n for n in ct_rows) == 2
+    matrix = {r["unit"]: float(r["value"]) for r in rows if "system matrix" in r["name"]}
+    assert set(matrix) == {"s", "MiB"} and matrix["s"] > 0 and matrix["MiB"] > 0
     assert {r["section"] for r in rows} == {"model", "data", "training", "inference", "volume", "scaling"}
     cache_rows = [r for r in rows if r["section"] == "data" and " cached " in r["name"]]
     assert len(cache_rows) == 4 and all(float(r["value"]) > 0 and r["unit"] == "s" for r in cache_rows)
