@@ -466,6 +466,7 @@ def normal_operator_norm(geom: ParallelBeamGeometry, device=None, iterations: in
 
 _MATRIX_CACHE: dict = {}
 _MATRIX_WORK: dict = {}  # slices x (CG iterations + 1) run so far per geometry
+_MATRIX_FAILED: set = set()  # devices where building or applying the matrices failed
 _MATRIX_BYTES = 2**31  # bound on the two matrices of one geometry: larger ones are not built
 # The matrices are built once the work done with a geometry, this call's included, reaches this
 # many slices x (CG iterations + 1), i.e. once the sampling operators would have cost about as much
@@ -566,14 +567,26 @@ class SystemMatrix:
 
 def system_matrix(geom: ParallelBeamGeometry, device=None, dtype=torch.float32, build: bool = True):
     """The `SystemMatrix` of `geom`, cached for the last geometry used; None where it would
-    exceed `_MATRIX_BYTES`, or where it is not cached and `build` is False."""
-    key = (geom, str(torch.device(device) if device is not None else torch.device("cpu")), dtype)
+    exceed `_MATRIX_BYTES`, where it is not cached and `build` is False, or where sparse products
+    fail on this device (e.g. out of memory, or a torch build without them): then a one-line
+    warning, and the callers keep the sampling operators for that device."""
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    key = (geom, str(device), dtype)
     if key not in _MATRIX_CACHE:
-        if not build or SystemMatrix.bytes_bound(geom) > _MATRIX_BYTES:
+        if not build or str(device) in _MATRIX_FAILED or SystemMatrix.bytes_bound(geom) > _MATRIX_BYTES:
             return None
         _MATRIX_CACHE.clear()  # one geometry at a time: the matrices are large
-        with torch.no_grad():
-            _MATRIX_CACHE[key] = SystemMatrix(geom, device, dtype)
+        try:
+            with torch.no_grad():
+                matrix = SystemMatrix(geom, device, dtype)
+                matrix.backproject(matrix.project(torch.zeros(1, *geom.image_shape, device=device, dtype=dtype)))
+        except (RuntimeError, NotImplementedError) as err:  # torch.OutOfMemoryError is a RuntimeError
+            _MATRIX_FAILED.add(str(device))
+            first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            warnings.warn(f"CT data consistency: no sparse system matrix on {device} ({first_line}); "
+                          "using the sampling projector instead (slower, the same result)", RuntimeWarning)
+            return None
+        _MATRIX_CACHE[key] = matrix
     return _MATRIX_CACHE[key]
 
 

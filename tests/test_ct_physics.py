@@ -386,6 +386,33 @@ def test_sinogram_consistency_with_the_system_matrix_equals_the_sampling_operato
     assert built.matrix._nnz() * 8 * 2 <= bound  # the bound holds
 
 
+def test_system_matrix_failure_falls_back_to_the_sampling_operators(monkeypatch):
+    """Where the sparse matrices cannot be built or applied on a device (out of memory, a torch
+    build without them), data consistency warns once and keeps the sampling operators."""
+    geom = ct.sparse_view_geometry((24, 28), (1.0, 0.9), 16, 720)
+    truth = smooth_phantom(24, 28)[None].repeat(4, 1, 1)
+    y = ct.project(truth, geom)
+    x0 = truth * 0.9
+    monkeypatch.setattr(ct, "_MATRIX_MIN_WORK", 10**9)
+    ct._MATRIX_CACHE.clear()
+    sampled = ct.sinogram_consistency(x0, y, geom, 1e-3, 12)
+
+    def broken(self, image):
+        raise RuntimeError("CUDA error: operation not supported\nmore detail")
+
+    monkeypatch.setattr(ct, "_MATRIX_MIN_WORK", 1)
+    monkeypatch.setattr(ct.SystemMatrix, "project", broken)
+    monkeypatch.setattr(ct, "_MATRIX_FAILED", set())
+    with pytest.warns(RuntimeWarning, match=r"no sparse system matrix on cpu \(CUDA error: operation not supported\)"):
+        got = ct.sinogram_consistency(x0, y, geom, 1e-3, 12)
+    assert torch.equal(got, sampled) and not ct._MATRIX_CACHE and ct._MATRIX_FAILED == {"cpu"}
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per device: no second build, no second warning
+        assert torch.equal(ct.sinogram_consistency(x0, y, geom, 1e-3, 12), sampled)
+
+
 @pytest.mark.parametrize("weight,iterations,message", [(-1.0, 12, "weight must be >= 0"),
                                                        (1e-3, -2, "whole number >= 0"),
                                                        (1e-3, 2.5, "whole number >= 0")])
