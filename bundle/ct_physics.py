@@ -228,13 +228,17 @@ def _check_image(image: torch.Tensor, geom: ParallelBeamGeometry) -> torch.Tenso
     return image
 
 
-def check_sinogram(sinogram: torch.Tensor, geom: ParallelBeamGeometry, name: str = "sinogram") -> torch.Tensor:
-    """An `InputError` unless `sinogram` is (..., n_views, n_detectors) for `geom` and finite."""
+def _check_sinogram_shape(sinogram: torch.Tensor, geom: ParallelBeamGeometry, name: str = "sinogram") -> None:
     if sinogram.ndim < 2 or tuple(sinogram.shape[-2:]) != geom.sinogram_shape:
         raise InputError(
             f"{name} of shape {tuple(sinogram.shape)} does not match the geometry: expected (..., views, detectors) "
             f"= (..., {geom.n_views}, {geom.n_det})"
         )
+
+
+def check_sinogram(sinogram: torch.Tensor, geom: ParallelBeamGeometry, name: str = "sinogram") -> torch.Tensor:
+    """An `InputError` unless `sinogram` is (..., n_views, n_detectors) for `geom` and finite."""
+    _check_sinogram_shape(sinogram, geom, name)
     if not torch.isfinite(sinogram).all():
         raise InputError(f"{name} contains NaN or infinite values")
     return sinogram
@@ -443,6 +447,13 @@ def low_dose(
 _NORM_CACHE: dict = {}
 
 
+def _operator_pair(geom: ParallelBeamGeometry, matrix: Optional["SystemMatrix"]):
+    """(A, A^T) as callables on tensors: the matrix's products, or the sampling operators."""
+    if matrix is not None:
+        return matrix.project, matrix.backproject
+    return partial(project, geom=geom), partial(backproject, geom=geom)
+
+
 def normal_operator_norm(geom: ParallelBeamGeometry, device=None, iterations: int = 10,
                          operator: Optional["SystemMatrix"] = None) -> float:
     """The largest eigenvalue of A^T A (A = `project`) by power iteration from a fixed start,
@@ -450,8 +461,7 @@ def normal_operator_norm(geom: ParallelBeamGeometry, device=None, iterations: in
     `operator`: the same A as a `SystemMatrix`, faster (the value agrees to float rounding)."""
     key = (geom, str(device))
     if key not in _NORM_CACHE:
-        proj, back = ((operator.project, operator.backproject) if operator is not None
-                      else (partial(project, geom=geom), partial(backproject, geom=geom)))
+        proj, back = _operator_pair(geom, operator)
         v = torch.ones(1, *geom.image_shape, device=device)
         norm = torch.ones(())
         for _ in range(iterations):
@@ -557,23 +567,31 @@ class SystemMatrix:
         return (self.matrix @ flat.T).T.reshape(*image.shape[:-2], *self.geom.sinogram_shape)
 
     def backproject(self, sinogram: torch.Tensor) -> torch.Tensor:
-        """(..., V, D) -> (..., H, W), as `backproject`."""
-        if sinogram.ndim < 2 or tuple(sinogram.shape[-2:]) != self.geom.sinogram_shape:
-            raise InputError(f"sinogram of shape {tuple(sinogram.shape)} does not match the geometry's "
-                             f"{self.geom.sinogram_shape}")
+        """(..., V, D) -> (..., H, W), as `backproject` (the shape checked; finiteness is the caller's)."""
+        _check_sinogram_shape(sinogram, self.geom)
         flat = sinogram.reshape(-1, self.geom.n_views * self.geom.n_det).to(self.matrix.dtype)
         return (self.transpose @ flat.T).T.reshape(*sinogram.shape[:-2], *self.geom.image_shape)
 
 
-def system_matrix(geom: ParallelBeamGeometry, device=None, dtype=torch.float32, build: bool = True):
-    """The `SystemMatrix` of `geom`, cached for the last geometry used; None where it would
-    exceed `_MATRIX_BYTES`, where it is not cached and `build` is False, or where sparse products
-    fail on this device (e.g. out of memory, or a torch build without them): then a one-line
-    warning, and the callers keep the sampling operators for that device."""
+def system_matrix(geom: ParallelBeamGeometry, device=None, dtype=torch.float32, work: Optional[int] = None):
+    """The `SystemMatrix` of `geom`, cached for the last geometry used.
+
+    `work`: the slices x (CG iterations + 1) about to run with it; they are added to the work done
+    with this geometry, and an uncached matrix is built only once that reaches `_MATRIX_MIN_WORK`
+    (None: build now). None is returned where the matrix is not (yet) built, where it would exceed
+    `_MATRIX_BYTES`, or where sparse products fail on this device (e.g. out of memory, or a torch
+    build without them): then a one-line warning, and the callers keep the sampling operators for
+    that device."""
     device = torch.device(device) if device is not None else torch.device("cpu")
     key = (geom, str(device), dtype)
+    if work is not None:
+        if len(_MATRIX_WORK) > 64:
+            _MATRIX_WORK.clear()
+        _MATRIX_WORK[key] = _MATRIX_WORK.get(key, 0) + work
     if key not in _MATRIX_CACHE:
-        if not build or str(device) in _MATRIX_FAILED or SystemMatrix.bytes_bound(geom) > _MATRIX_BYTES:
+        if work is not None and _MATRIX_WORK[key] < _MATRIX_MIN_WORK:
+            return None
+        if str(device) in _MATRIX_FAILED or SystemMatrix.bytes_bound(geom) > _MATRIX_BYTES:
             return None
         _MATRIX_CACHE.clear()  # one geometry at a time: the matrices are large
         try:
@@ -638,17 +656,8 @@ def sinogram_consistency(
     # (and nothing needs a gradient through them); else the sampling operators
     slices = x0.numel() // (geom.image_shape[0] * geom.image_shape[1])
     graph = torch.is_grad_enabled() and (x0.requires_grad or sinogram.requires_grad)
-    matrix = None
-    if not graph:
-        key = (geom, str(x0.device), x0.dtype)
-        if len(_MATRIX_WORK) > 64:
-            _MATRIX_WORK.clear()
-        _MATRIX_WORK[key] = _MATRIX_WORK.get(key, 0) + slices * (iterations + 1)
-        matrix = system_matrix(geom, x0.device, x0.dtype, _MATRIX_WORK[key] >= _MATRIX_MIN_WORK)
-    if matrix is not None:
-        proj, back = matrix.project, matrix.backproject
-    else:
-        proj, back = partial(project, geom=geom), partial(backproject, geom=geom)
+    matrix = None if graph else system_matrix(geom, x0.device, x0.dtype, work=slices * (iterations + 1))
+    proj, back = _operator_pair(geom, matrix)
     lam = float(weight) * normal_operator_norm(geom, x0.device, operator=matrix)
 
     def normal(v: torch.Tensor) -> torch.Tensor:
