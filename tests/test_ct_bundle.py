@@ -299,3 +299,41 @@ def test_ct_cpu_slices_per_call_do_not_change_the_reconstruction():
     np.testing.assert_allclose(outputs[40 * 36]["recon"], outputs[10**9]["recon"], rtol=0, atol=1e-3)  # HU
     with pytest.raises(InputError, match="cpu_batch_pixels"):
         CTVolumeReconstructor(net, acq, cpu_batch_pixels=-1)
+
+
+def test_ct_consistency_solves_several_batches_at_once():
+    """Data consistency may solve the network outputs of several batches at once (the GPU
+    default): the same reconstruction to float rounding, the same FBP, whole batches per solve;
+    on the CPU by default each batch is solved as it comes."""
+    from bundle.ct_inference import CTVolumeReconstructor
+    from bundle.ct_transforms import CTAcquisition, CTDataConsistency
+    from bundle.errors import InputError
+    from bundle.networks import ResidualUNet
+
+    vol = ct_phantom((40, 36, 7), seed=2)
+    torch.manual_seed(0)
+    net = ResidualUNet(features=(4, 4, 8, 8, 16, 4), norm=None, data_consistency=False)
+    acq = CTAcquisition(views=20, full_views=80, incident_photons=1e4)
+
+    class Recorder(CTDataConsistency):
+        def __call__(self, image, sinogram, spacing):
+            self.sizes.append(len(image))
+            return super().__call__(image, sinogram, spacing)
+
+    outputs, solves = {}, {}
+    for per_solve in (None, 3, 100):
+        dc = Recorder(acq, weight=1e-3, iterations=4)
+        dc.sizes = []
+        rec = CTVolumeReconstructor(net, acq, batch_size=2, progress=False, consistency=dc, consistency_batch=per_solve)
+        outputs[per_solve] = rec.reconstruct(vol, "ct")
+        solves[per_solve] = dc.sizes
+    assert solves == {None: [2, 2, 2, 1], 3: [4, 3], 100: [7]}
+    for per_solve in (3, 100):
+        np.testing.assert_array_equal(outputs[None]["fbp"], outputs[per_solve]["fbp"])
+        np.testing.assert_allclose(outputs[None]["recon"], outputs[per_solve]["recon"], rtol=0, atol=0.05)  # HU (0.006 measured: float rounding)
+    # the consistency step changed the network's output (so the comparison above means something)
+    plain = CTVolumeReconstructor(net, acq, batch_size=2, progress=False).reconstruct(vol, "ct")["recon"]
+    assert np.abs(plain - outputs[None]["recon"]).max() > 1.0
+    for bad in (0, -3, 2.5, "8", True):
+        with pytest.raises(InputError, match="consistency_batch"):
+            CTVolumeReconstructor(net, acq, consistency_batch=bad)
