@@ -25,9 +25,10 @@ from bundle.networks import CPU_BATCH_PIXELS, check_cpu_batch_pixels, slices_per
 SINOGRAM_SUFFIX = "_sinogram.npy"
 # On a GPU, data consistency solves the slices of several network batches at once, up to this many
 # pixels (128 slices of 512 x 512): its sparse products run faster on more columns. H100, 300 slices
-# of 512 x 512, 60 views, 12 CG steps: 0.68 s in solves of 32 slices, 0.41 s of 100, 0.43 s of 300
-# (an ad hoc timing of `sinogram_consistency`, 0.6.2 code; scripts/benchmark.py gives the end-to-end
-# effect). On the CPU the cost is per slice, and each network batch is solved as it comes.
+# of 512 x 512, 60 views, 12 CG steps (`sinogram_consistency` alone, an ad hoc timing): 0.68 s in
+# solves of 32 slices, 0.41-0.43 s of 100, 128 or 300; end to end (scripts/benchmark.py, network
+# batches of 32, from the scan) 1.10 -> 0.85 s. On the CPU the cost is per slice, and each network
+# batch is solved as it comes.
 GPU_CONSISTENCY_PIXELS = 2**25
 
 
