@@ -110,7 +110,8 @@ class CTVolumeReconstructor(VolumeReconstructor):
         if consistency_batch is not None and (
             isinstance(consistency_batch, bool) or not isinstance(consistency_batch, int) or consistency_batch < 1
         ):
-            raise InputError(f"consistency_batch must be a positive integer or null, got {consistency_batch!r}")
+            raise InputError(f"consistency_batch (dc_batch in configs/inference_ct.yaml) must be a positive integer or null, "
+                             f"got {consistency_batch!r}")
         self.consistency_batch = consistency_batch
         self.acquisition = acquisition
         self.consistency = consistency
