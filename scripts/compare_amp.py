@@ -26,6 +26,10 @@ import numpy as np
 from scipy import stats
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, ROOT)
+
+from bundle.io import write_text_atomic  # noqa: E402
+
 BUNDLE = [sys.executable, "-m", "monai.bundle", "run"]
 META = ["--meta_file", "configs/metadata.json", "--logging_file", "configs/logging.conf"]
 
@@ -56,6 +60,11 @@ def run_one(job: tuple[str, int], out: str, args) -> str | None:
     return None
 
 
+def _sd(x: np.ndarray) -> float:
+    """Sample standard deviation (NaN for a single value)."""
+    return float(x.std(ddof=1)) if len(x) > 1 else float("nan")
+
+
 def table(results: dict, seeds: list[int]) -> str:
     """Markdown: per acceleration, SSIM / PSNR per seed and mean +- sd per arm, then AMP - fp32."""
     lines = ["| acceleration | trained with | SSIM per seed | SSIM mean +- sd | PSNR (dB) mean +- sd |", "|---|---|---|---|---|"]
@@ -63,9 +72,8 @@ def table(results: dict, seeds: list[int]) -> str:
         ssim = {amp: np.array([results[amp][s][acc]["network"]["ssim"]["mean"] for s in seeds]) for amp in results}
         psnr = {amp: np.array([results[amp][s][acc]["network"]["psnr"]["mean"] for s in seeds]) for amp in results}
         for amp, name in (("false", "fp32"), ("true", "AMP")):
-            sd = lambda x: x.std(ddof=1) if len(x) > 1 else float("nan")  # noqa: E731
             lines.append(f"| {acc}x | {name} | {' / '.join(f'{v:.4f}' for v in ssim[amp])} | "
-                         f"{ssim[amp].mean():.4f} +- {sd(ssim[amp]):.4f} | {psnr[amp].mean():.2f} +- {sd(psnr[amp]):.2f} |")
+                         f"{ssim[amp].mean():.4f} +- {_sd(ssim[amp]):.4f} | {psnr[amp].mean():.2f} +- {_sd(psnr[amp]):.2f} |")
         diff = ssim["true"].mean() - ssim["false"].mean()
         if len(seeds) > 1:
             t = stats.ttest_ind(ssim["true"], ssim["false"], equal_var=False)
@@ -105,10 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         with open(os.path.join(out, f"eval_{amp}_{s}", "metrics.json")) as f:
             results[amp][s] = json.load(f)
     text = table(results, seeds)
-    tmp = os.path.join(out, "amp_comparison.md.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, os.path.join(out, "amp_comparison.md"))
+    write_text_atomic(os.path.join(out, "amp_comparison.md"), text)
     print(text, end="")
     return 0
 
