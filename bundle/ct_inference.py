@@ -16,7 +16,7 @@ from torch import nn
 from tqdm import tqdm
 
 from bundle.ct_transforms import HU_CHECKS, HU_WINDOW, CTAcquisition, CTDataConsistency, check_hu, hu_to_unit, unit_to_hu
-from bundle.errors import InputError
+from bundle.errors import InputError, check_whole_number
 from bundle.inference import VolumeReconstructor, output_stem, ras_spacing
 from bundle.kspace import slice_seed
 from bundle.networks import CPU_BATCH_PIXELS, check_cpu_batch_pixels, slices_per_call
@@ -107,11 +107,9 @@ class CTVolumeReconstructor(VolumeReconstructor):
     ) -> None:
         self._set_runtime(network, slice_axis, batch_size, device, amp, progress)
         self.cpu_batch_pixels = check_cpu_batch_pixels(cpu_batch_pixels)
-        if consistency_batch is not None and (
-            isinstance(consistency_batch, bool) or not isinstance(consistency_batch, int) or consistency_batch < 1
-        ):
-            raise InputError(f"consistency_batch (dc_batch in configs/inference_ct.yaml) must be a positive integer or null, "
-                             f"got {consistency_batch!r}")
+        if consistency_batch is not None:
+            check_whole_number(consistency_batch, "consistency_batch (dc_batch in configs/inference_ct.yaml) must be a "
+                                                  "positive integer or null")
         self.consistency_batch = consistency_batch
         self.acquisition = acquisition
         self.consistency = consistency

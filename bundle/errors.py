@@ -55,3 +55,10 @@ def check(condition: bool, message: str) -> None:
     """Raise an `InputError(message)` unless `condition` (for checks written in the configs)."""
     if not condition:
         raise InputError(message)
+
+
+def check_whole_number(value, message: str) -> int:
+    """`value` if it is an int >= 1 (not a bool), else an `InputError("<message>, got <value>")`."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InputError(f"{message}, got {value!r}")
+    return value

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from monai.networks.nets import BasicUNet
 from torch import nn
 
-from bundle.errors import InputError
+from bundle.errors import InputError, check_whole_number
 from bundle.kspace import data_consistency
 
 
@@ -41,9 +41,7 @@ def slices_per_call(batch_size: int, height: int, width: int, device: str | torc
 
 def check_cpu_batch_pixels(value: int) -> int:
     """`value` if it is a usable `cpu_batch_pixels` (a whole number >= 1), else an `InputError`."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InputError(f"cpu_batch_pixels must be a whole number of pixels >= 1, got {value!r}")
-    return value
+    return check_whole_number(value, "cpu_batch_pixels must be a whole number of pixels >= 1")
 
 
 def variant_features(variant: str) -> list[int]:
