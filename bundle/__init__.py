@@ -1,9 +1,23 @@
 """MONAI bundle components for deep-learning reconstruction: MRI from undersampled k-space, CT from
-sparse-view and low-dose scans."""
+sparse-view and low-dose scans, low-dose radiographs.
+
+Layers, each importing only those above it: `physics` (operators, noise, solvers: pure torch) ->
+`transforms` (MONAI transforms per modality) -> `data` (datalists, datasets, readers, writers) ->
+`networks`, `losses`, `metrics`, `checkpoints` -> `inference` (one runner, one reconstructor per
+modality), `evaluation`. `reporting` serves the scripts only. See README.md, "Architecture".
+"""
 
 from bundle import (
-    checkpoints, ct_data, ct_physics, ct_transforms, data, dicom, errors, evaluation, fastmri, inference, io, kspace, losses, metrics,
-    networks, readers, transforms, xray,
+    checkpoints,
+    data,
+    errors,
+    evaluation,
+    inference,
+    losses,
+    metrics,
+    networks,
+    physics,
+    transforms,
 )
 from bundle.data import SliceDataset, ensure_datalist, load_datalist
 from bundle.errors import InputError
@@ -12,8 +26,8 @@ from bundle.metrics import VolumeReconMetric
 from bundle.networks import ResidualUNet, load_checkpoint
 from bundle.transforms import CheckVolumed, ScaleByPercentiled, UndersampleKspaced
 
-__all__ = [
+__all__ = (
     "CheckVolumed", "InputError", "ResidualUNet", "SSIMWeightedLoss", "ScaleByPercentiled", "SliceDataset",
-    "UndersampleKspaced", "VolumeReconMetric", "data", "ensure_datalist", "errors", "evaluation", "inference",
-    "io", "kspace", "load_checkpoint", "load_datalist", "losses", "metrics", "networks", "transforms",
-]
+    "UndersampleKspaced", "VolumeReconMetric", "checkpoints", "data", "ensure_datalist", "errors", "evaluation",
+    "inference", "load_checkpoint", "load_datalist", "losses", "metrics", "networks", "physics", "transforms",
+)

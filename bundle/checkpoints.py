@@ -130,6 +130,8 @@ class StopOnNonFiniteLoss:
     def __call__(self, engine: Engine) -> None:
         output = engine.state.output
         loss = output.get("loss") if isinstance(output, Mapping) else output
+        if loss is None:
+            return
         value = float(loss.detach().float().mean()) if torch.is_tensor(loss) else float(loss)
         if not math.isfinite(value):
             where = f" in {self.ckpt_dir}" if self.ckpt_dir else ""

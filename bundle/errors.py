@@ -62,3 +62,12 @@ def check_whole_number(value, message: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise InputError(f"{message}, got {value!r}")
     return value
+
+
+def as_bool(value: bool | str, name: str) -> bool:
+    """Booleans from the command line arrive as "true"/"false" strings (Fire keeps them as text)."""
+    if isinstance(value, str):
+        if value.strip().lower() not in ("true", "false", "1", "0", "yes", "no"):
+            raise InputError(f"{name} must be true or false, got {value!r}")
+        return value.strip().lower() in ("true", "1", "yes")
+    return bool(value)

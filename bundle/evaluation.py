@@ -8,29 +8,35 @@ import csv
 import io
 import json
 import logging
+import math
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from functools import partial
+from types import MappingProxyType
 
 from monai.engines import SupervisedEvaluator
 
-from bundle.comparison import summarize
-from bundle.io import write_text_atomic
-from bundle.transforms import UndersampleKspaced
+from bundle.data.io import write_text_atomic
+from bundle.transforms.mri import UndersampleKspaced
 
 logger = logging.getLogger(__name__)
 
-METHODS = {"network": "val", "zero_filled": "zf"}
-CT_METHODS = {"fbp": "fbp", "network": "val"}
-CT_DC_METHODS = {"network_dc": "val"}  # the same network output after data consistency with the scan
-XRAY_METHODS = {"network": "val", "low_dose": "noisy"}
+METHODS = MappingProxyType({"network": "val", "zero_filled": "zf"})
+CT_METHODS = MappingProxyType({"fbp": "fbp", "network": "val"})
+CT_DC_METHODS = MappingProxyType({"network_dc": "val"})  # the same network output after data consistency with the scan
+XRAY_METHODS = MappingProxyType({"network": "val", "low_dose": "noisy"})
 REPORTED = ("ssim", "psnr", "nmse", "vif", "ssim_fastmri")  # those present in the evaluator's metrics
-LABELS = {"ssim": "SSIM", "psnr": "PSNR (dB)", "nmse": "NMSE", "vif": "VIF", "ssim_fastmri": "SSIM (fastMRI)"}
+LABELS = MappingProxyType({"ssim": "SSIM", "psnr": "PSNR (dB)", "nmse": "NMSE", "vif": "VIF", "ssim_fastmri": "SSIM (fastMRI)"})
 
 
 def mean_std(values: Sequence[float]) -> dict[str, float]:
-    """Mean, sample std and count of `values` (the summary of `bundle.comparison.summarize`)."""
-    s = summarize(values)
-    return {"mean": s["mean"], "std": s["std"], "n": s["n"]}
+    """Mean, sample standard deviation (0 for one value) and count of `values`."""
+    n = len(values)
+    if n == 0:
+        raise ValueError("no values to summarize")
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+    return {"mean": mean, "std": std, "n": n}
 
 
 def markdown_table(summary: Mapping, setting: str = "acceleration", suffix: str = "x") -> str:
@@ -63,7 +69,7 @@ def evaluate_accelerations(
     Returns:
         {"<acc>": {"network"|"zero_filled": {"ssim"|"psnr"|"nmse": {"mean", "std", "n"}}}}
     """
-    settings = [(f"{float(a):g}", lambda a=a: undersample.set_accelerations([a])) for a in accelerations]
+    settings = [(f"{float(a):g}", partial(undersample.set_accelerations, [a])) for a in accelerations]
     return evaluate_settings(evaluator, settings, output_dir, METHODS, "acceleration", "x")
 
 
@@ -86,11 +92,11 @@ def evaluate_views(
         acquisition.set_views(v)
         dataset.recache(dataset.cache_transform)
 
-    settings = []
+    settings: list[tuple] = []
     for v in views:
-        settings.append((f"{int(v)}", lambda v=v: apply(v), CT_METHODS))
+        settings.append((f"{int(v)}", partial(apply, v), CT_METHODS))
         if iterations > 0:  # the same cached scans, now with data consistency
-            settings.append((f"{int(v)}", lambda: dc(iterations), CT_DC_METHODS))
+            settings.append((f"{int(v)}", partial(dc, iterations), CT_DC_METHODS))
     try:
         return evaluate_settings(evaluator, settings, output_dir, CT_METHODS, "views", " views")
     finally:
@@ -100,13 +106,13 @@ def evaluate_views(
 def evaluate_doses(evaluator: SupervisedEvaluator, noise, doses: Sequence[float], output_dir: str) -> dict:
     """Radiographs: run `evaluator` once per dose (photons per pixel at signal 1), changing
     `noise` (the deterministic `LowDoseRadiographd` of its data). Network vs the low-dose image."""
-    settings = [(f"{float(i0):g}", lambda i0=i0: noise.set_dose(i0)) for i0 in doses]
+    settings = [(f"{float(i0):g}", partial(noise.set_dose, i0)) for i0 in doses]
     return evaluate_settings(evaluator, settings, output_dir, XRAY_METHODS, "photons per pixel", "")
 
 
 def evaluate_settings(
     evaluator: SupervisedEvaluator,
-    settings: Sequence[tuple[str, Callable[[], None]]],
+    settings: Sequence[tuple],
     output_dir: str,
     methods: Mapping[str, str] = METHODS,
     setting_name: str = "acceleration",
@@ -116,9 +122,11 @@ def evaluate_settings(
     metrics of each method (`methods`: name -> metric prefix in the evaluator); then write them.
     A setting may carry its own methods, (label, apply, methods): several runs of one label then
     add rows to it (e.g. CT with and without data consistency)."""
-    rows, summary, names = [], {}, ["ssim"]
+    rows: list[list] = []
+    summary: dict[str, dict] = {}
+    names = ["ssim"]
     for key, apply, *own in settings:
-        run_methods = own[0] if own else methods
+        run_methods: Mapping[str, str] = own[0] if own else methods
         apply()
         evaluator.run()
         details = evaluator.state.metric_details or {}

@@ -160,7 +160,7 @@ class VolumeAccumulator:
         acc = self.volumes.setdefault(volume, {"ssim_sum": 0.0, "ssim_fastmri_sum": 0.0, "slices": 0, "sse": 0.0,
                                                "voxels": 0, "ref2": 0.0, "vif_num": 0.0, "vif_den": 0.0})
         if "ssim" in self.metrics:
-            acc["ssim_sum"] += float(self.ssim(p, r).sum())
+            acc["ssim_sum"] += float(torch.as_tensor(self.ssim(p, r)).sum())
         if "ssim_fastmri" in self.metrics:
             acc["ssim_fastmri_sum"] += float(ssim_fastmri(p, r, 1.0).sum())
         if "vif" in self.metrics:
@@ -259,6 +259,18 @@ class VolumeReconMetric(Metric):
 
     def completed(self, engine: Engine, name: str) -> None:
         super().completed(engine, name)
-        if getattr(engine.state, "metric_details", None) is None:
-            engine.state.metric_details = {}
-        engine.state.metric_details[name] = self.values()
+        details = getattr(engine.state, "metric_details", None)  # MONAI's engines add this field
+        if details is None:
+            details = {}
+            setattr(engine.state, "metric_details", details)  # noqa: B010 (an attribute ignite's State does not declare)
+        details[name] = self.values()
+
+
+def reconstruction_metrics(metrics: Sequence[str], baseline: str, clip: Sequence[float] | None = None) -> dict:
+    """The evaluator's additional metrics: `val_<m>` of the network's output ("pred") for each of
+    `metrics`, and `<baseline>_<m>` of its input (the classical baseline: "zf" zero-filled, "fbp",
+    "noisy") for SSIM and each of `metrics`; both images clipped to `clip` when given."""
+    out = {f"val_{m}": VolumeReconMetric(m, pred_key="pred", clip=clip) for m in metrics}
+    for m in ("ssim", *metrics):
+        out[f"{baseline}_{m}"] = VolumeReconMetric(m, pred_key="image", clip=clip)
+    return out

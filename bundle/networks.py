@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 import os
+from collections.abc import Sequence
+from types import MappingProxyType
 from typing import Optional
 
 import torch
@@ -11,37 +12,12 @@ import torch.nn.functional as F
 from monai.networks.nets import BasicUNet
 from torch import nn
 
-from bundle.errors import InputError, check_whole_number
-from bundle.kspace import data_consistency
-
+from bundle.errors import InputError, as_bool
+from bundle.physics.mri import data_consistency
 
 # Named feature sets of the residual BasicUNet: "light" has a quarter of the parameters and FLOPs,
 # for small machines (its quality and speed are in the model card).
-VARIANTS = {"standard": (16, 16, 32, 64, 128, 16), "light": (8, 8, 16, 32, 64, 8)}
-
-
-# On the CPU the network runs fastest on a few slices per call: oneDNN's convolutions over many
-# pixels with few channels spill the caches. Measured on the 2-core development CPU with the
-# trained model (VolumeReconstructor, all slices of a volume; there the outputs were equal to the
-# bit, in general other batch sizes may round differently): 256 x 256, 40 slices, 32 per call
-# 4.2-4.4 s, 16 3.7-4.1 s, 4 2.8-2.9 s, 2 2.2-2.3 s, 1 2.5 s; 384 x 384, 8 slices, 2 per call
-# 1.6 s against 2.0-2.3 s for 4 to 32; 120 x 120, 4 to 8 per call best. Accelerators take the
-# whole batch in one call.
-CPU_BATCH_PIXELS = 2**17
-
-
-def slices_per_call(batch_size: int, height: int, width: int, device: str | torch.device,
-                    max_pixels: int = CPU_BATCH_PIXELS) -> int:
-    """Slices per network call: `batch_size` on accelerators; on the CPU as many as fit in
-    `max_pixels` pixels (at least 1, at most `batch_size`)."""
-    if torch.device(device).type != "cpu":
-        return max(1, int(batch_size))
-    return max(1, min(int(batch_size), int(max_pixels) // max(1, height * width)))
-
-
-def check_cpu_batch_pixels(value: int) -> int:
-    """`value` if it is a usable `cpu_batch_pixels` (a whole number >= 1), else an `InputError`."""
-    return check_whole_number(value, "cpu_batch_pixels must be a whole number of pixels >= 1")
+VARIANTS = MappingProxyType({"standard": (16, 16, 32, 64, 128, 16), "light": (8, 8, 16, 32, 64, 8)})
 
 
 def variant_features(variant: str) -> list[int]:
@@ -49,15 +25,6 @@ def variant_features(variant: str) -> list[int]:
     if variant not in VARIANTS:
         raise InputError(f"unknown model_variant {variant!r}: expected one of {', '.join(VARIANTS)}")
     return list(VARIANTS[variant])
-
-
-def as_bool(value: bool | str, name: str) -> bool:
-    """Booleans from the command line arrive as "true"/"false" strings (Fire keeps them as text)."""
-    if isinstance(value, str):
-        if value.strip().lower() not in ("true", "false", "1", "0", "yes", "no"):
-            raise InputError(f"{name} must be true or false, got {value!r}")
-        return value.strip().lower() in ("true", "1", "yes")
-    return bool(value)
 
 
 class ResidualUNet(nn.Module):

@@ -23,7 +23,7 @@ import sys
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
 
-from bundle.comparison import (  # noqa: E402
+from bundle.reporting.comparison import (  # noqa: E402
     add_report_arguments,
     compare_volumes,
     cs_method,
@@ -37,8 +37,8 @@ from bundle.comparison import (  # noqa: E402
 )
 from bundle.data import load_datalist  # noqa: E402
 from bundle.errors import InputError  # noqa: E402
-from bundle.figures import comparison_panel  # noqa: E402
-from bundle.io import write_text_atomic  # noqa: E402
+from bundle.reporting.figures import comparison_panel  # noqa: E402
+from bundle.data.io import write_text_atomic  # noqa: E402
 from bundle.networks import load_checkpoint  # noqa: E402
 
 

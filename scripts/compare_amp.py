@@ -28,7 +28,7 @@ from scipy import stats
 ROOT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 sys.path.insert(0, ROOT)
 
-from bundle.io import write_text_atomic  # noqa: E402
+from bundle.data.io import write_text_atomic  # noqa: E402
 
 BUNDLE = [sys.executable, "-m", "monai.bundle", "run"]
 META = ["--meta_file", "configs/metadata.json", "--logging_file", "configs/logging.conf"]

@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bundle.io import tmp_path_beside  # noqa: E402
+from bundle.data.io import atomic_output  # noqa: E402
 from bundle.networks import load_checkpoint  # noqa: E402
 
 
@@ -41,27 +41,17 @@ def build_network(config: str, ckpt: str) -> torch.nn.Module:
 def export_torchscript(config: str, meta: str, ckpt: str, out: str) -> None:
     from monai.bundle import ckpt_export
 
-    tmp = tmp_path_beside(out, ".ts")
-    try:
+    with atomic_output(out, ".ts") as tmp:
         ckpt_export(net_id="network_def", filepath=tmp, ckpt_file=ckpt, meta_file=meta, config_file=config)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def export_onnx(net: torch.nn.Module, out: str, size: int) -> None:
     example = torch.rand(1, 1, size, size)
-    tmp = tmp_path_beside(out, ".onnx")
-    try:
+    with atomic_output(out, ".onnx") as tmp:
         torch.onnx.export(
             net, (example,), tmp, input_names=["image"], output_names=["pred"], opset_version=17, dynamo=False,
             dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"}, "pred": {0: "batch", 2: "height", 3: "width"}},
         )
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def compare(net: torch.nn.Module, ts_path: str, onnx_path: str | None, sizes: list[int]) -> dict[str, float]:

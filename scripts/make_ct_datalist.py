@@ -24,8 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from bundle.ct_data import pip_ct_slice  # noqa: E402
-from bundle.io import write_text_atomic  # noqa: E402
+from bundle.data.demo import pip_ct_slice  # noqa: E402
+from bundle.data.io import write_text_atomic  # noqa: E402
 
 SHARED_CT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ct"
 

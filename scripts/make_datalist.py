@@ -20,7 +20,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from bundle.io import is_nifti, write_text_atomic  # noqa: E402
+from bundle.data.io import is_nifti, write_text_atomic  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

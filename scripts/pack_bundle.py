@@ -20,6 +20,9 @@ import sys
 import zipfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from bundle.data.io import atomic_output  # noqa: E402
 BUNDLE_NAME = "mri_ct_reconstruction"
 INCLUDE = ("configs", "models", "bundle", "scripts", "docs", "LICENSE")
 SKIP_DIRS = {"__pycache__", ".pytest_cache", ".ipynb_checkpoints"}
@@ -49,15 +52,9 @@ def pack(out_dir: str, root: str = ROOT, name: str = BUNDLE_NAME) -> str:
         version = json.load(f)["version"]
     os.makedirs(out_dir, exist_ok=True)
     target = os.path.join(out_dir, f"{name}_v{version}.zip")
-    tmp = target + ".tmp"
-    try:
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-            for rel in bundle_files(root):
-                zf.write(os.path.join(root, rel), f"{name}/{rel}")
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_output(target, ".zip") as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for rel in bundle_files(root):
+            zf.write(os.path.join(root, rel), f"{name}/{rel}")
     return target
 
 

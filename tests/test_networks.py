@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from bundle.errors import InputError
-from bundle.kspace import cartesian_mask, data_consistency, fft2c, undersample
+from bundle.physics.mri import cartesian_mask, data_consistency, fft2c, undersample
 from bundle.networks import ResidualUNet, load_checkpoint
 
 

@@ -1,0 +1,20 @@
+"""Inference: one runner (`InferenceRunner`: load and check every input, orient, reconstruct,
+write atomically) and one small reconstructor per modality, plus the MONAI inferers that MONAI
+Label and the evaluation engines call.
+
+- `runner`: `InferenceRunner`, `resolve_inputs`, `ras_spacing`;
+- `batching`: slices per network call and the batched network loop;
+- `mri`: `MRIReconstructor`, `SliceReconstructionInferer`;
+- `ct`: `CTReconstructor`, `CTConsistencyInferer`;
+- `xray`: `RadiographReconstructor`.
+"""
+
+from bundle.inference.ct import CTConsistencyInferer, CTReconstructor
+from bundle.inference.mri import MRIReconstructor, SliceReconstructionInferer
+from bundle.inference.runner import InferenceRunner, ras_spacing, resolve_inputs
+from bundle.inference.xray import RadiographReconstructor
+
+__all__ = (
+    "CTConsistencyInferer", "CTReconstructor", "InferenceRunner", "MRIReconstructor", "RadiographReconstructor",
+    "SliceReconstructionInferer", "ras_spacing", "resolve_inputs",
+)

@@ -1,0 +1,159 @@
+"""The inference runner: every input of a folder (or list) loaded and checked before anything is
+written, reoriented to RAS, reconstructed by a modality's reconstructor, and written back in the
+input's geometry, atomically.
+
+A reconstructor is a small object per modality that holds no state between volumes:
+
+- `outputs`: the names of its outputs (`<name>_<output>.nii.gz`), e.g. ("recon", "fbp");
+- `dicom_outputs`: those also written as a derived DICOM series for DICOM inputs;
+- `accepts_prospective`: whether it takes undersampled k-space (fastMRI files with a mask);
+- `check(path, volume, spacing) -> dict`: checks an input (RAS volume, spacing in mm) and returns
+  the extra inputs it needs (e.g. a measured sinogram beside the file), or raises `InputError`;
+- `reconstruct(volume, spacing, name, **extra) -> {output: array}`: RAS volume in, RAS arrays out.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import nibabel as nib
+import numpy as np
+from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
+from tqdm import tqdm
+
+from bundle.data.dicom import write_dicom_series
+from bundle.data.io import save_nifti_like
+from bundle.data.readers import InputVolume, list_inputs, load_input, output_stem
+from bundle.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_inputs(input_dir: str, datalist: str | None = None, key: str = "test") -> list[str]:
+    """The inputs to reconstruct: every input in `input_dir`, or the `key` list of a MONAI
+    datalist whose paths are relative to `input_dir`."""
+    if datalist is None:
+        return list_inputs(input_dir)
+    from bundle.data.datalists import load_datalist
+
+    return [item["image"] for item in load_datalist(datalist, input_dir, key)]
+
+
+def ras_spacing(img: nib.Nifti1Image, to_ras: np.ndarray) -> tuple[float, float, float]:
+    """Voxel sizes (mm) of `img` along the axes of its RAS-reoriented array."""
+    zooms = [float(z) for z in img.header.get_zooms()[:3]]
+    out = [1.0, 1.0, 1.0]
+    for i, (axis, _) in enumerate(to_ras):
+        out[int(axis)] = zooms[i]
+    return (out[0], out[1], out[2])
+
+
+class Reconstructor:
+    """The defaults of the reconstructor interface (module docstring): one "recon" output, also
+    written as DICOM for DICOM inputs; fully sampled inputs only; no checks or extra inputs.
+    Subclasses add `reconstruct(volume, spacing, name, **extra)` with the extra inputs they take."""
+
+    outputs: tuple[str, ...] = ("recon",)
+    dicom_outputs: tuple[str, ...] = ("recon",)
+    accepts_prospective = False
+
+    def check(self, path: str, volume: np.ndarray, spacing: Sequence[float]) -> dict:
+        return {}
+
+
+@dataclass
+class _Prepared:
+    """An input loaded and checked, ready to reconstruct: its RAS volume and spacing, the
+    orientation back to the input's, and the reconstructor's extra inputs."""
+
+    item: InputVolume
+    stem: str
+    volume: np.ndarray
+    spacing: tuple[float, float, float]
+    from_ras: np.ndarray
+    extra: dict = field(default_factory=dict)
+
+
+class InferenceRunner:
+    """Reconstruct every input (a folder, or a list of NIfTI files, DICOM series folders and
+    fastMRI HDF5 files) into `output_dir` with `reconstructor`.
+
+    Args:
+        reconstructor: the modality's reconstructor (see the module docstring).
+        output_dicom: DICOM inputs also get `<name>_<output>_dicom/`, a derived series
+            referencing the source, for each of the reconstructor's `dicom_outputs`.
+        series_uid: the series to read from DICOM folders that hold several.
+        progress: a progress bar over the volumes.
+    """
+
+    def __init__(self, reconstructor, output_dicom: bool = False, series_uid: str | None = None,
+                 progress: bool = True) -> None:
+        self.reconstructor = reconstructor
+        self.output_dicom = bool(output_dicom)
+        self.series_uid = series_uid
+        self.progress = progress
+
+    def prepare(self, path: str) -> _Prepared:
+        """Load and check one input; nothing is written."""
+        rec = self.reconstructor
+        item = load_input(path, self.series_uid)
+        if item.prospective and not rec.accepts_prospective:
+            raise InputError(f"{item.path}: undersampled MRI k-space is not an input of this reconstructor "
+                             f"(outputs {', '.join(rec.outputs)}); use configs/inference.yaml")
+        to_ras = io_orientation(item.reference.affine)
+        from_ras = ornt_transform(axcodes2ornt(("R", "A", "S")), to_ras)
+        spacing = ras_spacing(item.reference, to_ras)
+        volume = apply_orientation(item.data, to_ras)  # a view: no copy
+        extra = rec.check(item.path, volume, spacing)
+        if item.prospective:  # fastMRI volumes are (h, w, slices) with a diagonal affine: already RAS
+            extra["kspace_grid"] = item.kspace_grid
+        return _Prepared(item, output_stem(path), volume, spacing, from_ras, extra)
+
+    def run(self, inputs: Sequence[str] | str, output_dir: str) -> list[str]:
+        """Every input is loaded and checked, and the output folder too, before anything is
+        written. Returns the written paths."""
+        files = list_inputs(inputs) if isinstance(inputs, str) else list(inputs)
+        if not files:
+            raise InputError("no input volumes given")
+        stems: dict[str, str] = {}
+        for f in files:
+            other = stems.setdefault(output_stem(f), f)
+            if other != f:
+                raise InputError(f"{f}: has the same name as {other}; their outputs would overwrite each other")
+        prepared = [self.prepare(f) for f in files]  # all errors before any output
+        suffixes = tuple(f"_{name}" for name in self.reconstructor.outputs)
+        out_abs = os.path.abspath(output_dir)
+        for f in files:
+            if os.path.dirname(os.path.abspath(f)) == out_abs and output_stem(f).endswith(suffixes):
+                raise InputError(f"{f}: looks like an output of this bundle; use another input_dir")
+        check_output_dir(output_dir)
+        written: list[str] = []
+        for p in tqdm(prepared, desc="reconstructing", unit="vol", disable=not self.progress):
+            result = self.reconstructor.reconstruct(p.volume, p.spacing, p.stem, **p.extra)
+            result = {key: apply_orientation(value, p.from_ras) for key, value in result.items()}
+            for key, value in result.items():
+                out = os.path.join(output_dir, f"{p.stem}_{key}.nii.gz")
+                save_nifti_like(value, p.item.reference, out)
+                written.append(out)
+            if self.output_dicom and p.item.series is not None:
+                for key in self.reconstructor.dicom_outputs:
+                    out = os.path.join(output_dir, f"{p.stem}_{key}_dicom")
+                    written += write_dicom_series(result[key], p.item.series, out,
+                                                  description=f"{key} (deep-learning reconstruction bundle)")
+            logger.info("%s -> %s_{%s}.nii.gz", p.item.path, os.path.join(output_dir, p.stem), ",".join(result))
+        return written
+
+
+def check_output_dir(output_dir: str) -> None:
+    """Make `output_dir` if needed; an `InputError` if it cannot hold outputs."""
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise InputError(f"output_dir {output_dir}: exists and is not a folder")
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"output_dir {output_dir}: cannot be created ({e.strerror})") from None
+    if not os.access(output_dir, os.W_OK | os.X_OK):
+        raise InputError(f"output_dir {output_dir}: not writable")

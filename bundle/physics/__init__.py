@@ -1,0 +1,10 @@
+"""Acquisition physics in pure torch: operators (A, A_adjoint, normal, norm), the noise of counting
+detectors, and generic solvers. No MONAI, no files: tensors in, tensors out.
+
+- `operator`: the `LinearOperator` interface and power iteration.
+- `mri`: centred FFTs, Cartesian masks, `CartesianSingleCoil`, hard k-space data consistency.
+- `ct_geometry`, `ct`, `ct_matrix`: the parallel-beam geometry, `ParallelBeamProjector` (with FBP
+  and its own caches) and its sparse system matrix; CT data consistency.
+- `noise`: Poisson-Gaussian counts and the dose checks (CT and radiography).
+- `solvers`, `wavelets`: conjugate gradients, FISTA, the Haar-wavelet L1 prox.
+"""

@@ -1,0 +1,195 @@
+"""The CT geometry: Hounsfield units and attenuation, the parallel-beam acquisition, the sample
+points of its rays and pixels, and the shape checks of images and sinograms. Pure torch.
+
+Conventions (all lengths in mm): pixel (i, j) of an (H, W) image with spacing (sy, sx) has its
+centre at x = (j - (W - 1) / 2) * sx, y = (i - (H - 1) / 2) * sy. The ray of view angle theta and
+detector position t is {t * (cos theta, -sin theta) + s * (sin theta, cos theta)} in (x, y), the
+convention of scikit-image's `radon` (theta = 0 sums the image along its rows).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from bundle.errors import InputError
+
+MU_WATER = 0.0192  # linear attenuation of water in 1/mm at about 70 keV (NIST XCOM: 0.193 cm^2/g)
+
+
+def hu_to_mu(hu: torch.Tensor, mu_water: float = MU_WATER) -> torch.Tensor:
+    """Hounsfield units -> linear attenuation (1/mm), negative values (below air) clipped to 0."""
+    return (mu_water * (1.0 + hu / 1000.0)).clamp_min(0.0)
+
+
+def mu_to_hu(mu: torch.Tensor, mu_water: float = MU_WATER) -> torch.Tensor:
+    """Linear attenuation (1/mm) -> Hounsfield units."""
+    return 1000.0 * (mu / mu_water - 1.0)
+
+
+@dataclass(frozen=True)
+class ParallelBeamGeometry:
+    """A 2D parallel-beam acquisition.
+
+    Args:
+        image_shape: (H, W) of the reconstructed image.
+        pixel_spacing: (sy, sx) in mm.
+        n_views: number of projection angles, evenly spaced over `angular_range` (endpoint excluded).
+        angular_range: degrees covered by the views (180 for a full parallel-beam scan).
+        start_angle: degrees of the first view.
+        n_detectors: detector bins; default enough to cover the image diagonal.
+        detector_spacing: mm between detector bins; default the smaller pixel spacing.
+        ray_step: mm between samples along each ray; default the smaller pixel spacing.
+        view_indices: optional subset of a full set of views: the angles are then
+            `start + view_indices * angular_range / full_views` (sparse-view acquisitions).
+        full_views: the size of the full set that `view_indices` index.
+    """
+
+    image_shape: tuple[int, int]
+    pixel_spacing: tuple[float, float] = (1.0, 1.0)
+    n_views: int = 180
+    angular_range: float = 180.0
+    start_angle: float = 0.0
+    n_detectors: int | None = None
+    detector_spacing: float | None = None
+    ray_step: float | None = None
+    view_indices: tuple[int, ...] | None = None
+    full_views: int | None = None
+
+    def __post_init__(self) -> None:
+        h, w = (int(v) for v in self.image_shape)
+        if h < 2 or w < 2:
+            raise InputError(f"image shape must be at least 2 x 2, got {tuple(self.image_shape)}")
+        sy, sx = (float(v) for v in self.pixel_spacing)
+        if not (sy > 0 and sx > 0 and math.isfinite(sy) and math.isfinite(sx)):
+            raise InputError(f"pixel spacing must be positive, got {tuple(self.pixel_spacing)}")
+        if int(self.n_views) < 1:
+            raise InputError(f"the number of views must be at least 1, got {self.n_views}")
+        if not 0 < float(self.angular_range) <= 360:
+            raise InputError(f"angular_range must be in (0, 360] degrees, got {self.angular_range}")
+        if self.n_detectors is not None and int(self.n_detectors) < 1:
+            raise InputError(f"n_detectors must be at least 1, got {self.n_detectors}")
+        if self.view_indices is not None:
+            if self.full_views is None or len(self.view_indices) != self.n_views:
+                raise InputError("view_indices needs full_views and one index per view")
+            if min(self.view_indices) < 0 or max(self.view_indices) >= self.full_views:
+                raise InputError(f"view indices must lie in [0, {self.full_views})")
+        object.__setattr__(self, "image_shape", (h, w))
+        object.__setattr__(self, "pixel_spacing", (sy, sx))
+        object.__setattr__(self, "n_views", int(self.n_views))
+
+    @property
+    def det_spacing(self) -> float:
+        return float(self.detector_spacing) if self.detector_spacing else min(self.pixel_spacing)
+
+    @property
+    def step(self) -> float:
+        return float(self.ray_step) if self.ray_step else min(self.pixel_spacing)
+
+    @property
+    def diagonal(self) -> float:
+        (h, w), (sy, sx) = self.image_shape, self.pixel_spacing
+        return math.hypot(h * sy, w * sx)
+
+    @property
+    def n_samples(self) -> int:
+        """Samples along each ray: enough to cross the image diagonal."""
+        return int(math.ceil(self.diagonal / self.step)) + 1
+
+    @property
+    def n_det(self) -> int:
+        if self.n_detectors:
+            return int(self.n_detectors)
+        return int(math.ceil(self.diagonal / self.det_spacing)) | 1  # odd: a bin through the centre
+
+    @property
+    def sinogram_shape(self) -> tuple[int, int]:
+        return (self.n_views, self.n_det)
+
+    def angles(self) -> torch.Tensor:
+        """View angles in radians, (n_views,) float64."""
+        if self.view_indices is not None and self.full_views is not None:
+            idx = torch.tensor(self.view_indices, dtype=torch.float64)
+            deg = self.start_angle + idx * self.angular_range / self.full_views
+        else:
+            deg = self.start_angle + torch.arange(self.n_views, dtype=torch.float64) * self.angular_range / self.n_views
+        return torch.deg2rad(deg)
+
+
+def sparse_view_geometry(
+    image_shape: tuple[int, int],
+    pixel_spacing: tuple[float, float],
+    n_views: int,
+    full_views: int = 720,
+    angular_range: float = 180.0,
+    **kwargs,
+) -> ParallelBeamGeometry:
+    """`n_views` evenly chosen from a full set of `full_views` angles (e.g. 720 -> 60: every 12th)."""
+    n_views, full_views = int(n_views), int(full_views)
+    if n_views < 1:
+        raise InputError(f"the number of views must be at least 1, got {n_views}")
+    if full_views < 1:
+        raise InputError(f"full_views must be at least 1, got {full_views}")
+    if n_views > full_views:
+        raise InputError(f"{n_views} views requested but the full acquisition has only {full_views}")
+    idx = tuple(int(i) for i in torch.floor(torch.arange(n_views, dtype=torch.float64) * full_views / n_views))
+    return ParallelBeamGeometry(
+        image_shape, pixel_spacing, n_views=n_views, angular_range=angular_range, view_indices=idx,
+        full_views=full_views, **kwargs,
+    )
+
+
+
+def make_ray_grid(geom: ParallelBeamGeometry, views: slice, device, dtype) -> torch.Tensor:
+    """(1, V*D, S, 2) grid_sample coordinates of the sample points of the rays of `views`,
+    every `geom.step` mm along each ray (align_corners=False)."""
+    (h, w), (sy, sx) = geom.image_shape, geom.pixel_spacing
+    theta = geom.angles()[views].to(device)
+    n_s = geom.n_samples
+    t = (torch.arange(geom.n_det, device=device, dtype=torch.float64) - (geom.n_det - 1) / 2) * geom.det_spacing
+    s = (torch.arange(n_s, device=device, dtype=torch.float64) - (n_s - 1) / 2) * geom.step
+    cos, sin = torch.cos(theta)[:, None, None], torch.sin(theta)[:, None, None]
+    x = t[None, :, None] * cos + s[None, None, :] * sin  # (V, D, S) mm
+    y = -t[None, :, None] * sin + s[None, None, :] * cos
+    # align_corners=False: -1 and 1 are the outer edges of the border pixels
+    grid = torch.stack([x / (w * sx / 2), y / (h * sy / 2)], dim=-1)
+    return grid.reshape(1, -1, n_s, 2).to(dtype)
+
+
+def make_pixel_grid(geom: ParallelBeamGeometry, views: slice, device, dtype) -> torch.Tensor:
+    """(1, v, H*W, 2) grid_sample coordinates of each pixel's detector position in each view."""
+    (h, w), (sy, sx) = geom.image_shape, geom.pixel_spacing
+    theta = geom.angles()[views].to(device)
+    idx = torch.arange(views.start, views.stop, device=device, dtype=torch.float64)
+    x = ((torch.arange(w, device=device, dtype=torch.float64) - (w - 1) / 2) * sx)[None, :]
+    y = ((torch.arange(h, device=device, dtype=torch.float64) - (h - 1) / 2) * sy)[:, None]
+    t = x * torch.cos(theta)[:, None, None] - y * torch.sin(theta)[:, None, None]  # (v, H, W) mm
+    u = t / geom.det_spacing + (geom.n_det - 1) / 2  # detector index
+    gx = (2 * u + 1) / geom.n_det - 1  # align_corners=False
+    gy = ((2 * idx + 1) / geom.n_views - 1)[:, None, None].expand_as(gx)
+    return torch.stack([gx, gy], dim=-1).reshape(1, len(idx), h * w, 2).to(dtype)
+
+
+
+def check_image(image: torch.Tensor, geom: ParallelBeamGeometry) -> torch.Tensor:
+    if image.ndim < 2 or tuple(image.shape[-2:]) != geom.image_shape:
+        raise InputError(f"image of shape {tuple(image.shape)} does not match the geometry's {geom.image_shape}")
+    return image
+
+
+def check_sinogram_shape(sinogram: torch.Tensor, geom: ParallelBeamGeometry, name: str = "sinogram") -> None:
+    if sinogram.ndim < 2 or tuple(sinogram.shape[-2:]) != geom.sinogram_shape:
+        raise InputError(
+            f"{name} of shape {tuple(sinogram.shape)} does not match the geometry: expected (..., views, detectors) "
+            f"= (..., {geom.n_views}, {geom.n_det})"
+        )
+
+
+def check_sinogram(sinogram: torch.Tensor, geom: ParallelBeamGeometry, name: str = "sinogram") -> torch.Tensor:
+    """An `InputError` unless `sinogram` is (..., n_views, n_detectors) for `geom` and finite."""
+    check_sinogram_shape(sinogram, geom, name)
+    if not torch.isfinite(sinogram).all():
+        raise InputError(f"{name} contains NaN or infinite values")
+    return sinogram

@@ -1,0 +1,36 @@
+"""MONAI dictionary transforms that the configs compose, one module per modality over the physics
+layer: `base` (checks, normalisation, seeded simulation), `mri`, `ct`, `xray`.
+
+The names are re-exported here, so configs may say `bundle.transforms.<Name>`."""
+
+from bundle.transforms.base import (
+    CheckVolumed,
+    RestoreScaled,
+    ScaleByPercentiled,
+    SliceSeededTransform,
+    percentile_scale,
+    slice_seed,
+    source_name,
+)
+from bundle.transforms.ct import (
+    DISPLAY_WINDOWS,
+    HU_CHECKS,
+    HU_WINDOW,
+    CTAcquisition,
+    CTDataConsistency,
+    HounsfieldWindowd,
+    SimulateCTd,
+    check_hu,
+    hu_problem,
+    hu_to_unit,
+    unit_to_hu,
+)
+from bundle.transforms.mri import UndersampleKspaced, check_acquisition
+from bundle.transforms.xray import LowDoseRadiographd
+
+__all__ = (
+    "DISPLAY_WINDOWS", "HU_CHECKS", "HU_WINDOW", "CTAcquisition", "CTDataConsistency", "CheckVolumed",
+    "HounsfieldWindowd", "LowDoseRadiographd", "RestoreScaled", "ScaleByPercentiled", "SimulateCTd",
+    "SliceSeededTransform", "UndersampleKspaced", "check_acquisition", "check_hu", "hu_problem", "hu_to_unit",
+    "percentile_scale", "slice_seed", "source_name", "unit_to_hu",
+)
