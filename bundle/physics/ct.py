@@ -5,15 +5,12 @@ Batched over slices, differentiable, on CPU or GPU. Written here because neither
 required packages ship a Radon transform (scikit-image's `radon`/`iradon` are NumPy, one image at a
 time, and serve only as the reference in the tests).
 
-Geometry (all lengths in mm): pixel (i, j) of an (H, W) image with spacing (sy, sx) has its centre
-at x = (j - (W - 1) / 2) * sx, y = (i - (H - 1) / 2) * sy. The ray of view angle theta and
-detector position t is {t * (cos theta, -sin theta) + s * (sin theta, cos theta)} in (x, y), the
-convention of scikit-image's `radon` (theta = 0 sums the image along its rows); its line
-integral is sampled every `ray_step` mm with bilinear interpolation (Joseph-style, via
-`grid_sample`). The back-projector is the exact adjoint of that projector (the backward kernel of
-the same `grid_sample`), so <A x, y> = <x, A^T y> to float precision. Solvers that apply both
-many times use the same operator as an explicit sparse matrix (`bundle.physics.ct_matrix`), which
-the projector builds and keeps once the work done with it repays the build.
+The geometry's conventions are in `bundle.physics.ct_geometry`. Each ray's line integral is
+sampled every `ray_step` mm with bilinear interpolation (Joseph-style, via `grid_sample`). The
+back-projector is the exact adjoint of that projector (the backward kernel of the same
+`grid_sample`), so <A x, y> = <x, A^T y> to float precision. Solvers that apply both many times
+use the same operator as an explicit sparse matrix (`bundle.physics.ct_matrix`), which the
+projector builds and keeps once the work done with it repays the build.
 """
 
 from __future__ import annotations
