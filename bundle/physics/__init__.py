@@ -3,6 +3,8 @@ detectors, and generic solvers. No MONAI, no files: tensors in, tensors out.
 
 - `operator`: the `LinearOperator` interface and power iteration.
 - `mri`: centred FFTs, Cartesian masks, `CartesianSingleCoil`, hard k-space data consistency.
+- `mri_sense`: multi-coil `CartesianSense` (A = M F S), sensitivities from the calibration lines,
+  simulated birdcage sensitivities, root-sum-of-squares, CG-SENSE.
 - `ct_geometry`, `ct`, `ct_matrix`: the parallel-beam geometry, `ParallelBeamProjector` (with FBP
   and its own caches) and its sparse system matrix; CT data consistency.
 - `noise`: Poisson-Gaussian counts and the dose checks (CT and radiography).
