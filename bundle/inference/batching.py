@@ -4,6 +4,7 @@ loop that every reconstructor uses."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 
@@ -32,11 +33,10 @@ def check_cpu_batch_pixels(value: int) -> int:
 def in_batches(run: Callable[[slice], torch.Tensor | Mapping[str, torch.Tensor]], total: int, step: int):
     """`run(slice(start, stop))` on consecutive batches of `step` of `total` slices, the results
     concatenated along the first dimension (a tensor, or a dict of tensors)."""
-    parts = [run(slice(start, min(start + step, total))) for start in range(0, total, step)]
+    parts: list[Any] = [run(slice(start, min(start + step, total))) for start in range(0, total, step)]
     if parts and isinstance(parts[0], Mapping):
-        maps = [p for p in parts if isinstance(p, Mapping)]
-        return {key: torch.cat([p[key] for p in maps]) for key in maps[0]}
-    return torch.cat([p for p in parts if isinstance(p, torch.Tensor)])
+        return {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
+    return torch.cat(parts)
 
 
 def forward(network: torch.nn.Module, image: torch.Tensor, amp: bool, **inputs: torch.Tensor) -> torch.Tensor:

@@ -20,11 +20,12 @@ from bundle.inference.batching import CPU_BATCH_PIXELS, check_cpu_batch_pixels, 
 from bundle.inference.runner import Reconstructor
 from bundle.transforms.base import slice_seed
 from bundle.transforms.ct import (
-    HU_CHECKS,
     HU_WINDOW,
     CTAcquisition,
     CTDataConsistency,
     check_hu,
+    check_hu_mode,
+    check_hu_window,
     hu_to_unit,
     unit_to_hu,
 )
@@ -121,12 +122,8 @@ class CTReconstructor(Reconstructor):
         self.consistency_batch = consistency_batch
         self.acquisition = acquisition
         self.consistency = consistency
-        if not float(window[1]) > float(window[0]):
-            raise InputError(f"the HU window must be (low, high) with high > low, got {tuple(window)}")
-        self.window = (float(window[0]), float(window[1]))
-        if hu_check not in HU_CHECKS:
-            raise InputError(f"unknown hu_check {hu_check!r}: expected one of {', '.join(HU_CHECKS)}")
-        self.hu_check = hu_check
+        self.window = check_hu_window(window)
+        self.hu_check = check_hu_mode(hu_check)
 
     def check(self, path: str, volume: np.ndarray, spacing: Sequence[float]) -> dict:
         """The HU check, and the given sinogram beside `path` if there is one: {"sinogram": ...}."""

@@ -17,7 +17,7 @@ from bundle.errors import InputError
 from bundle.inference.batching import CPU_BATCH_PIXELS, check_cpu_batch_pixels, forward, in_batches, slices_per_call
 from bundle.inference.runner import Reconstructor
 from bundle.physics.mri import fft2c, undersample
-from bundle.transforms.base import percentile_scale
+from bundle.transforms.base import normalisation_scale
 from bundle.transforms.mri import UndersampleKspaced
 
 
@@ -148,9 +148,7 @@ class MRIReconstructor(Reconstructor):
     def _normalised_slices(self, volume: np.ndarray, axis: int, name: str) -> tuple[torch.Tensor, float]:
         """(S, H, W) float32 slices along `axis`, divided by the volume's percentile scale; the scale."""
         volume = np.ascontiguousarray(volume, dtype=np.float32)
-        scale = percentile_scale(torch.from_numpy(volume), self.percentile)
-        if scale <= 0:
-            raise InputError(f"{name}: no positive intensity to normalise")
+        scale = normalisation_scale(torch.from_numpy(volume), self.percentile, name)
         return torch.from_numpy(np.ascontiguousarray(np.moveaxis(volume, axis, 0)) / scale).float(), scale
 
     @torch.no_grad()

@@ -6,10 +6,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from bundle.errors import InputError
 from bundle.inference.batching import forward
 from bundle.inference.runner import Reconstructor
-from bundle.transforms.base import percentile_scale
+from bundle.transforms.base import normalisation_scale
 from bundle.transforms.xray import LowDoseRadiographd
 
 
@@ -49,9 +48,7 @@ class RadiographReconstructor(Reconstructor):
     def reconstruct(self, volume: np.ndarray, spacing=None, name: str = "radiograph") -> dict[str, np.ndarray]:
         """A RAS (X, Y, Z) stack of radiographs -> "recon" and "low_dose" of that shape."""
         vol = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))
-        scale = percentile_scale(vol, self.percentile)
-        if scale <= 0:
-            raise InputError(f"{name}: no positive intensity to normalise")
+        scale = normalisation_scale(vol, self.percentile, name)
         recon, noisy = torch.zeros_like(vol), torch.zeros_like(vol)
         network = self.network.to(self.device)
         for z in range(vol.shape[2]):

@@ -8,6 +8,7 @@ from bundle.transforms.base import (
     RestoreScaled,
     ScaleByPercentiled,
     SliceSeededTransform,
+    normalisation_scale,
     percentile_scale,
     slice_seed,
     source_name,
@@ -21,6 +22,8 @@ from bundle.transforms.ct import (
     HounsfieldWindowd,
     SimulateCTd,
     check_hu,
+    check_hu_mode,
+    check_hu_window,
     hu_problem,
     hu_to_unit,
     unit_to_hu,
@@ -31,6 +34,6 @@ from bundle.transforms.xray import LowDoseRadiographd
 __all__ = (
     "DISPLAY_WINDOWS", "HU_CHECKS", "HU_WINDOW", "CTAcquisition", "CTDataConsistency", "CheckVolumed",
     "HounsfieldWindowd", "LowDoseRadiographd", "RestoreScaled", "ScaleByPercentiled", "SimulateCTd",
-    "SliceSeededTransform", "UndersampleKspaced", "check_acquisition", "check_hu", "hu_problem", "hu_to_unit",
-    "percentile_scale", "slice_seed", "source_name", "unit_to_hu",
+    "SliceSeededTransform", "UndersampleKspaced", "check_acquisition", "check_hu", "check_hu_mode", "check_hu_window",
+    "hu_problem", "hu_to_unit", "normalisation_scale", "percentile_scale", "slice_seed", "source_name", "unit_to_hu",
 )

@@ -69,6 +69,14 @@ def percentile_scale(volume: torch.Tensor, percentile: float = 99.5) -> float:
     return float(torch.quantile(v, percentile / 100.0))
 
 
+def normalisation_scale(volume: torch.Tensor, percentile: float, name: str) -> float:
+    """`percentile_scale`, else an `InputError` naming `name` when the volume has no positive voxel."""
+    scale = percentile_scale(volume, percentile)
+    if scale <= 0:
+        raise InputError(f"{name}: no positive intensity to normalise")
+    return scale
+
+
 class ScaleByPercentiled(MapTransform):
     """Divide a volume by its `percentile` (of non-zero voxels); the scale is kept for restoring.
 
@@ -92,9 +100,7 @@ class ScaleByPercentiled(MapTransform):
     def __call__(self, data: Mapping[Hashable, Any]) -> dict:
         d = dict(data)
         for key in self.key_iterator(d):
-            scale = percentile_scale(torch.as_tensor(d[key]), self.percentile)
-            if scale <= 0:
-                raise InputError(f"{source_name(d[key])}: no positive intensity to normalise")
+            scale = normalisation_scale(torch.as_tensor(d[key]), self.percentile, source_name(d[key]))
             d[key] = d[key] / scale
             d[f"{key}_{self.postfix}"] = scale
         return d

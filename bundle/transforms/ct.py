@@ -54,11 +54,23 @@ def hu_problem(volume: torch.Tensor) -> str | None:
     return None
 
 
-def check_hu(volume: torch.Tensor, name: str, mode: str = "error") -> None:
-    """Apply the `hu_check` switch: "error" raises an `InputError`, "warn" logs, "off" skips."""
+def check_hu_mode(mode: str) -> str:
+    """`mode` if it is a `hu_check` setting ("error", "warn", "off"), else an `InputError`."""
     if mode not in HU_CHECKS:
         raise InputError(f"unknown hu_check {mode!r}: expected one of {', '.join(HU_CHECKS)}")
-    if mode == "off":
+    return mode
+
+
+def check_hu_window(window: Sequence[float]) -> tuple[float, float]:
+    """(low, high) of a HU window as floats, else an `InputError` (high must exceed low)."""
+    if not float(window[1]) > float(window[0]):
+        raise InputError(f"the HU window must be (low, high) with high > low, got {tuple(window)}")
+    return float(window[0]), float(window[1])
+
+
+def check_hu(volume: torch.Tensor, name: str, mode: str = "error") -> None:
+    """Apply the `hu_check` switch: "error" raises an `InputError`, "warn" logs, "off" skips."""
+    if check_hu_mode(mode) == "off":
         return
     problem = hu_problem(volume)
     if problem is None:
@@ -94,12 +106,8 @@ class HounsfieldWindowd(MapTransform):
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
-        if hu_check not in HU_CHECKS:
-            raise InputError(f"unknown hu_check {hu_check!r}: expected one of {', '.join(HU_CHECKS)}")
-        if not float(window[1]) > float(window[0]):
-            raise InputError(f"the HU window must be (low, high) with high > low, got {tuple(window)}")
-        self.window = (float(window[0]), float(window[1]))
-        self.hu_check = hu_check
+        self.hu_check = check_hu_mode(hu_check)
+        self.window = check_hu_window(window)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict:
         d = dict(data)
@@ -202,22 +210,20 @@ class CTAcquisition:
         p = self.projector(geom).A(self.unit_to_mu(unit))
         if self.incident_photons is not None:
             # the noise is drawn on the CPU (CPU generators), so a scan's noise is the same on any device
-            return self._noisy(p.cpu(), geom, generator).to(p.device), geom
+            return self._noisy(p.cpu(), geom, generator, self.incident_photons).to(p.device), geom
         return p, geom
 
-    def _noisy(self, p: torch.Tensor, geom: ct.ParallelBeamGeometry, generator) -> torch.Tensor:
+    def _noisy(self, p: torch.Tensor, geom: ct.ParallelBeamGeometry, generator, incident_photons: float) -> torch.Tensor:
         """Low-dose line integrals of noise-free ones `p` (CPU), one generator per slice or one for all."""
-        if self.incident_photons is None:
-            return p
         if isinstance(generator, (list, tuple)):
             flat = p.reshape(-1, *geom.sinogram_shape)
             if len(generator) != flat.shape[0]:
                 raise ValueError(f"{len(generator)} generators for {flat.shape[0]} slices")
             return torch.stack([
-                noise.low_dose_line_integrals(s, self.incident_photons, self.electronic_noise, g)
+                noise.low_dose_line_integrals(s, incident_photons, self.electronic_noise, g)
                 for s, g in zip(flat, generator)
             ]).reshape(p.shape)
-        return noise.low_dose_line_integrals(p, self.incident_photons, self.electronic_noise, generator)
+        return noise.low_dose_line_integrals(p, incident_photons, self.electronic_noise, generator)
 
     def reconstruct(self, sinogram: torch.Tensor, geom: ct.ParallelBeamGeometry) -> torch.Tensor:
         """FBP of line integrals -> unit scale, not clipped (streaks may leave the window)."""

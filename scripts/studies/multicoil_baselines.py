@@ -52,8 +52,9 @@ def metrics(image: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
 
 
 def case(path: str, acceleration: float):
-    """(reference RSS, undersampled k-space (C, H, W), mask (W,)) on the RSS scale, the mask seeded
-    by the file name (the same for every method)."""
+    """(reference RSS, undersampled k-space (C, H, W), mask (W,), sensitivities (C, H, W)) on the
+    RSS scale, the mask seeded by the file name (the same for every method), the sensitivities
+    estimated once from its calibration lines for every method and weight."""
     f = read_fastmri(path)
     kspace = torch.from_numpy(f.kspace[0]).to(torch.complex128)  # (C, H, W), one slice
     ref = rss(ifft2c(kspace), 0)
@@ -61,15 +62,15 @@ def case(path: str, acceleration: float):
     kspace, ref = kspace / scale, ref / scale
     rng = np.random.default_rng(slice_seed(os.path.basename(path), acceleration))
     mask = cartesian_mask(kspace.shape[-1], acceleration, default_center_fraction(acceleration), "equispaced", rng)
-    return ref.numpy(), kspace * mask.to(torch.float64), mask
+    kspace = kspace * mask.to(torch.float64)
+    return ref.numpy(), kspace, mask, estimate_sensitivities(kspace, mask)
 
 
-def reconstruct(method: str, kspace: torch.Tensor, mask: torch.Tensor, lam: float) -> np.ndarray:
+def reconstruct(method: str, kspace: torch.Tensor, mask: torch.Tensor, maps: torch.Tensor, lam: float) -> np.ndarray:
     """One method's magnitude image; `lam`: the PICS L1 weight, or CG-SENSE's Tikhonov weight
     (relative to ||A^H A||; 10 conjugate-gradient steps)."""
     if method == "zero-filled RSS":
         return rss(ifft2c(kspace), 0).numpy()
-    maps = estimate_sensitivities(kspace, mask)
     if method == "CG-SENSE":
         return cg_sense(kspace, mask, maps, iterations=10, weight=lam).abs().numpy()
     return l1_wavelet_sense(kspace, mask, maps, lam, iterations=100).abs().numpy()
@@ -77,7 +78,8 @@ def reconstruct(method: str, kspace: torch.Tensor, mask: torch.Tensor, lam: floa
 
 def tune(method: str, cases: list, weights: list[float]) -> float:
     """The weight with the best mean SSIM over `cases` (the phantoms)."""
-    score = {w: float(np.mean([metrics(reconstruct(method, k, m, w), r)[0] for r, k, m in cases])) for w in weights}
+    score = {w: float(np.mean([metrics(reconstruct(method, k, m, s, w), r)[0] for r, k, m, s in cases]))
+             for w in weights}
     return max(score, key=lambda w: score[w])
 
 
@@ -102,10 +104,10 @@ def main(argv: list[str] | None = None) -> int:
             weight = {"zero-filled RSS": 0.0, "CG-SENSE": tune("CG-SENSE", val, cg_weights),
                       "PICS": tune("PICS", val, lambdas)}
             for name in TEST:
-                ref, kspace, mask = case(os.path.join(args.data, name), acc)
+                ref, kspace, mask, maps = case(os.path.join(args.data, name), acc)
                 for method, w in weight.items():
                     t0 = time.perf_counter()
-                    image = reconstruct(method, kspace, mask, w)
+                    image = reconstruct(method, kspace, mask, maps, w)
                     ssim, psnr = metrics(image, ref)
                     label = f"{method} (weight {w:g}, chosen on the phantoms)" if method != "zero-filled RSS" else method
                     print(f"| {acc:g}x | {name} | {kspace.shape[0]} | {label} | {ssim:.4f} | {psnr:.2f} | "
