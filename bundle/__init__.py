@@ -3,7 +3,7 @@ sparse-view and low-dose scans, low-dose radiographs.
 
 Layers, each importing only those above it: `physics` (operators, noise, solvers: pure torch) ->
 `transforms` (MONAI transforms per modality) -> `data` (datalists, datasets, readers, writers) ->
-`networks`, `losses`, `metrics`, `checkpoints` -> `inference` (one runner, one reconstructor per
+`networks`, `varnet`, `losses`, `metrics`, `checkpoints` -> `inference` (one runner, one reconstructor per
 modality), `evaluation`. `reporting` serves the scripts only. See README.md, "Architecture".
 """
 
@@ -18,6 +18,7 @@ from bundle import (
     networks,
     physics,
     transforms,
+    varnet,
 )
 from bundle.data import SliceDataset, ensure_datalist, load_datalist
 from bundle.errors import InputError
@@ -30,4 +31,5 @@ __all__ = (
     "CheckVolumed", "InputError", "ResidualUNet", "SSIMWeightedLoss", "ScaleByPercentiled", "SliceDataset",
     "UndersampleKspaced", "VolumeReconMetric", "checkpoints", "data", "ensure_datalist", "errors", "evaluation",
     "inference", "load_checkpoint", "load_datalist", "losses", "metrics", "networks", "physics", "transforms",
+    "varnet",
 )

@@ -198,8 +198,11 @@ class VolumeAccumulator:
 def _per_sample(batch, output, pred_key: str, label_key: str):
     """(pred, label, filename, volume_max) per sample from a decollated or batched engine state."""
     if isinstance(output, dict):  # not decollated: batched tensors and lists
-        for i in range(len(output[pred_key])):
-            yield output[pred_key][i], output[label_key][i], batch["filename"][i], float(batch["volume_max"][i])
+        # a key the engine output lacks is read from the batch (the multi-coil network's input is
+        # k-space, so its zero-filled image is in the batch only)
+        preds = output[pred_key] if pred_key in output else batch[pred_key]
+        for i in range(len(preds)):
+            yield preds[i], output[label_key][i], batch["filename"][i], float(batch["volume_max"][i])
     else:
         for b, o in zip(batch, output):
             yield o[pred_key], o[label_key], b["filename"], float(b["volume_max"])
@@ -266,11 +269,14 @@ class VolumeReconMetric(Metric):
         details[name] = self.values()
 
 
-def reconstruction_metrics(metrics: Sequence[str], baseline: str, clip: Sequence[float] | None = None) -> dict:
+def reconstruction_metrics(metrics: Sequence[str], baseline: str, clip: Sequence[float] | None = None,
+                           baseline_key: str = "image") -> dict:
     """The evaluator's additional metrics: `val_<m>` of the network's output ("pred") for each of
     `metrics`, and `<baseline>_<m>` of its input (the classical baseline: "zf" zero-filled, "fbp",
-    "noisy") for SSIM and each of `metrics`; both images clipped to `clip` when given."""
+    "noisy") for SSIM and each of `metrics`; both images clipped to `clip` when given. The baseline
+    image is the engine output's (or batch's) `baseline_key`: "image", the network's input, or
+    "zero_filled" for the multi-coil network, whose input is k-space."""
     out = {f"val_{m}": VolumeReconMetric(m, pred_key="pred", clip=clip) for m in metrics}
     for m in ("ssim", *metrics):
-        out[f"{baseline}_{m}"] = VolumeReconMetric(m, pred_key="image", clip=clip)
+        out[f"{baseline}_{m}"] = VolumeReconMetric(m, pred_key=baseline_key, clip=clip)
     return out

@@ -112,6 +112,16 @@ def save_nifti_like(data: np.ndarray, reference: nib.Nifti1Image, path: str) -> 
     save_nifti_atomic(img, path)
 
 
+def save_nifti_array(data: np.ndarray, affine: np.ndarray, path: str) -> None:
+    """Write an array (float32, or complex64 for complex data) with `affine` in mm, atomically."""
+    data = np.asarray(data)
+    dtype = np.complex64 if np.iscomplexobj(data) else np.float32
+    img = nib.Nifti1Image(np.ascontiguousarray(data, dtype=dtype), np.asarray(affine, dtype=np.float64))
+    img.header.set_xyzt_units("mm", "sec")
+    img.header.set_slope_inter(None, None)
+    save_nifti_atomic(img, path)
+
+
 def save_nifti_atomic(img: nib.Nifti1Image, path: str) -> None:
     """`nib.save` to `path` atomically."""
     with atomic_output(path, ".nii.gz" if path.endswith(".gz") else ".nii") as tmp:

@@ -23,11 +23,13 @@ from bundle.data import dicom, fastmri
 from bundle.data.io import check_volume_array, is_nifti, load_nifti_volume
 from bundle.errors import InputError
 
-HDF5_SUFFIXES = (".h5", ".hdf5")
+HDF5_SUFFIXES = (".h5", ".hdf5")  # fastMRI, or ISMRMRD (told apart by content: bundle.data.rawkspace)
+RAW_SUFFIXES = (".dat", ".cfl")  # Siemens TWIX, BART (its .hdr is found beside the .cfl)
 
 
 def input_kind(path: str) -> str | None:
-    """"nifti", "dicom" (a folder of one series), "fastmri" (HDF5) or None."""
+    """"nifti", "dicom" (a folder of one series), "fastmri" (HDF5: fastMRI or ISMRMRD), "raw"
+    (TWIX .dat, BART .cfl) or None."""
     p = str(path)
     if os.path.isdir(p):
         return "dicom" if dicom.is_dicom_dir(p) else None
@@ -35,6 +37,8 @@ def input_kind(path: str) -> str | None:
         return "nifti"
     if p.endswith(HDF5_SUFFIXES):
         return "fastmri"
+    if p.endswith(RAW_SUFFIXES):
+        return "raw"
     return None
 
 
@@ -45,16 +49,18 @@ def list_inputs(input_dir: str) -> list[str]:
         raise InputError(f"input_dir {input_dir}: no such directory")
     if dicom.is_dicom_dir(input_dir):
         return [input_dir]
-    found = sorted(p for p in glob.glob(os.path.join(input_dir, "*")) if input_kind(p) is not None)
+    found = sorted(p for p in glob.glob(os.path.join(input_dir, "*")) if input_kind(p) is not None
+                   and not (p.endswith("_maps.cfl") and os.path.isfile(p[: -len("_maps.cfl")] + ".cfl")))  # BART maps
     if not found:
-        raise InputError(f"input_dir {input_dir}: no inputs (NIfTI .nii/.nii.gz, fastMRI .h5, or DICOM series folders)")
+        raise InputError(f"input_dir {input_dir}: no inputs (NIfTI .nii/.nii.gz, fastMRI or ISMRMRD .h5, TWIX .dat, "
+                         "BART .cfl, or DICOM series folders)")
     return found
 
 
 def output_stem(path: str) -> str:
     """The name outputs are written under: the file name without its suffix, or the folder name."""
     name = os.path.basename(os.path.normpath(path))
-    for suffix in (".nii.gz", ".nii", *HDF5_SUFFIXES):
+    for suffix in (".nii.gz", ".nii", *HDF5_SUFFIXES, *RAW_SUFFIXES):
         if name.endswith(suffix):
             return name[: -len(suffix)]
     return name

@@ -5,16 +5,19 @@ Label and the evaluation engines call.
 - `runner`: `InferenceRunner`, `resolve_inputs`, `ras_spacing`;
 - `batching`: slices per network call and the batched network loop;
 - `mri`: `MRIReconstructor`, `SliceReconstructionInferer`;
+- `multicoil`: `MultiCoilReconstructor` (raw multi-coil k-space, network or classical baselines);
 - `ct`: `CTReconstructor`, `CTConsistencyInferer`;
 - `xray`: `RadiographReconstructor`.
 """
 
 from bundle.inference.ct import CTConsistencyInferer, CTReconstructor
 from bundle.inference.mri import MRIReconstructor, SliceReconstructionInferer
+from bundle.inference.multicoil import MultiCoilReconstructor
 from bundle.inference.runner import InferenceRunner, ras_spacing, resolve_inputs
 from bundle.inference.xray import RadiographReconstructor
 
 __all__ = (
-    "CTConsistencyInferer", "CTReconstructor", "InferenceRunner", "MRIReconstructor", "RadiographReconstructor",
+    "CTConsistencyInferer", "CTReconstructor", "InferenceRunner", "MRIReconstructor", "MultiCoilReconstructor",
+    "RadiographReconstructor",
     "SliceReconstructionInferer", "ras_spacing", "resolve_inputs",
 )

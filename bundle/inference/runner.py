@@ -25,8 +25,9 @@ from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation
 from tqdm import tqdm
 
 from bundle.data.dicom import write_dicom_series
-from bundle.data.io import save_nifti_like
-from bundle.data.readers import InputVolume, list_inputs, load_input, output_stem
+from bundle.data.io import save_nifti_array, save_nifti_like
+from bundle.data.rawkspace import RawKspace, read_raw
+from bundle.data.readers import InputVolume, input_kind, list_inputs, load_input, output_stem
 from bundle.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -69,12 +70,13 @@ class _Prepared:
     """An input loaded and checked, ready to reconstruct: its RAS volume and spacing, the
     orientation back to the input's, and the reconstructor's extra inputs."""
 
-    item: InputVolume
+    item: InputVolume | None
     stem: str
-    volume: np.ndarray
+    volume: np.ndarray | None
     spacing: tuple[float, float, float]
-    from_ras: np.ndarray
+    from_ras: np.ndarray | None
     extra: dict = field(default_factory=dict)
+    raw: RawKspace | None = None  # multi-coil raw k-space, for the multi-coil reconstructor
 
 
 class InferenceRunner:
@@ -90,14 +92,43 @@ class InferenceRunner:
     """
 
     def __init__(self, reconstructor, output_dicom: bool = False, series_uid: str | None = None,
-                 progress: bool = True) -> None:
+                 progress: bool = True, multicoil=None) -> None:
         self.reconstructor = reconstructor
         self.output_dicom = bool(output_dicom)
         self.series_uid = series_uid
         self.progress = progress
+        self.multicoil = multicoil
+
+    def _multicoil_for(self, path: str):
+        """The multi-coil reconstructor for raw k-space at `path`, and the file read; (None, None)
+        for inputs that are not raw multi-coil k-space (single-coil fastMRI files go the MRI way)."""
+        from bundle.inference.multicoil import MultiCoilReconstructor
+
+        kind = input_kind(path)
+        forced = isinstance(self.reconstructor, MultiCoilReconstructor)
+        if kind not in ("fastmri", "raw"):
+            if forced:
+                raise InputError(f"{path}: not raw k-space; the multi-coil model reads fastMRI or ISMRMRD .h5, "
+                                 "TWIX .dat and BART .cfl files")
+            return None, None
+        raw = read_raw(path)
+        if forced:
+            return self.reconstructor, raw
+        if raw.coils == 1 and raw.format == "fastmri":
+            return None, None
+        if self.multicoil is None:
+            raise InputError(f"{path}: raw multi-coil k-space ({raw.coils} coils); use configs/inference.yaml, "
+                             "which holds the multi-coil model")
+        return self.multicoil, raw
 
     def prepare(self, path: str) -> _Prepared:
         """Load and check one input; nothing is written."""
+        multi, raw = self._multicoil_for(path)
+        if multi is not None:
+            stem = output_stem(path)
+            extra = multi.check(raw, stem)
+            extra["reconstructor"] = multi
+            return _Prepared(None, stem, None, raw.spacing, None, extra, raw)
         rec = self.reconstructor
         item = load_input(path, self.series_uid)
         if item.prospective and not rec.accepts_prospective:
@@ -124,7 +155,8 @@ class InferenceRunner:
             if other != f:
                 raise InputError(f"{f}: has the same name as {other}; their outputs would overwrite each other")
         prepared = [self.prepare(f) for f in files]  # all errors before any output
-        suffixes = tuple(f"_{name}" for name in self.reconstructor.outputs)
+        names = [*self.reconstructor.outputs, *(self.multicoil.outputs if self.multicoil is not None else ())]
+        suffixes = tuple(f"_{name}" for name in names)
         out_abs = os.path.abspath(output_dir)
         for f in files:
             if os.path.dirname(os.path.abspath(f)) == out_abs and output_stem(f).endswith(suffixes):
@@ -132,6 +164,10 @@ class InferenceRunner:
         check_output_dir(output_dir)
         written: list[str] = []
         for p in tqdm(prepared, desc="reconstructing", unit="vol", disable=not self.progress):
+            if p.raw is not None:
+                written += self._write_raw(p, output_dir)
+                continue
+            assert p.item is not None and p.from_ras is not None
             result = self.reconstructor.reconstruct(p.volume, p.spacing, p.stem, **p.extra)
             result = {key: apply_orientation(value, p.from_ras) for key, value in result.items()}
             for key, value in result.items():
@@ -144,6 +180,24 @@ class InferenceRunner:
                     written += write_dicom_series(result[key], p.item.series, out,
                                                   description=f"{key} (deep-learning reconstruction bundle)")
             logger.info("%s -> %s_{%s}.nii.gz", p.item.path, os.path.join(output_dir, p.stem), ",".join(result))
+        return written
+
+
+    @staticmethod
+    def _write_raw(p: _Prepared, output_dir: str) -> list[str]:
+        """Reconstruct multi-coil raw k-space and write its outputs in the axes of the k-space
+        (no patient geometry in raw data: a diagonal affine with the header's voxel size)."""
+        extra = dict(p.extra)
+        rec = extra.pop("reconstructor")
+        assert p.raw is not None
+        result = rec.reconstruct_raw(p.raw, p.stem, **extra)
+        affine = np.diag([*p.spacing, 1.0])
+        written = []
+        for key, value in result.items():
+            out = os.path.join(output_dir, f"{p.stem}_{key}.nii.gz")
+            save_nifti_array(value, affine, out)
+            written.append(out)
+        logger.info("%s -> %s_{%s}.nii.gz", p.raw.path, os.path.join(output_dir, p.stem), ",".join(result))
         return written
 
 

@@ -56,17 +56,55 @@ class CartesianSense(LinearOperator):
 
 def acs_bounds(mask: torch.Tensor) -> tuple[int, int]:
     """[start, stop) of the fully sampled block of lines around the centre of a (W,) mask (the
-    autocalibration signal); an `InputError` when the centre line itself is not acquired."""
+    autocalibration signal); for an (..., H, W) mask, of the lines acquired on every row. An
+    `InputError` when the centre line itself is not acquired."""
     lines = mask.reshape(-1, mask.shape[-1]).bool().all(0) if mask.ndim > 1 else mask.bool()
     centre = lines.shape[0] // 2
     if not bool(lines[centre]):
         raise InputError("no fully sampled k-space centre: coil sensitivities cannot be estimated from the data")
+    return _run(lines, centre)
+
+
+def _run(values: torch.Tensor, centre: int) -> tuple[int, int]:
+    """[start, stop) of the run of True around `centre` in a 1D boolean tensor."""
     start, stop = centre, centre + 1
-    while start > 0 and bool(lines[start - 1]):
+    while start > 0 and bool(values[start - 1]):
         start -= 1
-    while stop < lines.shape[0] and bool(lines[stop]):
+    while stop < values.shape[0] and bool(values[stop]):
         stop += 1
     return start, stop
+
+
+def acs_window(mask: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """The autocalibration region of a mask as an (H, W) real 0/1 window on the k-space grid.
+
+    A (W,) line mask (or (..., 1, W)): the block of acquired lines around the centre, every row.
+    An (H, W) sample mask (e.g. Poisson disc, or lines on part of the rows): the largest centred
+    box that is fully acquired, grown from the runs through the centre row and column and shrunk
+    until every sample in it is acquired. An `InputError` when the k-space centre is not acquired.
+    """
+    h, w = shape
+    m = mask.bool()
+    while m.ndim > 2 and m.shape[0] == 1:
+        m = m[0]
+    if m.ndim == 1 or m.shape[-2] == 1:
+        start, stop = acs_bounds(m.reshape(-1))
+        window = torch.zeros(h, w, device=mask.device)
+        window[:, start:stop] = 1.0
+        return window
+    if tuple(m.shape) != (h, w):
+        raise InputError(f"the mask is {tuple(m.shape)} but the k-space is {h} x {w}")
+    ch, cw = h // 2, w // 2
+    if not bool(m[ch, cw]):
+        raise InputError("no fully sampled k-space centre: coil sensitivities cannot be estimated from the data")
+    r0, r1 = _run(m[:, cw], ch)
+    c0, c1 = _run(m[ch, :], cw)
+    while not bool(m[r0:r1, c0:c1].all()):  # shrink towards the centre until the box is full
+        r0, r1 = min(r0 + 1, ch), max(r1 - 1, ch + 1)
+        c0, c1 = min(c0 + 1, cw), max(c1 - 1, cw + 1)
+    window = torch.zeros(h, w, device=mask.device)
+    window[r0:r1, c0:c1] = 1.0
+    return window
 
 
 def estimate_sensitivities(kspace: torch.Tensor, mask: torch.Tensor, threshold: float = 0.0) -> torch.Tensor:
@@ -80,20 +118,59 @@ def estimate_sensitivities(kspace: torch.Tensor, mask: torch.Tensor, threshold: 
 
     Args:
         kspace: (..., C, H, W) acquired multi-coil k-space.
-        mask: (W,) acquired lines (the ACS block is found around the centre, `acs_bounds`).
+        mask: (W,) acquired lines or (H, W) samples (the ACS region: `acs_window`).
 
     Returns:
         (..., C, H, W) complex maps.
     """
     if kspace.ndim < 3:
         raise InputError(f"multi-coil k-space must be (..., coils, H, W), got shape {tuple(kspace.shape)}")
-    start, stop = acs_bounds(mask)
-    window = torch.zeros(kspace.shape[-1], dtype=kspace.real.dtype, device=kspace.device)
-    window[start:stop] = 1.0
+    window = acs_window(mask, (int(kspace.shape[-2]), int(kspace.shape[-1]))).to(kspace.device, kspace.real.dtype)
     low = ifft2c(kspace * window)
     combined = rss(low, -3).unsqueeze(-3)
     support = combined > threshold * combined.amax(dim=(-2, -1), keepdim=True)
     return torch.where(support, low / combined.clamp_min(torch.finfo(combined.dtype).tiny), torch.zeros_like(low))
+
+
+def random_coil_maps(coils: int, shape: tuple[int, int], generator: torch.Generator,
+                     dtype: torch.dtype = torch.complex64) -> torch.Tensor:
+    """Random receive-array sensitivities for training: `coils` loops on an ellipse around the
+    object (semi-axes 1.1 to 2.0 half fields of view, random rotation, each loop's angle jittered
+    by up to a third of the spacing), each with the 1/distance magnitude and azimuthal phase of
+    `birdcage_maps`, plus a random constant phase per coil; normalised to unit RSS. (C, H, W)."""
+    if coils < 1:
+        raise InputError(f"the number of coils must be at least 1, got {coils}")
+
+    def uniform(low: float, high: float, n: int = 1) -> torch.Tensor:
+        return low + (high - low) * torch.rand(n, generator=generator, dtype=torch.float64)
+
+    h, w = shape
+    y = (torch.arange(h, dtype=torch.float64) - h / 2) / (h / 2)
+    x = (torch.arange(w, dtype=torch.float64) - w / 2) / (w / 2)
+    step = 2 * math.pi / coils
+    angle = uniform(0, 2 * math.pi) + torch.arange(coils, dtype=torch.float64) * step + uniform(-step / 3, step / 3, coils)
+    ax, ay = float(uniform(1.1, 2.0)), float(uniform(1.1, 2.0))
+    dx = x[None, None, :] - ax * torch.cos(angle)[:, None, None]
+    dy = y[None, :, None] - ay * torch.sin(angle)[:, None, None]
+    phase = torch.atan2(dx, -dy) - angle[:, None, None] + uniform(-math.pi, math.pi, coils)[:, None, None]
+    maps = torch.polar(1.0 / torch.sqrt(dx**2 + dy**2), phase)
+    return (maps / rss(maps, 0)).to(dtype)
+
+
+def smooth_phase(shape: tuple[int, int], generator: torch.Generator, max_radians: float = math.pi,
+                 order: int = 3) -> torch.Tensor:
+    """A smooth random phase map (H, W) in radians: a random polynomial of `order` in x and y
+    (coefficients uniform, scaled so that the phase spans at most about `max_radians`), as the
+    B0 and receive phase of a real gradient-echo image varies slowly over the field of view."""
+    h, w = shape
+    y = (torch.arange(h, dtype=torch.float64) - h / 2) / (h / 2)
+    x = (torch.arange(w, dtype=torch.float64) - w / 2) / (w / 2)
+    phase = torch.zeros(h, w, dtype=torch.float64)
+    terms = [(i, j) for i in range(order + 1) for j in range(order + 1 - i)]
+    coeffs = (2 * torch.rand(len(terms), generator=generator, dtype=torch.float64) - 1) * max_radians / len(terms) ** 0.5
+    for c, (i, j) in zip(coeffs, terms):
+        phase += c * y[:, None] ** i * x[None, :] ** j
+    return phase.float()
 
 
 def birdcage_maps(coils: int, shape: tuple[int, int], radius: float = 1.5, rotation: float = 0.0,

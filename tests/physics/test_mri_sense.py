@@ -10,7 +10,17 @@ from conftest import phantom_volume
 
 from bundle.errors import InputError
 from bundle.physics.mri import cartesian_mask, fft2c
-from bundle.physics.mri_sense import CartesianSense, acs_bounds, birdcage_maps, cg_sense, estimate_sensitivities, rss
+from bundle.physics.mri_sense import (
+    CartesianSense,
+    acs_bounds,
+    acs_window,
+    birdcage_maps,
+    cg_sense,
+    estimate_sensitivities,
+    random_coil_maps,
+    rss,
+    smooth_phase,
+)
 
 
 def phantom(h: int = 48, w: int = 40) -> torch.Tensor:
@@ -87,6 +97,37 @@ def test_bad_multicoil_inputs():
     assert acs_bounds(torch.tensor([1, 0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 1, 0, 0, 0])) == (5, 9)
     with pytest.raises(InputError, match="coils"):
         birdcage_maps(0, (8, 8))
+
+
+def test_calibration_region_of_line_and_sample_masks():
+    lines = torch.tensor([1, 0, 0, 1, 1, 1, 1, 0, 1, 0], dtype=torch.bool)
+    window = acs_window(lines, (6, 10))
+    assert window.shape == (6, 10) and window[:, 3:7].all() and window.sum() == 24
+    samples = torch.zeros(12, 10, dtype=torch.bool)
+    samples[::3, ::2] = True
+    samples[4:9, 3:8] = True  # a 5 x 5 fully sampled box around the centre (6, 5)
+    samples[4, 7] = False     # with one hole in a corner: the box shrinks to what is full
+    window = acs_window(samples, (12, 10))
+    rows, cols = np.flatnonzero(window.any(1)), np.flatnonzero(window.any(0))
+    assert samples[window.bool()].all() and rows.tolist() == [5, 6, 7] and cols.tolist() == [3, 4, 5, 6, 7]
+    with pytest.raises(InputError, match="no fully sampled k-space centre"):
+        acs_window(torch.zeros(12, 10, dtype=torch.bool), (12, 10))
+    with pytest.raises(InputError, match="the mask is"):
+        acs_window(samples, (12, 12))
+
+
+def test_random_coils_and_phase_for_training_are_normalised_and_smooth():
+    gen = torch.Generator().manual_seed(3)
+    maps = random_coil_maps(12, (40, 36), gen)
+    assert maps.shape == (12, 40, 36)
+    torch.testing.assert_close(rss(maps, 0), torch.ones(40, 36), atol=1e-5, rtol=0)
+    other = random_coil_maps(12, (40, 36), torch.Generator().manual_seed(4))
+    assert not torch.allclose(maps, other)  # placement and rotation are random
+    phase = smooth_phase((40, 36), gen, max_radians=2.0)
+    assert float(phase.abs().max()) <= 2.0 * 1.01 * 10 ** 0.5  # coefficients bounded by the scale
+    assert float(phase.diff(dim=0).abs().max()) < 0.5 and float(phase.diff(dim=1).abs().max()) < 0.5
+    with pytest.raises(InputError, match="coils"):
+        random_coil_maps(0, (8, 8), gen)
 
 
 @pytest.mark.slow

@@ -1,0 +1,135 @@
+"""Multi-coil MRI inference: raw k-space (fastMRI, ISMRMRD, TWIX, BART) reconstructed on its whole
+grid by the unrolled network (or a classical baseline), slice by slice.
+
+A fully sampled file is undersampled retrospectively with one Cartesian mask for the whole file
+(every coil and slice, as a scanner does; seeded by the file name, so reruns agree); a file with
+a mask (or with k-space that is zero off the acquired samples) is reconstructed as acquired.
+Outputs, arrays (H, W, slices) in the axes of the k-space (H readout, W phase encoding) on the
+RSS scale of the data, cropped only to the header's reconstruction size:
+`recon`, `zero_filled` (RSS of the acquired data), `mask` ((H, W, 1) acquired samples on the whole
+k-space grid, not cropped) and, with
+`write_maps`, `maps` ((H, W, slices, coils) complex sensitivities the network learned, or the
+ESPIRiT / given maps of a classical method).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from bundle.data.rawkspace import RawKspace
+from bundle.errors import InputError
+from bundle.parallel_imaging import METHODS, classical, espirit_maps
+from bundle.physics.mri import cartesian_mask, check_acceleration, check_mask_type, default_center_fraction, ifft2c
+from bundle.physics.mri_sense import acs_window, rss
+from bundle.transforms.base import slice_seed
+from bundle.varnet import VarNet
+
+MULTICOIL_METHODS = ("varnet", *METHODS)
+
+
+def crop_centre(x: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
+    """The central (h, w) of axes 0 and 1 of an (H, W, ...) array."""
+    if size is None:
+        return x
+    top, left = (x.shape[0] - size[0]) // 2, (x.shape[1] - size[1]) // 2
+    return x[top : top + size[0], left : left + size[1]]
+
+
+class MultiCoilReconstructor:
+    """Reconstruct raw multi-coil k-space (`bundle.data.rawkspace.RawKspace`).
+
+    Args:
+        network: the multi-coil network (`bundle.varnet.VarNet`), for method "varnet".
+        acceleration, center_fraction, mask_type: the retrospective undersampling of fully
+            sampled files (fastMRI conventions: centre 0.32 / acceleration).
+        method: "varnet" (the network), or a classical baseline: "zero_filled", "cg_sense",
+            "pics" (L1-wavelet, SigPy), with ESPIRiT maps unless the file gives maps.
+        weight: the baseline's regularisation weight (on k-space divided by its norm per pixel).
+        write_maps: also write the sensitivities as `<name>_maps.nii.gz`.
+        device: torch device of the network.
+        progress: a progress bar over the slices of each file.
+    """
+
+    outputs: tuple[str, ...] = ("recon", "zero_filled", "mask")
+
+    def __init__(self, network: VarNet | None = None, acceleration: float = 4, center_fraction: float | None = None,
+                 mask_type: str = "equispaced", method: str = "varnet", weight: float = 0.01,
+                 write_maps: bool = False, device: str | torch.device = "cpu", progress: bool = True) -> None:
+        try:
+            check_acceleration(float(acceleration))
+            check_mask_type(mask_type)
+        except (TypeError, ValueError) as e:
+            raise InputError(f"acceleration / mask_type: {e}") from None
+        if method not in MULTICOIL_METHODS:
+            raise InputError(f"multicoil_method {method!r}: expected one of {', '.join(MULTICOIL_METHODS)}")
+        if method == "varnet" and network is None:
+            raise InputError("multicoil_method varnet needs the multi-coil network")
+        if not float(weight) >= 0:
+            raise InputError(f"multicoil_weight must be >= 0, got {weight!r}")
+        self.acceleration = float(acceleration)
+        self.center_fraction = default_center_fraction(self.acceleration) if center_fraction is None else float(center_fraction)
+        if not 0 < self.center_fraction <= 1:
+            raise InputError(f"center_fraction must be in (0, 1], got {center_fraction!r}")
+        self.mask_type = mask_type
+        self.method, self.weight = method, float(weight)
+        self.network = network.eval() if network is not None else None
+        self.device = torch.device(device)
+        self.write_maps = bool(write_maps)
+        self.progress = progress
+        if self.write_maps:
+            self.outputs = (*self.outputs, "maps")
+
+    def mask_of(self, raw: RawKspace, name: str) -> np.ndarray:
+        """The acquired samples: the file's own, or a retrospective (W,) mask seeded by `name`."""
+        if raw.mask is not None:
+            return raw.mask
+        rng = np.random.default_rng(slice_seed(name, "multicoil", self.mask_type, self.acceleration, self.center_fraction))
+        return cartesian_mask(raw.kspace.shape[-1], self.acceleration, self.center_fraction, self.mask_type, rng).numpy()
+
+    def check(self, raw: RawKspace, name: str) -> dict:
+        """Checks before anything is written; returns the reconstruction's extra inputs."""
+        if raw.coils < 2:
+            raise InputError(f"{raw.path}: single-coil k-space (1 coil); the multi-coil model needs at least 2 coils "
+                             "(single-coil fastMRI files go to the single-coil model in configs/inference.yaml)")
+        mask = self.mask_of(raw, name)
+        try:
+            acs_window(torch.from_numpy(mask), tuple(raw.kspace.shape[-2:]))
+        except InputError as e:
+            raise InputError(f"{raw.path}: {e}") from None
+        return {"mask": mask}
+
+    @torch.no_grad()
+    def reconstruct_raw(self, raw: RawKspace, name: str, mask: np.ndarray) -> dict[str, np.ndarray]:
+        """Every slice of `raw` -> the outputs (module docstring)."""
+        s, c, h, w = raw.kspace.shape
+        grid = np.broadcast_to(mask if mask.ndim == 2 else mask[None, :], (h, w))
+        m = torch.from_numpy(np.ascontiguousarray(grid))
+        recon = np.zeros((s, h, w), np.float32)
+        zero_filled = np.zeros((s, h, w), np.float32)
+        maps = np.zeros((s, c, h, w), np.complex64) if self.write_maps else None
+        network: VarNet | None = self.network.to(self.device) if self.network is not None else None
+        for i in tqdm(range(s), desc=f"{name}: slices", unit="slice", disable=not self.progress or s < 4, leave=False):
+            acquired = torch.from_numpy(raw.kspace[i]) * m
+            zero_filled[i] = rss(ifft2c(acquired), 0).numpy()
+            if self.method == "varnet":
+                assert network is not None
+                mask_in = m[None, None] if mask.ndim == 2 else m[:1][None, None]
+                image, learned = network.reconstruct(acquired[None].to(self.device), mask_in.to(self.device))
+                recon[i] = image[0, 0].float().cpu().numpy()
+                if maps is not None:
+                    maps[i] = learned[0].cpu().numpy()
+                continue
+            given = raw.maps[min(i, raw.maps.shape[0] - 1)] if raw.maps is not None else None
+            if given is None and self.method != "zero_filled":
+                given = espirit_maps(acquired.numpy(), mask)
+            recon[i] = classical(self.method, acquired.numpy(), mask, given, self.weight)
+            if maps is not None and given is not None:
+                maps[i] = given
+        out = {"recon": recon, "zero_filled": zero_filled}
+        result = {k: crop_centre(np.moveaxis(v, 0, 2), raw.crop) for k, v in out.items()}
+        result["mask"] = grid.astype(np.float32)[:, :, None]  # on the k-space grid: never cropped
+        if maps is not None:
+            result["maps"] = crop_centre(np.transpose(maps, (2, 3, 0, 1)), raw.crop)
+        return result

@@ -1,0 +1,95 @@
+"""The classical multi-coil baselines a physicist runs: ESPIRiT sensitivities, CG-SENSE and
+L1-wavelet PICS, on one slice of acquired k-space.
+
+ESPIRiT and PICS are SigPy's (`sigpy.mri.app.EspiritCalib`, `sigpy.mri.app.L1WaveletRecon`,
+Daubechies-4 wavelets): the field's reference implementations, so the bar the network is measured
+against is not our own code (ours, `bundle.physics.mri_sense.l1_wavelet_sense` with Haar
+wavelets, is tested against it). CG-SENSE is ours (CG on the normal equations of
+`bundle.physics.mri_sense.CartesianSense`).
+
+Weights are relative: the k-space is divided by its norm per pixel (`scale_of`) before the
+solver and the image multiplied back, so one weight serves data of any scanner scale.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from bundle.errors import InputError
+from bundle.physics.mri_sense import CartesianSense, acs_window
+from bundle.physics.solvers import regularised_least_squares
+
+METHODS = ("zero_filled", "cg_sense", "pics")
+
+
+def scale_of(kspace: np.ndarray) -> float:
+    """The k-space norm per pixel of one slice (C, H, W) (> 0)."""
+    return max(float(np.sqrt((np.abs(kspace) ** 2).sum() / (kspace.shape[-2] * kspace.shape[-1]))), 1e-12)
+
+
+def _calibration_width(mask: np.ndarray, shape: tuple[int, int]) -> int:
+    window = acs_window(torch.from_numpy(np.asarray(mask)), shape).numpy()
+    rows, cols = np.flatnonzero(window.any(1)), np.flatnonzero(window.any(0))
+    return int(min(rows.size, cols.size))
+
+
+def espirit_maps(kspace: np.ndarray, mask: np.ndarray, threshold: float = 0.02, kernel_width: int = 6,
+                 crop: float = 0.95) -> np.ndarray:
+    """ESPIRiT sensitivities (Uecker et al., MRM 2014) of one slice, from SigPy: (C, H, W) complex64.
+    The calibration region is the fully sampled centre of `mask` (`acs_window`), its width passed
+    as `calib_width` (the kernel narrowed to fit it); pixels whose eigenvalue is below `crop` get
+    zero maps (SigPy's default 0.95; 0 keeps every pixel, as the RSS reference does)."""
+    import sigpy.mri as mr
+
+    h, w = kspace.shape[-2:]
+    calib = _calibration_width(mask, (h, w))
+    kernel_width = min(int(kernel_width), calib - 1)  # 8x on 128 lines leaves 5 calibration lines
+    if kernel_width < 3:
+        raise InputError(f"the fully sampled centre is {calib} lines wide, too narrow for ESPIRiT (at least 4)")
+    k = np.asarray(kspace, dtype=np.complex64) / scale_of(kspace)
+    maps = mr.app.EspiritCalib(k, calib_width=calib, thresh=threshold, kernel_width=kernel_width, crop=crop,
+                               show_pbar=False).run()
+    return np.asarray(maps, dtype=np.complex64)
+
+
+def pics(kspace: np.ndarray, mask: np.ndarray, maps: np.ndarray, lam: float, iterations: int = 100) -> np.ndarray:
+    """L1-wavelet parallel imaging + compressed sensing (SigPy's `L1WaveletRecon`): the complex
+    (H, W) image of one slice of acquired k-space (C, H, W) with sensitivities (C, H, W)."""
+    import sigpy.mri as mr
+
+    s = scale_of(kspace)
+    weights = np.broadcast_to(np.asarray(mask, dtype=np.float32), kspace.shape[-2:]).copy()
+    k = (np.asarray(kspace, dtype=np.complex64) / s) * weights
+    x = mr.app.L1WaveletRecon(k, maps, lamda=float(lam), weights=weights, max_iter=int(iterations),
+                              show_pbar=False).run()
+    return np.asarray(x, dtype=np.complex64) * s
+
+
+def sense(kspace: np.ndarray, mask: np.ndarray, maps: np.ndarray, weight: float, iterations: int = 20) -> np.ndarray:
+    """CG-SENSE with Tikhonov `weight` (x ||x||^2, maps of unit RSS) of one slice: (H, W) complex."""
+    s = scale_of(kspace)
+    m = torch.from_numpy(np.broadcast_to(np.asarray(mask, dtype=np.float32), kspace.shape[-2:]).copy())
+    k = torch.from_numpy(np.asarray(kspace, dtype=np.complex64) / s) * m
+    op = CartesianSense(torch.from_numpy(np.asarray(maps, dtype=np.complex64)), m)
+    # maps of unit (or lower) RSS bound ||A^H A|| by 1: the weight is used as it is, without the
+    # power iteration of `cg_sense` (which cost 6 s of 12 on a 256 x 256 slice)
+    x = regularised_least_squares(op, k, torch.zeros(k.shape[-2:], dtype=k.dtype), float(weight), iterations)
+    return x.numpy() * s
+
+
+def classical(method: str, kspace: np.ndarray, mask: np.ndarray, maps: np.ndarray | None, weight: float,
+              iterations: int | None = None) -> np.ndarray:
+    """One baseline on one slice: the (H, W) magnitude. `maps` None: ESPIRiT's."""
+    if method not in METHODS:
+        raise InputError(f"unknown method {method!r}: expected one of {', '.join(METHODS)}")
+    full = np.broadcast_to(np.asarray(mask, dtype=bool), kspace.shape[-2:])
+    acquired = np.asarray(kspace, dtype=np.complex64) * full
+    if method == "zero_filled":
+        coil = np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(acquired, axes=(-2, -1)), norm="ortho"), axes=(-2, -1))
+        return np.sqrt((np.abs(coil) ** 2).sum(0)).astype(np.float32)
+    if maps is None:
+        maps = espirit_maps(acquired, mask)
+    if method == "pics":
+        return np.abs(pics(acquired, mask, maps, weight, iterations or 100)).astype(np.float32)
+    return np.abs(sense(acquired, mask, maps, weight, iterations or 20)).astype(np.float32)

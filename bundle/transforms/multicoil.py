@@ -1,0 +1,126 @@
+"""Multi-coil MRI transforms: a simulated receive array on a magnitude slice, then the Cartesian
+undersampling of every coil with one mask; and the same undersampling of real coil k-space."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
+
+import torch
+from monai.config import KeysCollection
+from monai.utils import convert_to_tensor
+
+from bundle.errors import InputError
+from bundle.physics.mri import fft2c, ifft2c
+from bundle.physics.mri_sense import random_coil_maps, rss, smooth_phase
+from bundle.transforms.mri import UndersampleKspaced
+
+
+def _check_range(value: Sequence[float] | float, name: str, low: float) -> tuple[float, float]:
+    if isinstance(value, (int, float)):
+        pair: tuple[float, ...] = (float(value), float(value))
+    else:
+        pair = tuple(float(v) for v in value)
+    if len(pair) != 2 or not (low <= pair[0] <= pair[1]) or not all(math.isfinite(v) for v in pair):
+        raise InputError(f"{name} must be a number or a [min, max] pair with {low} <= min <= max, got {value!r}")
+    return pair[0], pair[1]
+
+
+class UndersampleMultiCoild(UndersampleKspaced):
+    """Undersample fully sampled multi-coil k-space, every coil with the same Cartesian mask.
+
+    Reads `keys` ((C, H, W) complex fully sampled coil k-space) and writes: "kspace" (the acquired
+    k-space, (C, H, W) complex, zero off the mask), "mask" ((1, 1, W) bool), `label` ((1, H, W)
+    the RSS of the fully sampled coil images: the reference, as fastMRI's), "zero_filled" and the
+    key "image" ((1, H, W) the RSS of the acquired data: the classical baseline), "acceleration".
+    Options as `UndersampleKspaced`.
+    """
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            full = convert_to_tensor(d.pop(key), track_meta=False)
+            if not full.is_complex() or full.ndim != 3:
+                raise InputError(f"multi-coil k-space must be complex (coils, H, W), got {full.dtype} {tuple(full.shape)}")
+            full = full.to(torch.complex64)
+            mask, acc = self.draw(d, full.shape[-1])
+            kspace = full * mask.to(full.real.dtype)
+            d[self.label_key] = rss(ifft2c(full), 0).unsqueeze(0)
+            d["zero_filled"] = rss(ifft2c(kspace), 0).unsqueeze(0)
+            d["image"] = d["zero_filled"]
+            d["kspace"] = kspace
+            d["mask"] = mask.view(1, 1, -1)
+            d["acceleration"] = acc
+        return d
+
+
+class SimulateMultiCoild(UndersampleMultiCoild):
+    """A multi-coil acquisition of a (1, H, W) magnitude slice, then its undersampling.
+
+    The slice gets a smooth random phase (`smooth_phase`), is multiplied by random receive
+    sensitivities (`random_coil_maps`: a coil count drawn from `coils`, random placement and
+    rotation), Fourier transformed, and complex Gaussian noise is added with a standard deviation
+    of (mean magnitude of the object) / snr, snr drawn log-uniformly from `snr`: the coil
+    combination then has about that SNR in the object. Then `UndersampleMultiCoild` (outputs
+    there). Augment the magnitude slice before this transform.
+
+    Args:
+        keys: the (1, H, W) magnitude slice.
+        coils: [min, max] coil count (drawn uniformly), or one number.
+        snr: [min, max] signal-to-noise ratio of the combined image, or one number; 0 = no noise.
+        max_phase: the smooth phase spans at most about this many radians.
+        accelerations, center_fractions, mask_type, deterministic, seed_key, label_key: as
+            `UndersampleKspaced` (deterministic: coils, phase and noise are seeded by the slice too).
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        coils: Sequence[int] | int = (4, 32),
+        snr: Sequence[float] | float = (10.0, 80.0),
+        max_phase: float = math.pi,
+        accelerations: Sequence[float] | float = (4,),
+        center_fractions: Sequence[float] | float | None = None,
+        mask_type: str = "equispaced",
+        deterministic: bool = False,
+        seed_key: str = "slice_id",
+        label_key: str = "label",
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, accelerations, center_fractions, mask_type, deterministic, seed_key, label_key,
+                         allow_missing_keys)
+        low, high = _check_range(coils, "coils", 1)
+        self.coils = (int(low), int(high))
+        self.snr = _check_range(snr, "snr", 0.0)
+        if not 0 <= float(max_phase) <= 100:
+            raise InputError(f"max_phase must be in [0, 100] radians, got {max_phase!r}")
+        self.max_phase = float(max_phase)
+
+    def coil_kspace(self, image: torch.Tensor, seed: int) -> torch.Tensor:
+        """(H, W) magnitude -> (C, H, W) noisy complex coil k-space, all draws from `seed`."""
+        gen = torch.Generator().manual_seed(seed)
+        h, w = int(image.shape[-2]), int(image.shape[-1])
+        coils = int(torch.randint(self.coils[0], self.coils[1] + 1, (1,), generator=gen))
+        phase = smooth_phase((h, w), gen, self.max_phase)
+        x = torch.polar(image.float(), phase)
+        k = fft2c(random_coil_maps(coils, (h, w), gen) * x)
+        snr = math.exp(math.log(max(self.snr[0], 1e-6)) + float(torch.rand(1, generator=gen))
+                       * (math.log(max(self.snr[1], 1e-6)) - math.log(max(self.snr[0], 1e-6))))
+        if self.snr[1] > 0:
+            obj = image[image > 0.1 * image.max()]
+            sigma = float(obj.mean()) / snr if obj.numel() else 0.0
+            noise = torch.randn(k.shape, generator=gen, dtype=k.dtype)  # complex: unit variance in total
+            k = k + sigma * noise
+        return k
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            image = convert_to_tensor(d[key], track_meta=False).float()
+            if image.ndim != 3 or image.shape[0] != 1:
+                raise InputError(f"expected a (1, H, W) magnitude slice, got shape {tuple(image.shape)}")
+            seed = self.seed(d, "coils", self.coils, self.snr, self.max_phase)
+            d[key] = self.coil_kspace(image[0], seed)
+            d = super().__call__(d)
+        return d

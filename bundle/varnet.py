@@ -1,0 +1,158 @@
+"""The multi-coil network: an unrolled variational network in the E2E-VarNet design (Sriram et
+al., MICCAI 2020), built from MONAI's `monai.apps.reconstruction` pieces.
+
+Each cascade is MONAI's `VarNetBlock`: k <- k - w * M (k - y) - F S R(S^H F^H k), with a learned
+soft data-consistency weight w and a `ComplexUnet` (MONAI's `BasicUNet` on the coil-combined
+complex image as real and imaginary channels) as the regulariser R. The sensitivities S come from
+a `ComplexUnet` applied to the low-resolution coil images of the autocalibration lines, divided
+by their root-sum-of-squares. The output is the RSS of the coil images of the final k-space, on
+the scale of the data (the k-space is divided by a scale before the cascades and the image
+multiplied back after).
+
+Why not MONAI's `VariationalNetworkModel` and `CoilSensitivityModel` as they are: the latter
+finds the calibration block with a Python loop on one 1D mask shared by the whole batch (a batch
+of different masks, or an (H, W) sample mask, is not supported) and indexes past the end of a
+fully sampled mask. Here the calibration region of every example comes from
+`bundle.physics.mri_sense.acs_window` (1D line masks and 2D sample masks); the cascades are
+MONAI's blocks unchanged.
+
+Tensors are complex: k-space (B, C, H, W), mask (B, 1, 1, W) or (B, 1, H, W) (bool or 0/1);
+MONAI's blocks use the real view (B, C, H, W, 2) inside.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from monai.apps.reconstruction.networks.blocks.varnetblock import VarNetBlock
+from monai.apps.reconstruction.networks.nets.complex_unet import ComplexUnet
+from torch import nn
+
+from bundle.errors import InputError
+from bundle.physics.mri import ifft2c
+from bundle.physics.mri_sense import acs_window, rss
+
+# Named settings: "cpu" trains usefully on a 2-core CPU in under an hour (the shipped model);
+# "gpu" is E2E-VarNet-sized for a lent GPU.
+VARNET_VARIANTS: dict[str, tuple[int, tuple[int, ...], tuple[int, ...]]] = {  # cascades, features, sens_features
+    "cpu": (4, (8, 8, 16, 32, 64, 8), (4, 4, 8, 16, 32, 4)),
+    "gpu": (8, (18, 18, 36, 72, 144, 18), (8, 8, 16, 32, 64, 8)),
+}
+
+
+def varnet_variant(variant: str) -> dict:
+    """The cascade count and UNet features of a named setting ("cpu" or "gpu")."""
+    if variant not in VARNET_VARIANTS:
+        raise InputError(f"unknown varnet variant {variant!r}: expected one of {', '.join(VARNET_VARIANTS)}")
+    cascades, features, sens_features = VARNET_VARIANTS[variant]
+    return {"cascades": cascades, "features": list(features), "sens_features": list(sens_features)}
+
+
+def _check_features(features: Sequence[int], name: str) -> tuple[int, ...]:
+    feats = tuple(int(f) for f in features)
+    if len(feats) != 6 or min(feats) < 1:
+        raise InputError(f"{name} must be six positive integers (BasicUNet's features), got {list(features)}")
+    return feats
+
+
+def _real(x: torch.Tensor) -> torch.Tensor:
+    return torch.view_as_real(x.contiguous())
+
+
+def _complex(x: torch.Tensor) -> torch.Tensor:
+    return torch.view_as_complex(x.contiguous())
+
+
+def mask_as_grid(mask: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """A (B, 1, 1, W) / (B, 1, H, W) / (W,) / (H, W) mask as a (B or 1, 1, H or 1, W) bool tensor."""
+    m = mask if mask.dtype == torch.bool else mask > 0.5
+    if m.ndim == 1:
+        m = m.view(1, 1, 1, -1)
+    elif m.ndim == 2:
+        m = m.view(1, 1, *m.shape)
+    elif m.ndim == 3:
+        m = m.unsqueeze(1)
+    if m.shape[-1] != shape[1] or m.shape[-2] not in (1, shape[0]):
+        raise InputError(f"the mask is {tuple(mask.shape)} but the k-space is {shape[0]} x {shape[1]}")
+    return m
+
+
+class SensitivityNet(nn.Module):
+    """Learned coil sensitivities: a `ComplexUnet` refines each coil's low-resolution image of the
+    calibration region (coils as batch), then the maps are divided by their RSS (sum_c |S_c|^2 = 1)."""
+
+    def __init__(self, features: Sequence[int]) -> None:
+        super().__init__()
+        self.unet = ComplexUnet(spatial_dims=2, features=_check_features(features, "sens_features"))
+
+    def forward(self, kspace: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = kspace.shape
+        windows = torch.stack([acs_window(mask[i if mask.shape[0] > 1 else 0], (h, w)) for i in range(b)])
+        low = ifft2c(kspace * windows[:, None].to(kspace.real.dtype))
+        x = _real(low).reshape(b * c, 1, h, w, 2)
+        x = _complex(self.unet(x).reshape(b, c, h, w, 2))
+        return x / rss(x, 1).unsqueeze(1).clamp_min(1e-12)
+
+
+class VarNet(nn.Module):
+    """E2E-VarNet with MONAI's `VarNetBlock`s and `ComplexUnet`s (module docstring).
+
+    Args:
+        cascades: unrolled iterations (each: soft data consistency + a UNet regulariser).
+        features: BasicUNet features of each cascade's regulariser (six numbers).
+        sens_features: BasicUNet features of the sensitivity network.
+    """
+
+    def __init__(self, cascades: int = 4, features: Sequence[int] = (8, 8, 16, 32, 64, 8),
+                 sens_features: Sequence[int] = (4, 4, 8, 16, 32, 4)) -> None:
+        super().__init__()
+        if int(cascades) < 1:
+            raise InputError(f"cascades must be at least 1, got {cascades!r}")
+        feats = _check_features(features, "features")
+        self.sensitivity = SensitivityNet(sens_features)
+        self.cascades = nn.ModuleList(
+            [VarNetBlock(ComplexUnet(spatial_dims=2, features=feats)) for _ in range(int(cascades))])
+
+    @staticmethod
+    def scale_of(kspace: torch.Tensor) -> torch.Tensor:
+        """(B, 1, 1, 1): the k-space norm per pixel of each example (so the network sees data
+        of the same size whatever the scanner's scale); the output is multiplied back."""
+        b = kspace.shape[0]
+        n = kspace.shape[-2] * kspace.shape[-1]
+        return (kspace.abs().pow(2).reshape(b, -1).sum(1) / n).sqrt().clamp_min(1e-12).view(b, 1, 1, 1)
+
+    def reconstruct(self, kspace: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, C, H, W) complex acquired k-space and its mask -> the (B, 1, H, W) RSS image and the
+        (B, C, H, W) learned sensitivities."""
+        if not kspace.is_complex() or kspace.ndim != 4:
+            raise InputError(f"the multi-coil network takes complex (B, coils, H, W) k-space, got "
+                             f"{kspace.dtype} {tuple(kspace.shape)}")
+        h, w = int(kspace.shape[-2]), int(kspace.shape[-1])
+        m = mask_as_grid(mask.to(kspace.device), (h, w))
+        scale = self.scale_of(kspace)
+        y = kspace / scale
+        maps = self.sensitivity(y, m)
+        ref, smaps, m5 = _real(y), _real(maps), m.unsqueeze(-1)
+        k = ref.clone()
+        for cascade in self.cascades:
+            k = cascade(k, ref, m5, smaps)
+        image = rss(ifft2c(_complex(k)), 1).unsqueeze(1) * scale
+        return image, maps
+
+    def forward(self, kspace: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.reconstruct(kspace, mask)[0]
+
+
+class PrepareMultiCoilBatch:
+    """Ignite/MONAI `prepare_batch` for `VarNet`: the network input is the batch's "kspace"
+    (complex, masked), the target its "label" (RSS of the fully sampled coils), and the "mask"
+    the second argument. The zero-filled RSS stays in the batch as "zero_filled" for the
+    baseline's metrics."""
+
+    def __call__(self, batchdata: dict, device: torch.device | str | None = None, non_blocking: bool = False,
+                 **kwargs) -> tuple:
+        def to(x: torch.Tensor) -> torch.Tensor:
+            return x.to(device=device, non_blocking=non_blocking)
+
+        return to(batchdata["kspace"]), to(batchdata["label"]), (to(batchdata["mask"]),), {}

@@ -1,0 +1,102 @@
+"""The multi-coil unrolled network: soft data consistency, normalised learned sensitivities, scale
+equivariance, masks of every kind, and its bad inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from bundle.errors import InputError
+from bundle.physics.mri import cartesian_mask, fft2c
+from bundle.physics.mri_sense import birdcage_maps, rss
+from bundle.varnet import VarNet, varnet_variant
+
+TINY = {"cascades": 2, "features": (4, 4, 8, 8, 16, 4), "sens_features": (2, 2, 4, 4, 8, 2)}
+
+
+class Zero(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(x)
+
+
+def acquisition(coils=4, h=32, w=32, acc=4, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    img = torch.nn.functional.avg_pool2d(torch.rand(1, 1, h, w, generator=gen), 5, 1, 2)[0, 0]
+    full = fft2c(birdcage_maps(coils, (h, w)) * img.to(torch.complex64))
+    mask = cartesian_mask(w, acc, 0.125, "equispaced", np.random.default_rng(seed))
+    return full, mask
+
+
+def test_soft_data_consistency_moves_the_acquired_samples_towards_the_data():
+    """With the regulariser switched off, one cascade is k - w M (k - y): the residual on the
+    acquired samples shrinks by exactly (1 - w), and nothing else changes."""
+    torch.manual_seed(0)
+    net = VarNet(cascades=1, features=TINY["features"], sens_features=TINY["sens_features"])
+    block = net.cascades[0]
+    block.model = Zero()
+    with torch.no_grad():
+        block.dc_weight.fill_(0.3)
+    full, mask = acquisition()
+    y = full * mask
+    current = y + 0.5 * torch.randn(y.shape, dtype=y.dtype)  # a guess that disagrees with the data
+    maps = torch.view_as_real(birdcage_maps(4, (32, 32))[None].contiguous())
+    m5 = mask.view(1, 1, 1, -1, 1).bool()
+    out = torch.view_as_complex(block(torch.view_as_real(current[None]), torch.view_as_real(y[None]), m5, maps))[0]
+    before = ((current - y) * mask).abs().norm()
+    after = ((out - y) * mask).abs().norm()
+    assert after < before
+    torch.testing.assert_close(after / before, torch.tensor(0.7), atol=1e-5, rtol=0)
+    torch.testing.assert_close(out * (1 - mask.float()), current * (1 - mask.float()))
+
+
+def test_learned_sensitivities_are_normalised_and_the_output_scales_with_the_data():
+    torch.manual_seed(0)
+    net = VarNet(**TINY).eval()
+    full, mask = acquisition(coils=5)
+    y = (full * mask)[None]
+    with torch.no_grad():
+        image, maps = net.reconstruct(y, mask.view(1, 1, 1, -1))
+        scaled, _ = net.reconstruct(y * 1000.0, mask.view(1, 1, 1, -1))
+    assert image.shape == (1, 1, 32, 32) and maps.shape == (1, 5, 32, 32)
+    torch.testing.assert_close(rss(maps, 1), torch.ones(1, 32, 32), atol=1e-5, rtol=0)
+    torch.testing.assert_close(scaled, image * 1000.0, rtol=1e-3, atol=1e-3 * float(scaled.max()))
+
+
+def test_batches_of_different_masks_and_2d_masks():
+    torch.manual_seed(0)
+    net = VarNet(**TINY).eval()
+    (f1, m1), (f2, m2) = acquisition(seed=1, acc=4), acquisition(seed=2, acc=8)
+    batch = torch.stack([f1 * m1, f2 * m2])
+    masks = torch.stack([m1, m2]).view(2, 1, 1, -1)
+    with torch.no_grad():
+        both = net(batch, masks)
+        one = net((f2 * m2)[None], m2.view(1, 1, 1, -1))
+    torch.testing.assert_close(both[1:], one, atol=1e-5, rtol=1e-4)
+    mask2d = torch.zeros(32, 32, dtype=torch.bool)  # samples on a 2D grid with a 6 x 6 calibration box
+    mask2d[::2, ::2] = True
+    mask2d[13:19, 13:19] = True
+    with torch.no_grad():
+        out = net((f1 * mask2d)[None], mask2d)
+    assert out.shape == (1, 1, 32, 32) and torch.isfinite(out).all()
+
+
+def test_bad_network_inputs():
+    net = VarNet(**TINY)
+    full, mask = acquisition()
+    with pytest.raises(InputError, match="complex"):
+        net(full.abs()[None], mask)
+    with pytest.raises(InputError, match="the mask is"):
+        net(full[None], mask[:-1])
+    no_centre = mask.clone()
+    no_centre[12:20] = False
+    with pytest.raises(InputError, match="no fully sampled k-space centre"):
+        net((full * no_centre)[None], no_centre)
+    with pytest.raises(InputError, match="cascades"):
+        VarNet(cascades=0)
+    with pytest.raises(InputError, match="six positive integers"):
+        VarNet(features=(4, 4))
+    with pytest.raises(InputError, match="unknown varnet variant"):
+        varnet_variant("huge")
+    assert varnet_variant("gpu")["cascades"] > varnet_variant("cpu")["cascades"]
