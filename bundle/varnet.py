@@ -22,7 +22,8 @@ MONAI's blocks use the real view (B, C, H, W, 2) inside.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 
 import torch
 from monai.apps.reconstruction.networks.blocks.varnetblock import VarNetBlock
@@ -35,10 +36,10 @@ from bundle.physics.mri_sense import acs_window, rss
 
 # Named settings: "cpu" trains usefully on a 2-core CPU in under an hour (the shipped model);
 # "gpu" is E2E-VarNet-sized for a lent GPU.
-VARNET_VARIANTS: dict[str, tuple[int, tuple[int, ...], tuple[int, ...]]] = {  # cascades, features, sens_features
-    "cpu": (4, (8, 8, 16, 32, 64, 8), (4, 4, 8, 16, 32, 4)),
+VARNET_VARIANTS: Mapping[str, tuple[int, tuple[int, ...], tuple[int, ...]]] = MappingProxyType({
+    "cpu": (4, (8, 8, 16, 32, 64, 8), (4, 4, 8, 16, 32, 4)),  # cascades, features, sens_features
     "gpu": (8, (18, 18, 36, 72, 144, 18), (8, 8, 16, 32, 64, 8)),
-}
+})
 
 
 def varnet_variant(variant: str) -> dict:

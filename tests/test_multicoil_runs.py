@@ -148,3 +148,35 @@ def test_bad_multicoil_input_stops_with_one_line_and_writes_nothing(tmp_path, ki
     assert len(lines) == 1 and name in lines[0] and message in lines[0], res.stderr[-2000:]
     assert "Traceback" not in res.stderr
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_real_coil_dataset_and_augmentation_keep_the_physics():
+    import torch
+
+    from bundle.data import RawKspaceSlices
+    from bundle.physics.mri import ifft2c
+    from bundle.transforms import AugmentCoilKspaced
+
+    ds = RawKspaceSlices([{"image": str(DEMO_PHANTOM)}], repeat=3)
+    assert len(ds) == 3 and ds[0]["volume_max"] == 1.0 and ds[0]["image"].shape == (32, 64, 64)
+    rss = ifft2c(ds[0]["image"]).abs().pow(2).sum(0).sqrt()
+    assert abs(float(rss.max()) - 1.0) < 1e-5  # normalised by the RSS maximum
+    aug = AugmentCoilKspaced(keys="image", flip_prob=1.0)
+    aug.set_random_state(0)
+    out = aug(ds[0])["image"]
+    flipped = ifft2c(out).abs().pow(2).sum(0).sqrt()
+    torch.testing.assert_close(flipped, rss.flip(-2, -1), atol=1e-5, rtol=1e-4)  # flips of the coil images
+    torch.testing.assert_close(out.abs().pow(2).sum(), ds[0]["image"].abs().pow(2).sum(), rtol=1e-4, atol=0)
+
+
+@pytest.mark.skipif(not (ROOT.parent / "shared" / "data" / "kspace" / "multicoil").is_dir(),
+                    reason="../shared/data/kspace/multicoil is not beside the repository")
+def test_fine_tuning_on_real_coils_runs(tiny_multicoil_model, tmp_path):
+    res = run_bundle("training", "--meta_file", "configs/metadata.json", "--config_file",
+                     "['configs/train.yaml','configs/train_multicoil.yaml','configs/train_multicoil_real.yaml']",
+                     "--logging_file", "configs/logging.conf", "--ckpt_dir", str(tmp_path / "m"),
+                     "--output_dir", str(tmp_path / "e"), "--max_epochs", "1", "--epoch_length", "2",
+                     "--pretrained", str(tiny_multicoil_model), "--cascades", "1", "--features", "[4,4,8,8,16,4]",
+                     "--sens_features", "[2,2,4,4,8,2]", "--real_validation", "['pulseq_phantom_32ch_64.h5']")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "val_ssim" in res.stdout + res.stderr and (tmp_path / "m" / "model_multicoil.pt").is_file()

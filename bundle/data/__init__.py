@@ -2,18 +2,26 @@
 input format (NIfTI, DICOM series, fastMRI HDF5), by module:
 
 - `datalists`: checked MONAI datalists; `demo`: the built-in demo data of each modality;
-- `datasets`: `SliceDataset` (3D volumes served as cached 2D slices);
+- `datasets`: `SliceDataset` (3D volumes served as cached 2D slices), `RawKspaceSlices` (real coils);
 - `readers`: one loader for every input format; `io`: checked NIfTI, atomic writing;
-- `dicom`: DICOM series in and out; `fastmri`: fastMRI HDF5 raw k-space.
+- `dicom`: DICOM series in and out; `fastmri`: fastMRI HDF5 raw k-space;
+- `rawkspace`: multi-coil raw k-space of every format (fastMRI, ISMRMRD, TWIX, BART).
 
 The names the configs use are re-exported here (`bundle.data.SliceDataset`, ...).
 """
 
 from bundle.data.datalists import load_datalist
-from bundle.data.datasets import SliceDataset, VolumeSlices, foreground_fraction, meta_tracking_off, slice_axis_index
+from bundle.data.datasets import (
+    RawKspaceSlices,
+    SliceDataset,
+    VolumeSlices,
+    foreground_fraction,
+    meta_tracking_off,
+    slice_axis_index,
+)
 from bundle.data.demo import DEMO_DIR, ensure_ct_datalist, ensure_datalist, ensure_xray_datalist
 
 __all__ = (
-    "DEMO_DIR", "SliceDataset", "VolumeSlices", "ensure_ct_datalist", "ensure_datalist", "ensure_xray_datalist",
+    "DEMO_DIR", "RawKspaceSlices", "SliceDataset", "VolumeSlices", "ensure_ct_datalist", "ensure_datalist", "ensure_xray_datalist",
     "foreground_fraction", "load_datalist", "meta_tracking_off", "slice_axis_index",
 )

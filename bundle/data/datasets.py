@@ -316,3 +316,50 @@ class SliceDataset(torch.utils.data.Dataset):
             return item
         with meta_tracking_off():
             return self.slice_transform(item)
+
+
+class RawKspaceSlices(torch.utils.data.Dataset):
+    """The slices of fully sampled raw multi-coil files (`bundle.data.rawkspace.read_raw`), for
+    training and validating the multi-coil network on real coils: items {"image": (C, H, W)
+    complex k-space, "filename", "slice_id", "volume_max" (the maximum of the file's fully
+    sampled RSS, 1 when `normalise`)}, each `repeat` times, then `transform` (augmentation,
+    undersampling).
+
+    Args:
+        data: datalist items with an "image" path to a fully sampled raw file.
+        transform: applied to each item on access.
+        repeat: each slice appears this many times per epoch.
+        normalise: divide each file's k-space by its RSS maximum (scanner scales differ by orders
+            of magnitude; the loss's pixel term is on the raw values).
+    """
+
+    def __init__(self, data: Sequence[dict], transform: Callable | None = None, repeat: int = 1,
+                 normalise: bool = True) -> None:
+        from bundle.data.rawkspace import read_raw
+        from bundle.physics.mri import ifft2c
+
+        if int(repeat) < 1:
+            raise InputError(f"repeat must be at least 1, got {repeat!r}")
+        self.items: list[dict] = []
+        for item in data:
+            path = str(item["image"])
+            raw = read_raw(path)
+            if raw.mask is not None:
+                raise InputError(f"{path}: undersampled; training and validation need fully sampled k-space")
+            k = torch.from_numpy(raw.kspace)
+            vmax = float(ifft2c(k).abs().pow(2).sum(1).sqrt().max())
+            if normalise:
+                k, vmax = k / vmax, 1.0
+            name = os.path.basename(path)
+            self.items += [{"image": k[s], "filename": name, "slice_id": f"{name}:{s}", "volume_max": vmax}
+                           for s in range(k.shape[0])]
+        if not self.items:
+            raise InputError("no raw k-space slices in the datalist")
+        self.transform, self.repeat = transform, int(repeat)
+
+    def __len__(self) -> int:
+        return len(self.items) * self.repeat
+
+    def __getitem__(self, index: int) -> dict:
+        item = dict(self.items[index % len(self.items)])
+        return self.transform(item) if self.transform is not None else item

@@ -26,10 +26,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from bundle.data.fastmri import ISMRMRD_NS
 from bundle.errors import InputError
 
 RAW_SUFFIXES = (".h5", ".hdf5", ".dat", ".cfl", ".hdr")
-ISMRMRD_NS = {"m": "http://www.ismrm.org/ISMRMRD"}
 
 
 @dataclass
@@ -57,13 +57,17 @@ def _centred_ifft(x: np.ndarray, axis: int) -> np.ndarray:
 
 def infer_mask(path: str, kspace: np.ndarray) -> np.ndarray | None:
     """The acquired samples of k-space that is zero where it was not acquired: None when every
-    sample is present; a (W,) line mask when every row is acquired alike; else (H, W)."""
+    sample is present, or when the acquired lines are one contiguous block (zero-padded edges of a
+    fully sampled scan); a (W,) line mask when every row is acquired alike; else (H, W)."""
     sampled = np.abs(kspace).reshape(-1, *kspace.shape[-2:]).max(0) > 0  # (H, W): any slice or coil
     if sampled.all():
         return None
     if not sampled.any():
         raise InputError(f"{path}: the k-space is all zeros")
     if (sampled == sampled[:1]).all():
+        lines = np.flatnonzero(sampled[0])
+        if lines[-1] - lines[0] + 1 == lines.size:
+            return None  # one contiguous block: zero padding of the edges (partial Fourier, fastMRI), not undersampling
         return sampled[0].copy()
     return sampled
 
@@ -140,7 +144,7 @@ def is_ismrmrd(path: str) -> bool:
 
 # ---- ISMRMRD ----
 def _xml_int(root: ET.Element, path: str, default: int | None = None) -> int | None:
-    node = root.find(path, ISMRMRD_NS)
+    node = root.find(path, dict(ISMRMRD_NS))
     return int(node.text) if node is not None and node.text is not None else default
 
 
@@ -166,7 +170,7 @@ def read_ismrmrd(path: str) -> RawKspace:
         root = ET.fromstring(header.decode() if isinstance(header, bytes) else str(header))
     except ET.ParseError as e:
         raise InputError(f"{path}: the ISMRMRD XML header cannot be parsed ({e})") from None
-    traj = root.find("m:encoding/m:trajectory", ISMRMRD_NS)
+    traj = root.find("m:encoding/m:trajectory", dict(ISMRMRD_NS))
     if traj is not None and traj.text is not None and traj.text.strip() != "cartesian":
         raise InputError(f"{path}: {traj.text.strip()} trajectory; only Cartesian k-space is supported")
     enc_y = _xml_int(root, "m:encoding/m:encodedSpace/m:matrixSize/m:y")

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from bundle.data.rawkspace import RawKspace
 from bundle.errors import InputError
-from bundle.parallel_imaging import METHODS, classical, espirit_maps
+from bundle.parallel_imaging import METHODS, classical, sensitivities
 from bundle.physics.mri import cartesian_mask, check_acceleration, check_mask_type, default_center_fraction, ifft2c
 from bundle.physics.mri_sense import acs_window, rss
 from bundle.transforms.base import slice_seed
@@ -123,7 +123,7 @@ class MultiCoilReconstructor:
                 continue
             given = raw.maps[min(i, raw.maps.shape[0] - 1)] if raw.maps is not None else None
             if given is None and self.method != "zero_filled":
-                given = espirit_maps(acquired.numpy(), mask)
+                given = sensitivities(acquired.numpy(), mask)
             recon[i] = classical(self.method, acquired.numpy(), mask, given, self.weight)
             if maps is not None and given is not None:
                 maps[i] = given

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from bundle.data.dicom import write_dicom_series
 from bundle.data.io import save_nifti_array, save_nifti_like
-from bundle.data.rawkspace import RawKspace, read_raw
+from bundle.data.rawkspace import RawKspace, is_ismrmrd, read_raw
 from bundle.data.readers import InputVolume, input_kind, list_inputs, load_input, output_stem
 from bundle.errors import InputError
 
@@ -111,6 +111,8 @@ class InferenceRunner:
                 raise InputError(f"{path}: not raw k-space; the multi-coil model reads fastMRI or ISMRMRD .h5, "
                                  "TWIX .dat and BART .cfl files")
             return None, None
+        if kind == "fastmri" and self.multicoil is None and not is_ismrmrd(path):
+            return None, None  # no multi-coil model configured: the single-coil emulation (RSS image)
         raw = read_raw(path)
         if forced:
             return self.reconstructor, raw

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from bundle.data.rawkspace import read_raw
 from bundle.errors import InputError
-from bundle.parallel_imaging import classical, espirit_maps
+from bundle.parallel_imaging import classical, sensitivities
 from bundle.physics.mri import cartesian_mask, default_center_fraction, ifft2c
 from bundle.physics.mri_sense import estimate_sensitivities, rss
 from bundle.transforms.base import slice_seed
@@ -106,7 +106,7 @@ class MapsCache:
         key = (kind, hashlib.sha1(kspace.tobytes() + np.asarray(mask).tobytes()).digest())
         if key not in self.maps:
             if kind == "espirit":
-                self.maps[key] = espirit_maps(kspace, mask, crop=0.0)
+                self.maps[key] = sensitivities(kspace, mask)
             else:
                 self.maps[key] = estimate_sensitivities(torch.from_numpy(kspace), torch.from_numpy(mask)).numpy()
         return self.maps[key]
@@ -114,7 +114,8 @@ class MapsCache:
 
 def baseline_method(method: str, weight: float, maps: str = "espirit", cache: MapsCache | None = None) -> Method:
     """A classical baseline (`bundle.parallel_imaging.classical`) with ESPIRiT maps (SigPy, all
-    pixels kept) or "acs" maps (`estimate_sensitivities`)."""
+    pixels kept; the calibration maps where the region is under 4 lines wide) or "acs" maps
+    (`estimate_sensitivities`)."""
     cache = cache or MapsCache()
 
     def run(kspace: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -29,11 +29,11 @@ from bundle.transforms.ct import (
     unit_to_hu,
 )
 from bundle.transforms.mri import UndersampleKspaced, check_acquisition
-from bundle.transforms.multicoil import SimulateMultiCoild, UndersampleMultiCoild
+from bundle.transforms.multicoil import AugmentCoilKspaced, SimulateMultiCoild, UndersampleMultiCoild
 from bundle.transforms.xray import LowDoseRadiographd
 
 __all__ = (
-    "DISPLAY_WINDOWS", "HU_CHECKS", "HU_WINDOW", "CTAcquisition", "CTDataConsistency", "CheckVolumed",
+    "AugmentCoilKspaced", "DISPLAY_WINDOWS", "HU_CHECKS", "HU_WINDOW", "CTAcquisition", "CTDataConsistency", "CheckVolumed",
     "HounsfieldWindowd", "LowDoseRadiographd", "RestoreScaled", "ScaleByPercentiled", "SimulateCTd",
     "SimulateMultiCoild", "SliceSeededTransform", "UndersampleKspaced", "UndersampleMultiCoild", "check_acquisition", "check_hu", "check_hu_mode", "check_hu_window",
     "hu_problem", "hu_to_unit", "normalisation_scale", "percentile_scale", "slice_seed", "source_name", "unit_to_hu",

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 from monai.config import KeysCollection
+from monai.transforms import MapTransform, RandomizableTransform
 from monai.utils import convert_to_tensor
 
 from bundle.errors import InputError
@@ -123,4 +124,28 @@ class SimulateMultiCoild(UndersampleMultiCoild):
             seed = self.seed(d, "coils", self.coils, self.snr, self.max_phase)
             d[key] = self.coil_kspace(image[0], seed)
             d = super().__call__(d)
+        return d
+
+
+class AugmentCoilKspaced(MapTransform, RandomizableTransform):
+    """Random flips of the coil images (both axes, each with probability `flip_prob`) and one
+    random global phase, applied to fully sampled (C, H, W) coil k-space in the image domain: new
+    real examples that keep the acquisition's physics (coils, noise, sampling grid)."""
+
+    def __init__(self, keys: KeysCollection, flip_prob: float = 0.5, allow_missing_keys: bool = False) -> None:
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        RandomizableTransform.__init__(self, prob=1.0)
+        if not 0 <= float(flip_prob) <= 1:
+            raise InputError(f"flip_prob must be in [0, 1], got {flip_prob!r}")
+        self.flip_prob = float(flip_prob)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            images = ifft2c(convert_to_tensor(d[key], track_meta=False).to(torch.complex64))
+            dims = [dim for dim in (-2, -1) if self.R.rand() < self.flip_prob]
+            if dims:
+                images = images.flip(dims)
+            phase = torch.tensor(float(self.R.uniform(-math.pi, math.pi)))
+            d[key] = fft2c(images * torch.polar(torch.ones(()), phase))
         return d

@@ -4,10 +4,12 @@
 
 The SigPy tutorial's acquisition (8 coils, 230 x 180, about 12.5 % of k-space sampled on a 2D
 variable-density pattern) is written as a fastMRI-format HDF5 file with its mask, then reconstructed
-by the bundle's inference path (`MRIReconstructor` through `InferenceRunner`, shipped MRI weights): the zero-filled
-root-sum-of-squares image and the network's output, beside BART's PICS (parallel imaging +
-compressed sensing) reconstruction of the same data as a pseudo-reference. There is no fully sampled
-reference, so no metric is computed: the figure is the result.
+by the bundle's inference path twice: the single-coil emulation (`MRIReconstructor`, models/model.pt,
+on the zero-filled RSS image) and the multi-coil network (`MultiCoilReconstructor`,
+models/model_multicoil.pt, on the coil k-space), beside SigPy's L1-wavelet PICS with ESPIRiT maps
+and BART's PICS reconstruction of the same data, the pseudo-reference. There is no fully sampled
+reference: the figure, and each image's SSIM against BART's PICS (after a least-squares scaling,
+since the methods' intensity scales differ), are the result.
 """
 
 from __future__ import annotations
@@ -22,17 +24,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, ROOT)
 
 from bundle.data.fastmri import write_fastmri  # noqa: E402
+from bundle.data.rawkspace import read_cfl  # noqa: E402
 
 SHARED_KSPACE = os.path.join(ROOT, "..", "shared", "data", "kspace")
-
-
-def read_cfl(stem: str) -> np.ndarray:
-    """A BART .cfl/.hdr pair as a complex64 array (BART stores column-major)."""
-    with open(stem + ".hdr") as f:
-        lines = f.read().splitlines()
-    dims = [int(v) for v in lines[lines.index("# Dimensions") + 1].split()]
-    data = np.fromfile(stem + ".cfl", dtype=np.complex64)
-    return data.reshape(dims, order="F")
 
 
 def convert(npy: str, out: str) -> str:
@@ -44,11 +38,24 @@ def convert(npy: str, out: str) -> str:
     return write_fastmri(out, kspace[None], mask=mask, acquisition="sigpy brain, 8 coils, prospective")
 
 
+def scaled_ssim(image: np.ndarray, reference: np.ndarray) -> float:
+    """scikit-image SSIM against a pseudo-reference of another scale: the image is first scaled by
+    the least-squares factor <x, r> / <x, x>; data range = the reference maximum."""
+    from skimage.metrics import structural_similarity
+
+    x = image.astype(np.float64)
+    a = float((x * reference).sum() / max((x * x).sum(), 1e-30))
+    return float(structural_similarity(reference, a * x, data_range=float(reference.max())))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--kspace", default=os.path.join(SHARED_KSPACE, "sigpy_cartesian_ksp.npy"))
     p.add_argument("--bart", default=os.path.join(SHARED_KSPACE, "bart_pics_brain_img"), help="BART PICS image (cfl stem)")
     p.add_argument("--ckpt", default=os.path.join(ROOT, "models", "model.pt"))
+    p.add_argument("--multicoil-ckpt", default=os.path.join(ROOT, "models", "model_multicoil.pt"))
+    p.add_argument("--pics-weight", type=float, default=0.01,
+                   help="SigPy PICS weight (default: the one compare.py --multicoil tuned on the real phantoms at 8x)")
     p.add_argument("--out-dir", default=os.path.join(ROOT, "eval", "kspace"))
     p.add_argument("--figure", default=os.path.join(ROOT, "docs", "figures", "kspace_sigpy_brain.png"))
     args = p.parse_args(argv)
@@ -56,24 +63,47 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {args.kspace}: not found (the real k-space lives in ../shared/data/kspace)", file=sys.stderr)
         return 1
 
+    import time
+
     import nibabel as nib
     import torch
 
-    from bundle.reporting.figures import save_figure
-    from bundle.inference import InferenceRunner, MRIReconstructor
+    from bundle.data.rawkspace import read_raw
+    from bundle.inference import InferenceRunner, MRIReconstructor, MultiCoilReconstructor
     from bundle.networks import ResidualUNet, load_checkpoint
+    from bundle.parallel_imaging import classical, espirit_maps
+    from bundle.reporting.figures import save_figure
+    from bundle.varnet import VarNet
 
     os.makedirs(args.out_dir, exist_ok=True)
     h5 = convert(args.kspace, os.path.join(args.out_dir, "sigpy_brain_8coil.h5"))
-    net = load_checkpoint(ResidualUNet(), args.ckpt)
-    rec = MRIReconstructor(net, device="cuda" if torch.cuda.is_available() else "cpu")
-    InferenceRunner(rec).run([h5], args.out_dir)
-    zf = nib.load(os.path.join(args.out_dir, "sigpy_brain_8coil_zero_filled.nii.gz")).get_fdata()[:, :, 0]
-    recon = nib.load(os.path.join(args.out_dir, "sigpy_brain_8coil_recon.nii.gz")).get_fdata()[:, :, 0]
-    panels = [("zero-filled RSS (12.5 % sampled)", zf), ("network (shipped MRI weights)", recon)]
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    single = MRIReconstructor(load_checkpoint(ResidualUNet(), args.ckpt), device=device)
+    InferenceRunner(single).run([h5], args.out_dir)  # no multi-coil model: the single-coil emulation
+    multi_dir = os.path.join(args.out_dir, "multicoil")
+    varnet = load_checkpoint(VarNet(), args.multicoil_ckpt)
+    t = time.perf_counter()
+    InferenceRunner(single, multicoil=MultiCoilReconstructor(varnet, device=device)).run([h5], multi_dir)
+    seconds = {"varnet": time.perf_counter() - t}
+
+    def load(folder: str, kind: str) -> np.ndarray:
+        return nib.load(os.path.join(folder, f"sigpy_brain_8coil_{kind}.nii.gz")).get_fdata()[:, :, 0]
+
+    zf, single_recon, multi_recon = load(args.out_dir, "zero_filled"), load(args.out_dir, "recon"), load(multi_dir, "recon")
+    raw = read_raw(h5)
+    t = time.perf_counter()
+    ours_pics = classical("pics", raw.kspace[0], raw.mask, espirit_maps(raw.kspace[0], raw.mask, crop=0.0), args.pics_weight)
+    seconds["pics"] = time.perf_counter() - t
+    panels = [("zero-filled RSS (12.5 % sampled)", zf), ("single-coil network (model.pt)", single_recon),
+              ("multi-coil network (model_multicoil.pt)", multi_recon), (f"SigPy PICS, ESPIRiT, weight {args.pics_weight:g}", ours_pics)]
+    lines = []
     if os.path.exists(args.bart + ".cfl"):
         bart = read_cfl(args.bart)
         pics = np.sqrt((np.abs(bart) ** 2).sum(axis=tuple(range(3, bart.ndim))))[0].T  # maps combined; (H, W)
+        for title, img in panels:
+            score = scaled_ssim(img, pics)
+            lines.append(f"| {title} | {score:.4f} |")
+        panels = [(f"{t}\nSSIM vs BART PICS {scaled_ssim(img, pics):.3f}", img) for t, img in panels]
         panels.append(("BART PICS (pseudo-reference)", pics))
 
     import matplotlib
@@ -81,14 +111,17 @@ def main(argv: list[str] | None = None) -> int:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4.6))
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 4.6))
     for ax, (title, img) in zip(axes, panels):
         ax.imshow(img, cmap="gray", vmin=0, vmax=np.percentile(img, 99.5))
-        ax.set_title(title, fontsize=10)
+        ax.set_title(title, fontsize=9)
         ax.axis("off")
     fig.suptitle("Real 8-coil brain k-space, prospectively undersampled (2D variable density): no fully sampled reference")
     fig.tight_layout()
     save_figure(fig, args.figure)
+    if lines:
+        print("| method | SSIM against BART's PICS (scaled by least squares) |\n|---|---|\n" + "\n".join(lines))
+    print(f"seconds for the slice (this machine): multi-coil network {seconds['varnet']:.2f}, SigPy PICS {seconds['pics']:.2f}")
     print(f"wrote {h5}, the reconstructions in {args.out_dir} and {args.figure}")
     return 0
 

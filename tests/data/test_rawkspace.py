@@ -228,3 +228,10 @@ def test_unknown_suffix(tmp_path):
     shutil.copy(DEMO_PHANTOM, tmp_path / "x.txt")
     with pytest.raises(InputError, match="not raw k-space"):
         read_raw(str(tmp_path / "x.txt"))
+
+
+def test_zero_padded_edges_are_not_undersampling(tmp_path):
+    k = coil_kspace(coils=3, h=32, w=24)
+    k[..., :3] = 0
+    k[..., -2:] = 0  # a fully sampled scan zero-padded in phase encoding (as some fastMRI files are)
+    assert read_raw(write_fastmri(str(tmp_path / "pad.h5"), k[None])).mask is None
