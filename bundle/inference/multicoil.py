@@ -105,7 +105,7 @@ class MultiCoilReconstructor:
         """Every slice of `raw` -> the outputs (module docstring)."""
         s, c, h, w = raw.kspace.shape
         grid = np.broadcast_to(mask if mask.ndim == 2 else mask[None, :], (h, w))
-        m = torch.from_numpy(np.ascontiguousarray(grid))
+        m = torch.from_numpy(np.array(grid, dtype=bool))  # a copy: broadcast views are read-only
         recon = np.zeros((s, h, w), np.float32)
         zero_filled = np.zeros((s, h, w), np.float32)
         maps = np.zeros((s, c, h, w), np.complex64) if self.write_maps else None

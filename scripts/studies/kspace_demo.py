@@ -2,8 +2,9 @@
 
     python scripts/studies/kspace_demo.py                     # -> eval/kspace/, docs/figures/kspace_sigpy_brain.png
 
-The SigPy tutorial's acquisition (8 coils, 230 x 180, about 12.5 % of k-space sampled on a 2D
-variable-density pattern) is written as a fastMRI-format HDF5 file with its mask, then reconstructed
+The SigPy tutorial's acquisition as BART stored it (8 coils, 180 x 230, about 12.5 % of k-space
+sampled on a 2D variable-density pattern; the k-space of BART's PICS image, in its axes) is written
+as a fastMRI-format HDF5 file with its mask, then reconstructed
 by the bundle's inference path twice: the single-coil emulation (`MRIReconstructor`, models/model.pt,
 on the zero-filled RSS image) and the multi-coil network (`MultiCoilReconstructor`,
 models/model_multicoil.pt, on the coil k-space), beside SigPy's L1-wavelet PICS with ESPIRiT maps
@@ -29,13 +30,15 @@ from bundle.data.rawkspace import read_cfl  # noqa: E402
 SHARED_KSPACE = os.path.join(ROOT, "..", "shared", "data", "kspace")
 
 
-def convert(npy: str, out: str) -> str:
-    """The (coils, H, W) k-space as a one-slice multi-coil fastMRI file with its 2D sampling mask."""
-    kspace = np.load(npy)
-    if kspace.ndim != 3 or not np.iscomplexobj(kspace):
-        raise SystemExit(f"error: {npy}: expected complex (coils, H, W) k-space, got {kspace.dtype} {kspace.shape}")
-    mask = np.abs(kspace).sum(0) > 0
-    return write_fastmri(out, kspace[None], mask=mask, acquisition="sigpy brain, 8 coils, prospective")
+def convert(cfl: str, out: str) -> str:
+    """BART's k-space (the data BART's PICS reconstructed) as a one-slice multi-coil fastMRI file
+    with its 2D sampling mask, in BART's axes (PHS1, PHS2) = (180, 230), as its PICS image."""
+    from bundle.data.rawkspace import read_raw
+
+    raw = read_raw(cfl)
+    if raw.mask is None:
+        raise SystemExit(f"error: {cfl}: expected prospectively undersampled k-space")
+    return write_fastmri(out, raw.kspace, mask=raw.mask, acquisition="sigpy brain, 8 coils, prospective")
 
 
 def scaled_ssim(image: np.ndarray, reference: np.ndarray) -> float:
@@ -50,7 +53,8 @@ def scaled_ssim(image: np.ndarray, reference: np.ndarray) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--kspace", default=os.path.join(SHARED_KSPACE, "sigpy_cartesian_ksp.npy"))
+    p.add_argument("--kspace", default=os.path.join(SHARED_KSPACE, "bart_pics_brain_ksp.cfl"),
+                   help="the k-space BART's PICS image was reconstructed from")
     p.add_argument("--bart", default=os.path.join(SHARED_KSPACE, "bart_pics_brain_img"), help="BART PICS image (cfl stem)")
     p.add_argument("--ckpt", default=os.path.join(ROOT, "models", "model.pt"))
     p.add_argument("--multicoil-ckpt", default=os.path.join(ROOT, "models", "model_multicoil.pt"))
@@ -99,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = []
     if os.path.exists(args.bart + ".cfl"):
         bart = read_cfl(args.bart)
-        pics = np.sqrt((np.abs(bart) ** 2).sum(axis=tuple(range(3, bart.ndim))))[0].T  # maps combined; (H, W)
+        pics = np.sqrt((np.abs(bart) ** 2).sum(axis=tuple(range(3, bart.ndim))))[0]  # maps combined; (180, 230)
         for title, img in panels:
             score = scaled_ssim(img, pics)
             lines.append(f"| {title} | {score:.4f} |")
