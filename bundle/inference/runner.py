@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from bundle.data.dicom import write_dicom_series
 from bundle.data.io import save_nifti_array, save_nifti_like
-from bundle.data.rawkspace import RawKspace, is_ismrmrd, read_raw
+from bundle.data.rawkspace import is_ismrmrd, read_raw
 from bundle.data.readers import InputVolume, input_kind, list_inputs, load_input, output_stem
 from bundle.errors import InputError
 
@@ -76,7 +76,8 @@ class _Prepared:
     spacing: tuple[float, float, float]
     from_ras: np.ndarray | None
     extra: dict = field(default_factory=dict)
-    raw: RawKspace | None = None  # multi-coil raw k-space, for the multi-coil reconstructor
+    raw_path: str | None = None  # multi-coil raw k-space, for the multi-coil reconstructor (read again
+                                 # when its turn comes: a folder of raw scans is not held in memory)
 
 
 class InferenceRunner:
@@ -130,7 +131,7 @@ class InferenceRunner:
             stem = output_stem(path)
             extra = multi.check(raw, stem)
             extra["reconstructor"] = multi
-            return _Prepared(None, stem, None, raw.spacing, None, extra, raw)
+            return _Prepared(None, stem, None, raw.spacing, None, extra, raw.path)
         rec = self.reconstructor
         item = load_input(path, self.series_uid)
         if item.prospective and not rec.accepts_prospective:
@@ -166,7 +167,7 @@ class InferenceRunner:
         check_output_dir(output_dir)
         written: list[str] = []
         for p in tqdm(prepared, desc="reconstructing", unit="vol", disable=not self.progress):
-            if p.raw is not None:
+            if p.raw_path is not None:
                 written += self._write_raw(p, output_dir)
                 continue
             assert p.item is not None and p.from_ras is not None
@@ -191,15 +192,16 @@ class InferenceRunner:
         (no patient geometry in raw data: a diagonal affine with the header's voxel size)."""
         extra = dict(p.extra)
         rec = extra.pop("reconstructor")
-        assert p.raw is not None
-        result = rec.reconstruct_raw(p.raw, p.stem, **extra)
+        assert p.raw_path is not None
+        raw = read_raw(p.raw_path)  # checked in `prepare`
+        result = rec.reconstruct_raw(raw, p.stem, **extra)
         affine = np.diag([*p.spacing, 1.0])
         written = []
         for key, value in result.items():
             out = os.path.join(output_dir, f"{p.stem}_{key}.nii.gz")
             save_nifti_array(value, affine, out)
             written.append(out)
-        logger.info("%s -> %s_{%s}.nii.gz", p.raw.path, os.path.join(output_dir, p.stem), ",".join(result))
+        logger.info("%s -> %s_{%s}.nii.gz", raw.path, os.path.join(output_dir, p.stem), ",".join(result))
         return written
 
 
