@@ -17,15 +17,17 @@ import numpy as np
 import torch
 
 from bundle.errors import InputError
-from bundle.physics.mri_sense import CartesianSense, acs_window, estimate_sensitivities
+from bundle.physics.mri import ifft2c
+from bundle.physics.mri_sense import CartesianSense, acs_window, estimate_sensitivities, norm_per_pixel, rss
 from bundle.physics.solvers import regularised_least_squares
 
 METHODS = ("zero_filled", "cg_sense", "pics")
+ESPIRIT_MIN_CALIBRATION = 4  # lines: a kernel of 3 fits in them
 
 
 def scale_of(kspace: np.ndarray) -> float:
-    """The k-space norm per pixel of one slice (C, H, W) (> 0)."""
-    return max(float(np.sqrt((np.abs(kspace) ** 2).sum() / (kspace.shape[-2] * kspace.shape[-1]))), 1e-12)
+    """The k-space norm per pixel of one slice (C, H, W) (> 0; `norm_per_pixel`)."""
+    return float(norm_per_pixel(torch.from_numpy(np.asarray(kspace, dtype=np.complex64))))
 
 
 def _calibration_width(mask: np.ndarray, shape: tuple[int, int]) -> int:
@@ -44,9 +46,10 @@ def espirit_maps(kspace: np.ndarray, mask: np.ndarray, threshold: float = 0.02, 
 
     h, w = kspace.shape[-2:]
     calib = _calibration_width(mask, (h, w))
+    if calib < ESPIRIT_MIN_CALIBRATION:
+        raise InputError(f"the fully sampled centre is {calib} lines wide, too narrow for ESPIRiT "
+                         f"(at least {ESPIRIT_MIN_CALIBRATION})")
     kernel_width = min(int(kernel_width), calib - 1)  # 8x on 128 lines leaves 5 calibration lines
-    if kernel_width < 3:
-        raise InputError(f"the fully sampled centre is {calib} lines wide, too narrow for ESPIRiT (at least 4)")
     k = np.asarray(kspace, dtype=np.complex64) / scale_of(kspace)
     maps = mr.app.EspiritCalib(k, calib_width=calib, thresh=threshold, kernel_width=kernel_width, crop=crop,
                                show_pbar=False).run()
@@ -57,13 +60,10 @@ def sensitivities(kspace: np.ndarray, mask: np.ndarray, crop: float = 0.0) -> np
     """ESPIRiT maps (all pixels kept by default); where the calibration region is too narrow for
     ESPIRiT (under 4 lines: 8x on 64 lines leaves 3), the documented fallback: the calibration
     region's low-resolution coil images over their RSS (`estimate_sensitivities`)."""
-    try:
+    if _calibration_width(mask, tuple(kspace.shape[-2:])) >= ESPIRIT_MIN_CALIBRATION:
         return espirit_maps(kspace, mask, crop=crop)
-    except InputError as e:
-        if "too narrow for ESPIRiT" not in str(e):
-            raise
-        k = torch.from_numpy(np.asarray(kspace, dtype=np.complex64))
-        return estimate_sensitivities(k, torch.from_numpy(np.asarray(mask))).numpy()
+    k = torch.from_numpy(np.asarray(kspace, dtype=np.complex64))
+    return estimate_sensitivities(k, torch.from_numpy(np.asarray(mask))).numpy()
 
 
 def pics(kspace: np.ndarray, mask: np.ndarray, maps: np.ndarray, lam: float, iterations: int = 100) -> np.ndarray:
@@ -99,8 +99,7 @@ def classical(method: str, kspace: np.ndarray, mask: np.ndarray, maps: np.ndarra
     full = np.broadcast_to(np.asarray(mask, dtype=bool), kspace.shape[-2:])
     acquired = np.asarray(kspace, dtype=np.complex64) * full
     if method == "zero_filled":
-        coil = np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(acquired, axes=(-2, -1)), norm="ortho"), axes=(-2, -1))
-        return np.sqrt((np.abs(coil) ** 2).sum(0)).astype(np.float32)
+        return rss(ifft2c(torch.from_numpy(acquired)), 0).numpy()
     if maps is None:
         maps = sensitivities(acquired, mask)
     if method == "pics":

@@ -32,7 +32,7 @@ from torch import nn
 
 from bundle.errors import InputError
 from bundle.physics.mri import ifft2c
-from bundle.physics.mri_sense import acs_window, rss
+from bundle.physics.mri_sense import acs_window, norm_per_pixel, rss
 
 # Named settings: "cpu" trains usefully on a 2-core CPU in under an hour (the shipped model);
 # "gpu" is E2E-VarNet-sized for a lent GPU.
@@ -119,9 +119,7 @@ class VarNet(nn.Module):
     def scale_of(kspace: torch.Tensor) -> torch.Tensor:
         """(B, 1, 1, 1): the k-space norm per pixel of each example (so the network sees data
         of the same size whatever the scanner's scale); the output is multiplied back."""
-        b = kspace.shape[0]
-        n = kspace.shape[-2] * kspace.shape[-1]
-        return (kspace.abs().pow(2).reshape(b, -1).sum(1) / n).sqrt().clamp_min(1e-12).view(b, 1, 1, 1)
+        return norm_per_pixel(kspace).view(-1, 1, 1, 1)
 
     def reconstruct(self, kspace: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, C, H, W) complex acquired k-space and its mask -> the (B, 1, H, W) RSS image and the

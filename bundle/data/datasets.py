@@ -337,6 +337,7 @@ class RawKspaceSlices(torch.utils.data.Dataset):
                  normalise: bool = True) -> None:
         from bundle.data.rawkspace import read_raw
         from bundle.physics.mri import ifft2c
+        from bundle.physics.mri_sense import rss
 
         if int(repeat) < 1:
             raise InputError(f"repeat must be at least 1, got {repeat!r}")
@@ -347,7 +348,7 @@ class RawKspaceSlices(torch.utils.data.Dataset):
             if raw.mask is not None:
                 raise InputError(f"{path}: undersampled; training and validation need fully sampled k-space")
             k = torch.from_numpy(raw.kspace)
-            vmax = float(ifft2c(k).abs().pow(2).sum(1).sqrt().max())
+            vmax = float(rss(ifft2c(k), 1).max())
             if normalise:
                 k, vmax = k / vmax, 1.0
             name = os.path.basename(path)

@@ -31,6 +31,7 @@ import torch
 
 from bundle.errors import InputError
 from bundle.physics.mri import ifft2c
+from bundle.physics.mri_sense import rss
 
 TARGET_KEYS = ("reconstruction_rss", "reconstruction_esc")
 ISMRMRD_NS = MappingProxyType({"m": "http://www.ismrm.org/ISMRMRD"})
@@ -128,11 +129,6 @@ def center_crop(x: np.ndarray | torch.Tensor, size: tuple[int, int] | None):
     h, w = x.shape[-2:]
     top, left = (h - size[0]) // 2, (w - size[1]) // 2
     return x[..., top : top + size[0], left : left + size[1]]
-
-
-def rss(coil_images: torch.Tensor, dim: int = 1) -> torch.Tensor:
-    """Root-sum-of-squares coil combination of complex coil images."""
-    return torch.sqrt((coil_images.abs() ** 2).sum(dim))
 
 
 def coil_combined(f: FastMRIFile, masked: bool, crop: bool = True) -> np.ndarray:

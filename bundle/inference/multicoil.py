@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from bundle.data.fastmri import center_crop
 from bundle.data.rawkspace import RawKspace
 from bundle.errors import InputError
 from bundle.parallel_imaging import METHODS, classical, sensitivities
@@ -27,14 +28,6 @@ from bundle.transforms.base import slice_seed
 from bundle.varnet import VarNet
 
 MULTICOIL_METHODS = ("varnet", *METHODS)
-
-
-def crop_centre(x: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
-    """The central (h, w) of axes 0 and 1 of an (H, W, ...) array."""
-    if size is None:
-        return x
-    top, left = (x.shape[0] - size[0]) // 2, (x.shape[1] - size[1]) // 2
-    return x[top : top + size[0], left : left + size[1]]
 
 
 class MultiCoilReconstructor:
@@ -128,8 +121,8 @@ class MultiCoilReconstructor:
             if maps is not None and given is not None:
                 maps[i] = given
         out = {"recon": recon, "zero_filled": zero_filled}
-        result = {k: crop_centre(np.moveaxis(v, 0, 2), raw.crop) for k, v in out.items()}
+        result = {k: np.moveaxis(center_crop(v, raw.crop), 0, 2) for k, v in out.items()}
         result["mask"] = grid.astype(np.float32)[:, :, None]  # on the k-space grid: never cropped
         if maps is not None:
-            result["maps"] = crop_centre(np.transpose(maps, (2, 3, 0, 1)), raw.crop)
+            result["maps"] = np.transpose(center_crop(maps, raw.crop), (2, 3, 0, 1))
         return result

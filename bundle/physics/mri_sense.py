@@ -22,6 +22,13 @@ def rss(coil_images: torch.Tensor, dim: int = -3) -> torch.Tensor:
     return coil_images.abs().pow(2).sum(dim).sqrt()
 
 
+def norm_per_pixel(kspace: torch.Tensor) -> torch.Tensor:
+    """The k-space norm per pixel of (..., C, H, W) k-space, one value per leading index (..., ),
+    at least 1e-12: the scale that makes reconstruction weights independent of the scanner's."""
+    n = kspace.shape[-2] * kspace.shape[-1]
+    return (kspace.abs().pow(2).sum(dim=(-3, -2, -1)) / n).sqrt().clamp_min(1e-12)
+
+
 class CartesianSense(LinearOperator):
     """Multi-coil Cartesian MRI: A = M F S, a complex image to the acquired k-space of every coil.
 
@@ -132,6 +139,28 @@ def estimate_sensitivities(kspace: torch.Tensor, mask: torch.Tensor, threshold: 
     return torch.where(support, low / combined.clamp_min(torch.finfo(combined.dtype).tiny), torch.zeros_like(low))
 
 
+def _grid(shape: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pixel centres in units of the half field of view: y (H,), x (W,), float64."""
+    h, w = shape
+    return ((torch.arange(h, dtype=torch.float64) - h / 2) / (h / 2),
+            (torch.arange(w, dtype=torch.float64) - w / 2) / (w / 2))
+
+
+def _loop_coils(angle: torch.Tensor, ax: float, ay: float, shape: tuple[int, int], dtype: torch.dtype,
+                phase_offset: torch.Tensor | None = None) -> torch.Tensor:
+    """Loops at `angle` (C,) on an ellipse of semi-axes (ax, ay) half fields of view: magnitude
+    1 / distance to the loop, phase the angle around it (plus `phase_offset` (C,)), normalised
+    to unit RSS. (C, H, W)."""
+    y, x = _grid(shape)
+    dx = x[None, None, :] - ax * torch.cos(angle)[:, None, None]
+    dy = y[None, :, None] - ay * torch.sin(angle)[:, None, None]
+    phase = torch.atan2(dx, -dy) - angle[:, None, None]
+    if phase_offset is not None:
+        phase = phase + phase_offset[:, None, None]
+    maps = torch.polar(1.0 / torch.sqrt(dx**2 + dy**2), phase)
+    return (maps / rss(maps, 0)).to(dtype)
+
+
 def random_coil_maps(coils: int, shape: tuple[int, int], generator: torch.Generator,
                      dtype: torch.dtype = torch.complex64) -> torch.Tensor:
     """Random receive-array sensitivities for training: `coils` loops on an ellipse around the
@@ -144,17 +173,10 @@ def random_coil_maps(coils: int, shape: tuple[int, int], generator: torch.Genera
     def uniform(low: float, high: float, n: int = 1) -> torch.Tensor:
         return low + (high - low) * torch.rand(n, generator=generator, dtype=torch.float64)
 
-    h, w = shape
-    y = (torch.arange(h, dtype=torch.float64) - h / 2) / (h / 2)
-    x = (torch.arange(w, dtype=torch.float64) - w / 2) / (w / 2)
     step = 2 * math.pi / coils
     angle = uniform(0, 2 * math.pi) + torch.arange(coils, dtype=torch.float64) * step + uniform(-step / 3, step / 3, coils)
     ax, ay = float(uniform(1.1, 2.0)), float(uniform(1.1, 2.0))
-    dx = x[None, None, :] - ax * torch.cos(angle)[:, None, None]
-    dy = y[None, :, None] - ay * torch.sin(angle)[:, None, None]
-    phase = torch.atan2(dx, -dy) - angle[:, None, None] + uniform(-math.pi, math.pi, coils)[:, None, None]
-    maps = torch.polar(1.0 / torch.sqrt(dx**2 + dy**2), phase)
-    return (maps / rss(maps, 0)).to(dtype)
+    return _loop_coils(angle, ax, ay, shape, dtype, phase_offset=uniform(-math.pi, math.pi, coils))
 
 
 def smooth_phase(shape: tuple[int, int], generator: torch.Generator, max_radians: float = math.pi,
@@ -162,10 +184,8 @@ def smooth_phase(shape: tuple[int, int], generator: torch.Generator, max_radians
     """A smooth random phase map (H, W) in radians: a random polynomial of `order` in x and y
     (coefficients uniform, scaled so that the phase spans at most about `max_radians`), as the
     B0 and receive phase of a real gradient-echo image varies slowly over the field of view."""
-    h, w = shape
-    y = (torch.arange(h, dtype=torch.float64) - h / 2) / (h / 2)
-    x = (torch.arange(w, dtype=torch.float64) - w / 2) / (w / 2)
-    phase = torch.zeros(h, w, dtype=torch.float64)
+    y, x = _grid(shape)
+    phase = torch.zeros(shape, dtype=torch.float64)
     terms = [(i, j) for i in range(order + 1) for j in range(order + 1 - i)]
     coeffs = (2 * torch.rand(len(terms), generator=generator, dtype=torch.float64) - 1) * max_radians / len(terms) ** 0.5
     for c, (i, j) in zip(coeffs, terms):
@@ -181,15 +201,8 @@ def birdcage_maps(coils: int, shape: tuple[int, int], radius: float = 1.5, rotat
     Returns (C, H, W)."""
     if coils < 1:
         raise InputError(f"the number of coils must be at least 1, got {coils}")
-    h, w = shape
-    y = (torch.arange(h, dtype=torch.float64) - h / 2) / (h / 2)
-    x = (torch.arange(w, dtype=torch.float64) - w / 2) / (w / 2)
     angle = rotation + torch.arange(coils, dtype=torch.float64) * (2 * math.pi / coils)
-    dx = x[None, None, :] - radius * torch.cos(angle)[:, None, None]
-    dy = y[None, :, None] - radius * torch.sin(angle)[:, None, None]
-    phase = torch.atan2(dx, -dy) - angle[:, None, None]
-    maps = torch.polar(1.0 / torch.sqrt(dx**2 + dy**2), phase)
-    return (maps / rss(maps, 0)).to(dtype)
+    return _loop_coils(angle, radius, radius, shape, dtype)
 
 
 def cg_sense(kspace: torch.Tensor, mask: torch.Tensor, maps: torch.Tensor, iterations: int = 20,

@@ -36,19 +36,12 @@ from bundle.data.fastmri import read_fastmri  # noqa: E402
 from bundle.errors import InputError, format_error  # noqa: E402
 from bundle.physics.mri import cartesian_mask, default_center_fraction, ifft2c  # noqa: E402
 from bundle.physics.mri_sense import cg_sense, estimate_sensitivities, l1_wavelet_sense, rss  # noqa: E402
+from bundle.reporting.multicoil import score as metrics  # noqa: E402  (scikit-image SSIM, PSNR; range = reference max)
 from bundle.transforms.base import slice_seed  # noqa: E402
 
 MULTICOIL = os.path.join(ROOT, "..", "shared", "data", "kspace", "multicoil")
 TEST = ("pulseq_brain_16ch.h5",)  # in vivo: never used to choose anything
 VALIDATION = ("pulseq_phantom_16ch.h5", "pulseq_phantom_32ch_64.h5", "pulseq_bottle_phantom_4ch_sol13.h5")
-
-
-def metrics(image: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
-    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
-
-    rng = float(ref.max())
-    return (float(structural_similarity(ref, image, data_range=rng)),
-            float(peak_signal_noise_ratio(ref, image, data_range=rng)))
 
 
 def case(path: str, acceleration: float):
