@@ -29,7 +29,6 @@ from bundle.physics.ct_geometry import (
     check_sinogram,
     hu_to_mu,
     make_pixel_grid,
-    make_ray_grid,
     mu_to_hu,
     sparse_view_geometry,
 )
@@ -166,7 +165,7 @@ class ParallelBeamProjector(LinearOperator):
         `_grid_parts` batch entries: (k, ceil(V*D / k), S, 2)."""
         k = _grid_parts(device)
         return self._cached_grid(("ray", views.start, views.stop, str(device), dtype, k),
-                                 lambda: _split_rows(make_ray_grid(self.geom, views, device, dtype), k))
+                                 lambda: _split_rows(self.geom.ray_grid(views, device, dtype), k))
 
     def A(self, image: torch.Tensor) -> torch.Tensor:  # noqa: N802
         """Line integrals (image units x mm) of (..., H, W) images -> (..., V, D)."""
@@ -249,15 +248,16 @@ class ParallelBeamProjector(LinearOperator):
     def fbp(self, sinogram: torch.Tensor, filter_name: str = "ramp") -> torch.Tensor:
         """Filtered back-projection of (..., V, D) line integrals -> (..., H, W) in the sinogram's units / mm.
 
-        f(x, y) = dtheta * sum over views of q_theta(x cos theta - y sin theta), q the filtered
-        projection (the filter carries 1 / detector spacing), dtheta = pi / n_views for views over
-        180 degrees (360 degrees cover each line twice: half of 2 pi / n_views).
+        f(x, y) = sum over views of dtheta_v q_v(x cos theta - y sin theta), q the filtered
+        projection (the filter carries 1 / detector spacing), dtheta_v the view's angular weight
+        (`ParallelBeamGeometry.view_weights`): pi / n_views for views evenly over 180 degrees, and
+        over 360 degrees half of 2 pi / n_views (each line is measured twice).
         """
         geom = self.geom
         check_sinogram(sinogram, geom)
         filtered = filter_sinogram(sinogram, filter_name)
-        dtheta = math.radians(min(geom.angular_range, 180.0)) / geom.n_views
-        return self.interpolate_backproject(filtered) * (dtheta / geom.det_spacing)
+        weights = (geom.view_weights() / geom.det_spacing).to(filtered.device, filtered.dtype)
+        return self.interpolate_backproject(filtered * weights[:, None])
 
     def system_matrix(self, device=None, dtype=torch.float32, work: int | None = None) -> SystemMatrix | None:
         """This geometry's `SystemMatrix` on `device`, built once and kept.

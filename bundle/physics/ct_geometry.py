@@ -45,6 +45,10 @@ class ParallelBeamGeometry:
         view_indices: optional subset of a full set of views: the angles are then
             `start + view_indices * angular_range / full_views` (sparse-view acquisitions).
         full_views: the size of the full set that `view_indices` index.
+        angles_deg: any set of view angles (degrees) instead of the evenly spaced ones (measured
+            scans: `bundle.data.ctraw`); `n_views` must equal its length.
+        detector_offset: mm by which the detector's centre is shifted along t (the central bin
+            then sits at t = detector_offset).
     """
 
     image_shape: tuple[int, int]
@@ -57,6 +61,8 @@ class ParallelBeamGeometry:
     ray_step: float | None = None
     view_indices: tuple[int, ...] | None = None
     full_views: int | None = None
+    angles_deg: tuple[float, ...] | None = None
+    detector_offset: float = 0.0
 
     def __post_init__(self) -> None:
         h, w = (int(v) for v in self.image_shape)
@@ -76,6 +82,14 @@ class ParallelBeamGeometry:
                 raise InputError("view_indices needs full_views and one index per view")
             if min(self.view_indices) < 0 or max(self.view_indices) >= self.full_views:
                 raise InputError(f"view indices must lie in [0, {self.full_views})")
+        if self.angles_deg is not None:
+            if len(self.angles_deg) != int(self.n_views):
+                raise InputError(f"{len(self.angles_deg)} angles for {self.n_views} views")
+            if not all(math.isfinite(float(a)) for a in self.angles_deg):
+                raise InputError("the view angles must be finite numbers")
+            object.__setattr__(self, "angles_deg", tuple(float(a) for a in self.angles_deg))
+        if not math.isfinite(float(self.detector_offset)):
+            raise InputError(f"detector offset must be a finite number, got {self.detector_offset}")
         object.__setattr__(self, "image_shape", (h, w))
         object.__setattr__(self, "pixel_spacing", (sy, sx))
         object.__setattr__(self, "n_views", int(self.n_views))
@@ -110,12 +124,54 @@ class ParallelBeamGeometry:
 
     def angles(self) -> torch.Tensor:
         """View angles in radians, (n_views,) float64."""
+        if self.angles_deg is not None:
+            return torch.deg2rad(torch.tensor(self.angles_deg, dtype=torch.float64))
         if self.view_indices is not None and self.full_views is not None:
             idx = torch.tensor(self.view_indices, dtype=torch.float64)
             deg = self.start_angle + idx * self.angular_range / self.full_views
         else:
             deg = self.start_angle + torch.arange(self.n_views, dtype=torch.float64) * self.angular_range / self.n_views
         return torch.deg2rad(deg)
+
+
+    def ray_grid(self, views: slice, device, dtype) -> torch.Tensor:
+        """(1, V*D, S, 2) grid_sample coordinates of the sample points of the rays of `views`
+        (the projector's and the system matrix's one entry to a geometry)."""
+        return make_ray_grid(self, views, device, dtype)
+
+    def view_weights(self) -> torch.Tensor:
+        """FBP's angular weight of each view (radians, (n_views,) float64): its share of the
+        angles covered (`view_weights`), times the fraction of them that measure each line once
+        (180 degrees of any larger arc: a 360-degree scan measures each line twice)."""
+        w = view_weights(self.angles())
+        arc = float(w.sum())
+        return w * (min(arc, math.pi) / arc)
+
+
+def view_weights(angles: torch.Tensor) -> torch.Tensor:
+    """The angle each view stands for (radians, same order as `angles`): half the gaps to its two
+    neighbours, the ends of an arc their one gap, so n evenly spaced views over an arc R get R / n
+    each. A set that closes the circle (its wrap-around gap no more than 1.5 times the median gap)
+    is treated as periodic: a last view repeating the first at 360 degrees shares its weight."""
+    a = angles.to(torch.float64).reshape(-1)
+    n = a.numel()
+    if n == 1:
+        return torch.full((1,), math.pi, dtype=torch.float64)
+    order = torch.argsort(a)
+    s = a[order]
+    s = s - s[0]
+    gaps = s[1:] - s[:-1]
+    wrap = 2 * math.pi - float(s[-1])
+    if -1e-9 <= wrap <= 1.5 * float(gaps.median()):
+        all_gaps = torch.cat([gaps, gaps.new_tensor([max(wrap, 0.0)])])
+        w = (all_gaps + torch.roll(all_gaps, 1)) / 2
+    else:
+        left = torch.cat([gaps[:1], gaps])
+        right = torch.cat([gaps, gaps[-1:]])
+        w = (left + right) / 2
+    out = torch.empty_like(w)
+    out[order] = w
+    return out
 
 
 def sparse_view_geometry(
@@ -149,6 +205,7 @@ def make_ray_grid(geom: ParallelBeamGeometry, views: slice, device, dtype) -> to
     theta = geom.angles()[views].to(device)
     n_s = geom.n_samples
     t = (torch.arange(geom.n_det, device=device, dtype=torch.float64) - (geom.n_det - 1) / 2) * geom.det_spacing
+    t = t + geom.detector_offset
     s = (torch.arange(n_s, device=device, dtype=torch.float64) - (n_s - 1) / 2) * geom.step
     cos, sin = torch.cos(theta)[:, None, None], torch.sin(theta)[:, None, None]
     x = t[None, :, None] * cos + s[None, None, :] * sin  # (V, D, S) mm
@@ -166,7 +223,7 @@ def make_pixel_grid(geom: ParallelBeamGeometry, views: slice, device, dtype) -> 
     x = ((torch.arange(w, device=device, dtype=torch.float64) - (w - 1) / 2) * sx)[None, :]
     y = ((torch.arange(h, device=device, dtype=torch.float64) - (h - 1) / 2) * sy)[:, None]
     t = x * torch.cos(theta)[:, None, None] - y * torch.sin(theta)[:, None, None]  # (v, H, W) mm
-    u = t / geom.det_spacing + (geom.n_det - 1) / 2  # detector index
+    u = (t - geom.detector_offset) / geom.det_spacing + (geom.n_det - 1) / 2  # detector index
     gx = (2 * u + 1) / geom.n_det - 1  # align_corners=False
     gy = ((2 * idx + 1) / geom.n_views - 1)[:, None, None].expand_as(gx)
     return torch.stack([gx, gy], dim=-1).reshape(1, len(idx), h * w, 2).to(dtype)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from bundle.physics.ct_geometry import ParallelBeamGeometry, check_image, check_sinogram_shape, make_ray_grid
+from bundle.physics.ct_geometry import ParallelBeamGeometry, check_image, check_sinogram_shape
 from bundle.physics.operator import LinearOperator
 
 if TYPE_CHECKING:
@@ -72,7 +72,7 @@ class SystemMatrix(LinearOperator):
     def _rows(self, views: slice, device, dtype):
         """Per ray of `views`: the number of pixels it touches, their indices (sorted) and weights."""
         (h, w) = self.geom.image_shape
-        grid = make_ray_grid(self.geom, views, device, dtype)[0]  # (rays, S, 2)
+        grid = self.geom.ray_grid(views, device, dtype)[0]  # (rays, S, 2)
         ix = ((grid[..., 0] + 1) * w - 1) / 2  # grid_sample's pixel coordinates (align_corners=False)
         iy = ((grid[..., 1] + 1) * h - 1) / 2
         x0, y0 = ix.floor(), iy.floor()
