@@ -7,6 +7,7 @@ scale, sampling mask).
     python scripts/compare.py --acceleration 4                    # the demo test subjects
     python scripts/compare.py --dataset-dir D --datalist D/list.json --acceleration 8 --output-dir eval/cmp8
     python scripts/compare.py --multicoil --acceleration 4   # multi-coil: real and simulated coils
+    python scripts/compare.py --ct-real                      # measured fan-beam CT (HTC2022): FBP, TV, network
 
 Multi-coil (--multicoil): the network (models/model_multicoil.pt) against zero-filled RSS,
 CG-SENSE and L1-wavelet PICS (SigPy) with ESPIRiT maps, on real fully sampled raw files
@@ -65,7 +66,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--real-validation", nargs="*", help="fully sampled multi-coil raw files to tune the baselines on")
     ap.add_argument("--sense-weights", default="0,0.001,0.01,0.1", help="CG-SENSE grid tuned on validation")
     ap.add_argument("--pics-weights", default="0.0003,0.001,0.003,0.01,0.03", help="PICS grid tuned on validation")
+    ap.add_argument("--ct-real", action="store_true",
+                    help="measured fan-beam CT (HTC2022): the network against FBP and TV at 60 / 30 views and 90 degrees")
+    ap.add_argument("--ct-train", nargs="*", help="measured scans with references to tune the TV and DC weights on")
+    ap.add_argument("--ct-test", nargs="*", help="measured scans with references to report on")
+    ap.add_argument("--ct-ckpt", default=os.path.join(ROOT, "models", "model_ct_real.pt"))
+    ap.add_argument("--tv-weights", default="0.0001,0.0003,0.001,0.003", help="TV grid (1/mm) tuned on --ct-train")
+    ap.add_argument("--tv-iterations", type=int, default=300)
+    ap.add_argument("--dc-weights", default="0.0001,0.001,0.01,0.1", help="DC grid tuned on --ct-train at 60 views")
     args = ap.parse_args(argv)
+    if args.ct_real:
+        from bundle.reporting.ct_real import run_ct_real
+
+        if args.output_dir == os.path.join(ROOT, "eval", "compare"):
+            args.output_dir = os.path.join(ROOT, "eval", "compare_ct_real")
+        return run_report(lambda a: run_ct_real(a, ROOT), args)
     if args.multicoil:
         from bundle.reporting.multicoil_compare import run_multicoil
 

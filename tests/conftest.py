@@ -80,3 +80,38 @@ def run_env() -> dict:
     if WORKERS > 1:
         env["OMP_NUM_THREADS"] = str(THREADS)
     return env
+
+
+def write_dxchange(path, data, white, dark, theta, pixel=None):
+    """An APS Data Exchange HDF5 file of raw counts, flats, darks and angles (degrees)."""
+    import h5py
+
+    with h5py.File(path, "w") as f:
+        f["exchange/data"] = data
+        f["exchange/data_white"] = white
+        f["exchange/data_dark"] = dark
+        f["exchange/theta"] = theta
+        if pixel is not None:
+            f["measurement/instrument/detector/pixel_size"] = pixel
+
+
+def synthetic_counts(centre_shift=3.0, n_det=64, views=90):
+    """Raw counts of a parallel-beam scan of an off-centre disc with the rotation axis `centre_shift`
+    bins right of the detector centre, I0 = 1000 above a dark level of 100."""
+    from bundle.physics.ct_fan import projector_for
+    from bundle.physics.ct_geometry import ParallelBeamGeometry
+
+    theta = np.arange(views) * 180.0 / views
+    geom = ParallelBeamGeometry((48, 48), (1.0, 1.0), n_views=views, n_detectors=n_det, detector_spacing=1.0,
+                                angles_deg=tuple(theta), detector_offset=-centre_shift)
+    c = np.arange(48) - 23.5
+    yy, xx = np.meshgrid(c, c, indexing="ij")
+    img = torch.from_numpy((((xx - 6) ** 2 + (yy + 4) ** 2) < 81).astype(np.float64) * 0.05)
+    p = projector_for(geom).A(img[None]).numpy()[0]  # (V, D)
+    counts = 100 + 1000 * np.exp(-p)
+    data = np.stack([counts, counts], axis=1)  # two detector rows (slices)
+    white = np.full((3, 2, n_det), 1100.0)
+    dark = np.full((2, 2, n_det), 100.0)
+    return data, white, dark, theta, p
+
+

@@ -12,6 +12,7 @@ The names the configs use are re-exported here (`bundle.data.SliceDataset`, ...)
 
 from bundle.data.datalists import load_datalist
 from bundle.data.datasets import (
+    MeasuredCTSlices,
     RawKspaceSlices,
     SliceDataset,
     VolumeSlices,
@@ -22,6 +23,6 @@ from bundle.data.datasets import (
 from bundle.data.demo import DEMO_DIR, ensure_ct_datalist, ensure_datalist, ensure_xray_datalist
 
 __all__ = (
-    "DEMO_DIR", "RawKspaceSlices", "SliceDataset", "VolumeSlices", "ensure_ct_datalist", "ensure_datalist", "ensure_xray_datalist",
+    "DEMO_DIR", "MeasuredCTSlices", "RawKspaceSlices", "SliceDataset", "VolumeSlices", "ensure_ct_datalist", "ensure_datalist", "ensure_xray_datalist",
     "foreground_fraction", "load_datalist", "meta_tracking_off", "slice_axis_index",
 )

@@ -364,3 +364,69 @@ class RawKspaceSlices(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict:
         item = dict(self.items[index % len(self.items)])
         return self.transform(item) if self.transform is not None else item
+
+
+class MeasuredCTSlices(torch.utils.data.Dataset):
+    """Training and validation pairs from measured CT scans with a full-data reference beside them
+    (HTC2022: the organisers' FBP): items {"image": (1, H, W) FBP of a sparse or limited-angle
+    subset of the measured views, "label": (1, H, W) the reference, both on the [0, 1] scale of
+    `window` (HU of the attenuation per mm), "filename", "slice_id", "volume_max": 1}. The FBP
+    inputs are computed once here: each subset [views, arc_deg] at `offsets` rotations of the
+    first view (every arc start for limited angles), so one scan gives many different inputs.
+
+    Args:
+        data: datalist items with an "image" path to a measured scan with a reference.
+        subsets: [views, arc degrees] pairs, e.g. [[60, 360], [30, 360], [null, 90]] (null: every
+            view in the arc).
+        offsets: rotations of each subset per scan.
+        window, mu_water: the network's unit scale (as the medical CT model's).
+        filter_name: the FBP filter.
+        transform: applied to each item on access (augmentation, crops).
+        repeat: each item this many times per epoch.
+    """
+
+    def __init__(self, data: Sequence[dict], subsets: Sequence[Sequence] = ((60, 360),), offsets: int = 1,
+                 window: Sequence[float] = (-1024.0, 3071.0), mu_water: float = 0.0192, filter_name: str = "ramp",
+                 transform: Callable | None = None, repeat: int = 1) -> None:
+        from bundle.data.ctraw import choose_views, read_measured_ct
+        from bundle.physics.ct_fan import projector_for, select_views
+        from bundle.physics.ct_geometry import mu_to_hu
+
+        if int(repeat) < 1 or int(offsets) < 1:
+            raise InputError(f"repeat and offsets must be at least 1, got {repeat!r}, {offsets!r}")
+        lo, hi = float(window[0]), float(window[1])
+
+        def unit(mu: torch.Tensor) -> torch.Tensor:
+            return ((mu_to_hu(mu, mu_water) - lo) / (hi - lo)).float()
+
+        self.items: list[dict] = []
+        for item in data:
+            path = str(item["image"])
+            scan = read_measured_ct(path)
+            if scan.reference is None:
+                raise InputError(f"{path}: no full-data reference beside it to train or validate on")
+            name = os.path.basename(path)
+            label = unit(torch.from_numpy(scan.reference))
+            for views, arc in subsets:
+                arc = float(arc)
+                for k in range(int(offsets)):
+                    # rotations within one sparse step over the circle; arc starts around it otherwise
+                    start = k * (360.0 / (views or 360)) / int(offsets) if arc >= 360 else 360.0 * k / int(offsets)
+                    angles = torch.rad2deg(scan.geometry.angles()).tolist()
+                    idx = choose_views(angles, views, arc, start)
+                    geom = select_views(scan.geometry, idx)
+                    fbp = projector_for(geom).fbp(torch.from_numpy(scan.sinogram[:, idx]), filter_name)
+                    tag = f"{name}:{views or len(idx)}v{arc:g}:{start:g}"
+                    for s in range(scan.slices):
+                        self.items.append({"image": unit(fbp[s])[None], "label": label[s][None], "filename": tag,
+                                           "slice_id": f"{tag}:{s}", "volume_max": 1.0})
+        if not self.items:
+            raise InputError("no measured CT scans in the datalist")
+        self.transform, self.repeat = transform, int(repeat)
+
+    def __len__(self) -> int:
+        return len(self.items) * self.repeat
+
+    def __getitem__(self, index: int) -> dict:
+        item = dict(self.items[index % len(self.items)])
+        return self.transform(item) if self.transform is not None else item

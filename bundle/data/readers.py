@@ -20,6 +20,7 @@ from monai.data import MetaTensor
 from monai.transforms import LoadImage, MapTransform
 
 from bundle.data import dicom, fastmri
+from bundle.data.ctraw import SINOGRAM_SUFFIX, is_htc_file, measured_ct_kind
 from bundle.data.io import check_volume_array, is_nifti, load_nifti_volume
 from bundle.errors import InputError
 
@@ -28,8 +29,9 @@ RAW_SUFFIXES = (".dat", ".cfl")  # Siemens TWIX, BART (its .hdr is found beside 
 
 
 def input_kind(path: str) -> str | None:
-    """"nifti", "dicom" (a folder of one series), "fastmri" (HDF5: fastMRI or ISMRMRD), "raw"
-    (TWIX .dat, BART .cfl) or None."""
+    """"nifti", "dicom" (a folder of one series), "fastmri" (HDF5: fastMRI, ISMRMRD or Data
+    Exchange CT, told apart by content), "raw" (TWIX .dat, BART .cfl), "ct" (HTC2022 .mat, a
+    `<name>_sinogram.npy` that is not a NIfTI volume's given scan) or None."""
     p = str(path)
     if os.path.isdir(p):
         return "dicom" if dicom.is_dicom_dir(p) else None
@@ -39,6 +41,8 @@ def input_kind(path: str) -> str | None:
         return "fastmri"
     if p.endswith(RAW_SUFFIXES):
         return "raw"
+    if is_htc_file(p) or (p.endswith(SINOGRAM_SUFFIX) and measured_ct_kind(p)):
+        return "ct"  # measured CT projections (HTC2022 .mat, <name>_sinogram.npy with its geometry)
     return None
 
 
@@ -53,14 +57,15 @@ def list_inputs(input_dir: str) -> list[str]:
                    and not (p.endswith("_maps.cfl") and os.path.isfile(p[: -len("_maps.cfl")] + ".cfl")))  # BART maps
     if not found:
         raise InputError(f"input_dir {input_dir}: no inputs (NIfTI .nii/.nii.gz, fastMRI or ISMRMRD .h5, TWIX .dat, "
-                         "BART .cfl, or DICOM series folders)")
+                         "BART .cfl, DICOM series folders, or CT projections: <name>_sinogram.npy, HTC2022 .mat, "
+                         "Data Exchange .h5)")
     return found
 
 
 def output_stem(path: str) -> str:
     """The name outputs are written under: the file name without its suffix, or the folder name."""
     name = os.path.basename(os.path.normpath(path))
-    for suffix in (".nii.gz", ".nii", *HDF5_SUFFIXES, *RAW_SUFFIXES):
+    for suffix in (".nii.gz", ".nii", *HDF5_SUFFIXES, *RAW_SUFFIXES, SINOGRAM_SUFFIX, ".mat"):
         if name.endswith(suffix):
             return name[: -len(suffix)]
     return name

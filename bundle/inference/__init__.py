@@ -7,17 +7,19 @@ Label and the evaluation engines call.
 - `mri`: `MRIReconstructor`, `SliceReconstructionInferer`;
 - `multicoil`: `MultiCoilReconstructor` (raw multi-coil k-space, network or classical baselines);
 - `ct`: `CTReconstructor`, `CTConsistencyInferer`;
+- `ct_measured`: `MeasuredCTReconstructor` (measured fan- or parallel-beam sinograms);
 - `xray`: `RadiographReconstructor`.
 """
 
 from bundle.inference.ct import CTConsistencyInferer, CTReconstructor
+from bundle.inference.ct_measured import MeasuredCTReconstructor
 from bundle.inference.mri import MRIReconstructor, SliceReconstructionInferer
 from bundle.inference.multicoil import MultiCoilReconstructor
 from bundle.inference.runner import InferenceRunner, ras_spacing, resolve_inputs
 from bundle.inference.xray import RadiographReconstructor
 
 __all__ = (
-    "CTConsistencyInferer", "CTReconstructor", "InferenceRunner", "MRIReconstructor", "MultiCoilReconstructor",
+    "CTConsistencyInferer", "CTReconstructor", "InferenceRunner", "MeasuredCTReconstructor", "MRIReconstructor", "MultiCoilReconstructor",
     "RadiographReconstructor",
     "SliceReconstructionInferer", "ras_spacing", "resolve_inputs",
 )

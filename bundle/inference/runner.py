@@ -24,6 +24,7 @@ import numpy as np
 from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
 from tqdm import tqdm
 
+from bundle.data.ctraw import measured_ct_kind, read_measured_ct
 from bundle.data.dicom import write_dicom_series
 from bundle.data.io import save_nifti_array, save_nifti_like
 from bundle.data.rawkspace import is_ismrmrd, read_raw
@@ -93,8 +94,9 @@ class InferenceRunner:
     """
 
     def __init__(self, reconstructor, output_dicom: bool = False, series_uid: str | None = None,
-                 progress: bool = True, multicoil=None) -> None:
+                 progress: bool = True, multicoil=None, measured=None) -> None:
         self.reconstructor = reconstructor
+        self.measured = measured
         self.output_dicom = bool(output_dicom)
         self.series_uid = series_uid
         self.progress = progress
@@ -126,6 +128,13 @@ class InferenceRunner:
 
     def prepare(self, path: str) -> _Prepared:
         """Load and check one input; nothing is written."""
+        if measured_ct_kind(path):
+            if self.measured is None:
+                raise InputError(f"{path}: measured CT projections; use configs/inference_ct.yaml, which holds the "
+                                 "measured-CT model")
+            scan = read_measured_ct(path)
+            sy, sx = scan.geometry.pixel_spacing
+            return _Prepared(None, output_stem(path), None, (sy, sx, 1.0), None, {"scan": scan})
         multi, raw = self._multicoil_for(path)
         if multi is not None:
             stem = output_stem(path)
@@ -158,7 +167,8 @@ class InferenceRunner:
             if other != f:
                 raise InputError(f"{f}: has the same name as {other}; their outputs would overwrite each other")
         prepared = [self.prepare(f) for f in files]  # all errors before any output
-        names = [*self.reconstructor.outputs, *(self.multicoil.outputs if self.multicoil is not None else ())]
+        names = [*self.reconstructor.outputs, *(self.multicoil.outputs if self.multicoil is not None else ()),
+                 *(self.measured.outputs if self.measured is not None else ())]
         suffixes = tuple(f"_{name}" for name in names)
         out_abs = os.path.abspath(output_dir)
         for f in files:
@@ -169,6 +179,9 @@ class InferenceRunner:
         for p in tqdm(prepared, desc="reconstructing", unit="vol", disable=not self.progress):
             if p.raw_path is not None:
                 written += self._write_raw(p, output_dir)
+                continue
+            if "scan" in p.extra:
+                written += self._write_measured(p, output_dir)
                 continue
             assert p.item is not None and p.from_ras is not None
             result = self.reconstructor.reconstruct(p.volume, p.spacing, p.stem, **p.extra)
@@ -202,6 +215,21 @@ class InferenceRunner:
             save_nifti_array(value, affine, out)
             written.append(out)
         logger.info("%s -> %s_{%s}.nii.gz", raw.path, os.path.join(output_dir, p.stem), ",".join(result))
+        return written
+
+
+    def _write_measured(self, p: _Prepared, output_dir: str) -> list[str]:
+        """Reconstruct a measured CT scan and write its outputs (H, W, slices) on the geometry's grid."""
+        scan = p.extra["scan"]
+        result = self.measured.reconstruct_scan(scan, p.stem)
+        affine = self.measured.affine(scan)
+        written = []
+        for key, value in result.items():
+            out = os.path.join(output_dir, f"{p.stem}_{key}.nii.gz")
+            save_nifti_array(value, affine, out)
+            written.append(out)
+        logger.info("%s -> %s_{%s}.nii.gz%s", scan.path, os.path.join(output_dir, p.stem), ",".join(result),
+                    f" ({scan.notes})" if scan.notes else "")
         return written
 
 

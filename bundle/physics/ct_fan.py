@@ -192,11 +192,15 @@ class FanBeamProjector(ParallelBeamProjector):
     Shapes: A (..., H, W) in 1/mm -> (..., V, D) line integrals; `fbp` back.
     """
 
+    def __init__(self, geom: FanBeamGeometry) -> None:
+        super().__init__(geom)  # type: ignore[arg-type]  # the ray-driven parts read only what both geometries have
+        self.fan = geom
+
     def interpolate_backproject(self, sinogram: torch.Tensor) -> torch.Tensor:
         """Distance-weighted pixel-driven back-projection: each pixel sums, over the views, its
         detector row interpolated where the ray through it lands, times (source_origin / L)^2 with
         L the pixel's distance from the source along the central ray. (..., V, D) -> (..., H, W)."""
-        geom = self.geom
+        geom = self.fan
         check_sinogram(sinogram, geom)
         (h, w), (sy, sx) = geom.image_shape, geom.pixel_spacing
         lead = sinogram.shape[:-2]
@@ -235,7 +239,7 @@ class FanBeamProjector(ParallelBeamProjector):
         `FanBeamGeometry.redundancy` (1/2, Parker's, or limited angle), filtered on the detector
         scaled to the axis (spacing `det_spacing`), and back-projected with weights
         (source_origin / L)^2 and each view's angular share (`view_weights`)."""
-        geom = self.geom
+        geom = self.fan
         check_sinogram(sinogram, geom)
         dev = sinogram.device
         dtype = sinogram.dtype if sinogram.dtype == torch.float64 else torch.float32
@@ -307,7 +311,8 @@ def fan_geometry(image_shape: Sequence[int], pixel_mm: float | Sequence[float], 
 def select_views(geom, indices: Sequence[int]):
     """The geometry of a subset of `geom`'s views (fan or parallel beam), in the order given:
     a sparse or limited-angle scan taken from a full one."""
-    angles = [float(a) for a in torch.rad2deg(geom.angles())]
+    listed = getattr(geom, "angles_deg", None)
+    angles = list(listed) if listed is not None else [float(a) for a in torch.rad2deg(geom.angles())]
     chosen = tuple(angles[int(i)] for i in indices)
     if isinstance(geom, FanBeamGeometry):
         return replace(geom, angles_deg=chosen)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
@@ -230,13 +231,26 @@ def make_pixel_grid(geom: ParallelBeamGeometry, views: slice, device, dtype) -> 
 
 
 
-def check_image(image: torch.Tensor, geom: ParallelBeamGeometry) -> torch.Tensor:
+class ShapedGeometry(Protocol):
+    """What the shape checks read of a geometry (parallel or fan beam)."""
+
+    @property
+    def image_shape(self) -> tuple[int, int]: ...
+    @property
+    def sinogram_shape(self) -> tuple[int, int]: ...
+    @property
+    def n_views(self) -> int: ...
+    @property
+    def n_det(self) -> int: ...
+
+
+def check_image(image: torch.Tensor, geom: ShapedGeometry) -> torch.Tensor:
     if image.ndim < 2 or tuple(image.shape[-2:]) != geom.image_shape:
         raise InputError(f"image of shape {tuple(image.shape)} does not match the geometry's {geom.image_shape}")
     return image
 
 
-def check_sinogram_shape(sinogram: torch.Tensor, geom: ParallelBeamGeometry, name: str = "sinogram") -> None:
+def check_sinogram_shape(sinogram: torch.Tensor, geom: ShapedGeometry, name: str = "sinogram") -> None:
     if sinogram.ndim < 2 or tuple(sinogram.shape[-2:]) != geom.sinogram_shape:
         raise InputError(
             f"{name} of shape {tuple(sinogram.shape)} does not match the geometry: expected (..., views, detectors) "
@@ -244,7 +258,7 @@ def check_sinogram_shape(sinogram: torch.Tensor, geom: ParallelBeamGeometry, nam
         )
 
 
-def check_sinogram(sinogram: torch.Tensor, geom: ParallelBeamGeometry, name: str = "sinogram") -> torch.Tensor:
+def check_sinogram(sinogram: torch.Tensor, geom: ShapedGeometry, name: str = "sinogram") -> torch.Tensor:
     """An `InputError` unless `sinogram` is (..., n_views, n_detectors) for `geom` and finite."""
     check_sinogram_shape(sinogram, geom, name)
     if not torch.isfinite(sinogram).all():
