@@ -5,7 +5,9 @@ input format (NIfTI, DICOM series, fastMRI HDF5), by module:
 - `datasets`: `SliceDataset` (3D volumes served as cached 2D slices), `RawKspaceSlices` (real coils);
 - `readers`: one loader for every input format; `io`: checked NIfTI, atomic writing;
 - `dicom`: DICOM series in and out; `fastmri`: fastMRI HDF5 raw k-space;
-- `rawkspace`: multi-coil raw k-space of every format (fastMRI, ISMRMRD, TWIX, BART).
+- `rawkspace`: multi-coil raw k-space of every format (fastMRI, ISMRMRD, TWIX, BART);
+- `ctraw`: measured CT projections (sinogram + geometry JSON, HTC2022 .mat, Data Exchange HDF5);
+  `MeasuredCTSlices` (in `datasets`) trains on them.
 
 The names the configs use are re-exported here (`bundle.data.SliceDataset`, ...).
 """

@@ -4,6 +4,7 @@ MEASURED sinogram (not a re-simulation), or the TV-regularised baseline instead 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -14,14 +15,25 @@ from tqdm import tqdm
 from bundle.data.ctraw import MeasuredScan
 from bundle.errors import InputError
 from bundle.inference.batching import forward
-from bundle.physics.ct import sinogram_consistency
-from bundle.physics.ct_fan import projector_for
+from bundle.physics.ct import ParallelBeamProjector, sinogram_consistency
+from bundle.physics.ct_fan import FanBeamGeometry, projector_for, rebin_to_parallel
 from bundle.physics.ct_geometry import MU_WATER, hu_to_mu, mu_to_hu
 from bundle.physics.solvers import check_regularisation
 from bundle.physics.tv import tv_least_squares
 from bundle.transforms.ct import HU_WINDOW, check_hu_window
 
 METHODS = ("network", "fbp", "tv")
+
+
+def limited_angle(geom) -> bool:
+    """Whether the views miss some lines altogether: an arc below 180 degrees plus the fan angle
+    (fan beam) or below 180 degrees (parallel beam)."""
+    from bundle.physics.ct_geometry import view_weights
+
+    arc = float(view_weights(geom.angles()).sum())
+    needed = math.pi + (2 * geom.half_fan if isinstance(geom, FanBeamGeometry) else 0.0)
+    step = arc / max(geom.n_views, 1)
+    return arc + step < needed
 
 
 class MeasuredCTReconstructor:
@@ -34,8 +46,13 @@ class MeasuredCTReconstructor:
         network: the network on the [0, 1] scale of `window` (HU of the attenuation per mm).
         window, mu_water: that scale.
         filter_name: the FBP filter.
+        fbp: "fan" (fan-beam FBP in the scan's own geometry) or "rebin" (full-circle fan-beam scans
+            rebinned to parallel beam first, then parallel-beam FBP; other scans as "fan").
         dc_weight, dc_iterations: data consistency with the measured sinogram after the network
             (`bundle.physics.ct.sinogram_consistency`; 0 iterations: the network alone).
+        dc_weight_limited: the weight for limited-angle scans (views covering less than 180
+            degrees plus the fan: `limited_angle`), where the network must guess a missing wedge
+            and the measured directions deserve more trust; None: `dc_weight`.
         method: "network", "fbp" (recon = FBP) or "tv" (recon = `tv_least_squares`).
         tv_weight, tv_iterations: the TV baseline's weight (1/mm) and PDHG steps.
         device, amp, progress: as the other reconstructors.
@@ -44,17 +61,22 @@ class MeasuredCTReconstructor:
     outputs = ("recon", "fbp")
 
     def __init__(self, network: nn.Module, window: Sequence[float] = HU_WINDOW, mu_water: float = MU_WATER,
-                 filter_name: str = "ramp", dc_weight: float = 1e-3, dc_iterations: int = 12,
-                 method: str = "network", tv_weight: float = 3e-4, tv_iterations: int = 300,
+                 filter_name: str = "ramp", fbp: str = "fan", dc_weight: float = 1e-3, dc_iterations: int = 12,
+                 dc_weight_limited: float | None = None, method: str = "network", tv_weight: float = 3e-4, tv_iterations: int = 300,
                  device: str | torch.device = "cpu", amp: bool = False, progress: bool = True) -> None:
         if method not in METHODS:
             raise InputError(f"measured_ct_method: unknown method {method!r}: expected one of {', '.join(METHODS)}")
+        if fbp not in ("fan", "rebin"):
+            raise InputError(f"measured_fbp: expected 'fan' or 'rebin', got {fbp!r}")
+        self.fbp = fbp
         self.network = network.eval()
         self.window = check_hu_window(window)
         self.mu_water = float(mu_water)
         self.filter_name = filter_name
         self.dc_weight, self.dc_iterations = check_regularisation(dc_weight, dc_iterations,
                                                                   ("measured_dc_weight", "measured_dc_iterations"))
+        self.dc_weight_limited = None if dc_weight_limited is None else check_regularisation(
+            dc_weight_limited, 0, ("measured_dc_weight_limited", "measured_dc_iterations"))[0]
         self.tv_weight, self.tv_iterations = check_regularisation(tv_weight, tv_iterations,
                                                                   ("tv_weight", "tv_iterations"))
         if self.tv_iterations < 1:
@@ -78,10 +100,13 @@ class MeasuredCTReconstructor:
         projector = projector_for(scan.geometry)
         out = {key: np.empty((*scan.geometry.image_shape, scan.slices), dtype=np.float32) for key in self.outputs}
         network = self.network.to(self.device)
+        dc_weight = self.dc_weight
+        if self.dc_weight_limited is not None and limited_angle(scan.geometry):
+            dc_weight = self.dc_weight_limited
         for s in tqdm(range(scan.slices), desc=name, unit="slice", leave=False,
                       disable=not self.progress or scan.slices == 1):
             y = torch.from_numpy(scan.sinogram[s]).to(self.device)
-            fbp = projector.fbp(y, self.filter_name)
+            fbp = self._fbp(projector, y, scan.geometry)
             if self.method == "fbp":
                 recon = fbp
             elif self.method == "tv":
@@ -91,10 +116,16 @@ class MeasuredCTReconstructor:
                 unit = forward(network, self.to_unit(fbp)[None, None].float(), self.amp)[0, 0]
                 recon = self.to_mu(unit.clamp(0.0, 1.0))
                 if self.dc_iterations > 0:
-                    recon = sinogram_consistency(recon, y, projector, self.dc_weight, self.dc_iterations)
+                    recon = sinogram_consistency(recon, y, projector, dc_weight, self.dc_iterations)
             out["fbp"][..., s] = fbp.cpu().numpy()
             out["recon"][..., s] = recon.cpu().numpy()
         return out
+
+    def _fbp(self, projector, y: torch.Tensor, geom) -> torch.Tensor:
+        if self.fbp == "rebin" and isinstance(geom, FanBeamGeometry) and geom.arc() >= 2 * math.pi - 1e-6:
+            parallel, pgeom = rebin_to_parallel(y, geom)
+            return ParallelBeamProjector(pgeom).fbp(parallel, self.filter_name)
+        return projector.fbp(y, self.filter_name)
 
     @staticmethod
     def affine(scan: MeasuredScan) -> np.ndarray:

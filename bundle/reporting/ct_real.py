@@ -118,7 +118,9 @@ def _weights(text: str, option: str) -> list[float]:
 
 
 def run_ct_real(args, root: str) -> int:
-    from bundle.networks import ResidualUNet, load_checkpoint
+    from monai.bundle import ConfigParser
+
+    from bundle.networks import load_checkpoint
 
     train = args.ct_train if args.ct_train is not None else _defaults(root, CT_TRAIN)
     tests = args.ct_test if args.ct_test is not None else _defaults(root, CT_VALIDATION + CT_TEST)
@@ -134,19 +136,26 @@ def run_ct_real(args, root: str) -> int:
     for s in train_scans + test_scans:
         if s.reference is None:
             raise InputError(f"{s.path}: no full-data reference beside it (<name>_recon_fbp.mat)")
-    network = ResidualUNet(features=(16, 16, 32, 64, 128, 16), data_consistency=False)
+    parser = ConfigParser()
+    parser.read_config(os.path.join(root, "configs", "inference_ct.yaml"))
+    parser["bundle_root"] = root
+    network = parser.get_parsed_content("measured_network_def")  # the network inference builds
     load_checkpoint(network, args.ct_ckpt, "cpu")
     rec = MeasuredCTReconstructor(network, tv_iterations=args.tv_iterations, progress=False)
     os.makedirs(args.output_dir, exist_ok=True)
 
     tuned: dict[str, dict] = {}
-    dc_weight, dc_table = tune(rec, [s for s in train_scans if "solid_disc" not in s.path] or train_scans,
-                               SETTINGS[0], "dc_weight", dc_grid, method="network")
-    print(f"DC weight (training scans, 60 views): {dc_weight:g}  PSNR by weight {dc_table}", flush=True)
+    tuning = [s for s in train_scans if "solid_disc" not in s.path] or train_scans  # the disc has no structure
+    dc_weights = {}
+    for setting in (SETTINGS[0], SETTINGS[2]):  # full circle (sparse) and limited angle
+        dc_weights[setting.name], dc_table = tune(rec, tuning, setting, "dc_weight", dc_grid, method="network",
+                                                  dc_weight_limited=None)
+        print(f"DC weight (training scans, {setting.name}): {dc_weights[setting.name]:g}  PSNR by weight {dc_table}",
+              flush=True)
+    dc_weight, dc_limited = dc_weights[SETTINGS[0].name], dc_weights[SETTINGS[2].name]
     rows = []
     for setting in SETTINGS:
-        tv_weight, tv_table = tune(rec, [s for s in train_scans if "solid_disc" not in s.path] or train_scans,
-                                   setting, "tv_weight", tv_grid, method="tv")
+        tv_weight, tv_table = tune(rec, tuning, setting, "tv_weight", tv_grid, method="tv")
         tuned[setting.name] = {"tv_weight": tv_weight, "tv_psnr_by_weight": tv_table}
         print(f"{setting.name}: TV weight {tv_weight:g} (training scans: PSNR by weight {tv_table})", flush=True)
         for scan in test_scans:
@@ -157,7 +166,7 @@ def run_ct_real(args, root: str) -> int:
                 "fbp": dict(method="fbp"),
                 "tv": dict(method="tv", tv_weight=tv_weight),
                 "network": dict(method="network", dc_iterations=0),
-                "network+dc": dict(method="network", dc_weight=dc_weight),
+                "network+dc": dict(method="network", dc_weight=dc_weight, dc_weight_limited=dc_limited),
             }
             images = {}
             for name, kw in methods.items():
@@ -171,7 +180,7 @@ def run_ct_real(args, root: str) -> int:
                       f"MCC {row.get('mcc', float('nan')):.3f}  {seconds:.1f} s", flush=True)
             _figure(images, ref, os.path.join(args.output_dir, f"{os.path.splitext(os.path.basename(scan.path))[0]}_"
                                               f"{setting.views or 'all'}v{setting.arc:g}.png"), setting.name)
-    _write(rows, tuned, dc_weight, args.output_dir)
+    _write(rows, tuned, {"full circle": dc_weight, "limited angle": dc_limited}, args.output_dir)
     return 0
 
 
@@ -199,13 +208,13 @@ def _figure(images: dict[str, np.ndarray], ref: np.ndarray, path: str, title: st
     plt.close(fig)
 
 
-def _write(rows: list[dict], tuned: dict, dc_weight: float, output_dir: str) -> None:
+def _write(rows: list[dict], tuned: dict, dc_weight: dict, output_dir: str) -> None:
     lines = ["| setting | scan (role) | method | PSNR dB | SSIM | MCC (Otsu) | s/slice |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['setting']} | {r['scan']} ({r['role']}) | {r['method']} | {r['psnr']:.2f} | "
                      f"{r['ssim']:.4f} | {r.get('mcc', float('nan')):.3f} | {r['seconds']:.1f} |")
     lines.append("")
-    lines.append(f"DC weight {dc_weight:g}; TV weights " + ", ".join(f"{k}: {v['tv_weight']:g}" for k, v in tuned.items())
+    lines.append("DC weights " + ", ".join(f"{k}: {v:g}" for k, v in dc_weight.items()) + "; TV weights " + ", ".join(f"{k}: {v['tv_weight']:g}" for k, v in tuned.items())
                  + " (all tuned on the training scans).")
     write_text_atomic(os.path.join(output_dir, "ct_real.md"), "\n".join(lines) + "\n")
     buf = io.StringIO()
