@@ -89,7 +89,10 @@ def run_method(rec: MeasuredCTReconstructor, scan: MeasuredScan, **settings) -> 
 
 def tune(rec: MeasuredCTReconstructor, scans: list[MeasuredScan], setting: Setting, key: str, weights: list[float],
          **fixed) -> tuple[float, dict[float, float]]:
-    """The weight (`key`: tv_weight or dc_weight) of best mean PSNR over `scans` in `setting`."""
+    """The weight (`key`: tv_weight or dc_weight) of best mean PSNR over `scans` in `setting`
+    (a grid of one weight is taken as given: nothing runs)."""
+    if len(weights) == 1:
+        return weights[0], {}
     table = {}
     for w in weights:
         psnrs = []
