@@ -56,6 +56,8 @@ class MeasuredCTReconstructor:
         method: "network", "fbp" (recon = FBP) or "tv" (recon = `tv_least_squares`).
         tv_weight, tv_iterations: the TV baseline's weight (1/mm) and PDHG steps.
         device, amp, progress: as the other reconstructors.
+        ckpt_path: the network's weights, loaded when the first measured scan comes (`load`), so
+            that a folder of NIfTI volumes never needs them.
     """
 
     outputs = ("recon", "fbp")
@@ -63,7 +65,8 @@ class MeasuredCTReconstructor:
     def __init__(self, network: nn.Module, window: Sequence[float] = HU_WINDOW, mu_water: float = MU_WATER,
                  filter_name: str = "ramp", fbp: str = "fan", dc_weight: float = 1e-3, dc_iterations: int = 12,
                  dc_weight_limited: float | None = None, method: str = "network", tv_weight: float = 3e-4, tv_iterations: int = 300,
-                 device: str | torch.device = "cpu", amp: bool = False, progress: bool = True) -> None:
+                 device: str | torch.device = "cpu", amp: bool = False, progress: bool = True,
+                 ckpt_path: str | None = None) -> None:
         if method not in METHODS:
             raise InputError(f"measured_ct_method: unknown method {method!r}: expected one of {', '.join(METHODS)}")
         if fbp not in ("fan", "rebin"):
@@ -85,6 +88,16 @@ class MeasuredCTReconstructor:
         self.device = torch.device(device)
         self.amp = bool(amp) and self.device.type == "cuda"
         self.progress = progress
+        self.ckpt_path = ckpt_path
+        self._loaded = ckpt_path is None
+
+    def load(self) -> None:
+        """Load `ckpt_path` into the network once (an `InputError` if it does not fit)."""
+        if not self._loaded:
+            from bundle.networks import load_checkpoint
+
+            load_checkpoint(self.network, str(self.ckpt_path), self.device)
+            self._loaded = True
 
     def to_unit(self, mu: torch.Tensor) -> torch.Tensor:
         lo, hi = self.window
@@ -97,6 +110,8 @@ class MeasuredCTReconstructor:
     @torch.no_grad()
     def reconstruct_scan(self, scan: MeasuredScan, name: str) -> dict[str, np.ndarray]:
         """{"recon", "fbp"}: (H, W, slices) float32 in 1/mm."""
+        if self.method == "network":
+            self.load()
         projector = projector_for(scan.geometry)
         out = {key: np.empty((*scan.geometry.image_shape, scan.slices), dtype=np.float32) for key in self.outputs}
         network = self.network.to(self.device)

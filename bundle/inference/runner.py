@@ -133,6 +133,8 @@ class InferenceRunner:
                 raise InputError(f"{path}: measured CT projections; use configs/inference_ct.yaml, which holds the "
                                  "measured-CT model")
             scan = read_measured_ct(path)
+            if getattr(self.measured, "method", "network") == "network":
+                self.measured.load()  # its weights, checked before anything is written
             sy, sx = scan.geometry.pixel_spacing
             return _Prepared(None, output_stem(path), None, (sy, sx, 1.0), None, {"scan": scan})
         multi, raw = self._multicoil_for(path)

@@ -160,7 +160,7 @@ def test_two_training_iterations_on_measured_data(tmp_path):
                      "--logging_file", "configs/logging.conf", "--ckpt_dir", str(tmp_path), "--output_dir",
                      str(tmp_path), "--max_epochs", "1", "--epoch_length", "2", "--batch_size", "2",
                      "--real_train", "['htc2022_ta_full.mat']", "--real_validation", "['htc2022_td_full.mat']",
-                     "--real_subsets", "[[30, 360]]", "--real_offsets", "1", "--pretrained", "null",
+                     "--real_subsets", "[[30, 360]]", "--real_offsets", "1",
                      "--patch_size", "[64, 64]", timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     saved = torch.load(tmp_path / "model_ct_real.pt", weights_only=True)
