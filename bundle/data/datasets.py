@@ -318,7 +318,22 @@ class SliceDataset(torch.utils.data.Dataset):
             return self.slice_transform(item)
 
 
-class RawKspaceSlices(torch.utils.data.Dataset):
+class RepeatedItems(torch.utils.data.Dataset):
+    """Items prepared once (`self.items`), each served `repeat` times per epoch through `transform`."""
+
+    items: list[dict]
+    transform: Callable | None = None
+    repeat: int = 1
+
+    def __len__(self) -> int:
+        return len(self.items) * self.repeat
+
+    def __getitem__(self, index: int) -> dict:
+        item = dict(self.items[index % len(self.items)])
+        return self.transform(item) if self.transform is not None else item
+
+
+class RawKspaceSlices(RepeatedItems):
     """The slices of fully sampled raw multi-coil files (`bundle.data.rawkspace.read_raw`), for
     training and validating the multi-coil network on real coils: items {"image": (C, H, W)
     complex k-space, "filename", "slice_id", "volume_max" (the maximum of the file's fully
@@ -358,15 +373,8 @@ class RawKspaceSlices(torch.utils.data.Dataset):
             raise InputError("no raw k-space slices in the datalist")
         self.transform, self.repeat = transform, int(repeat)
 
-    def __len__(self) -> int:
-        return len(self.items) * self.repeat
 
-    def __getitem__(self, index: int) -> dict:
-        item = dict(self.items[index % len(self.items)])
-        return self.transform(item) if self.transform is not None else item
-
-
-class MeasuredCTSlices(torch.utils.data.Dataset):
+class MeasuredCTSlices(RepeatedItems):
     """Training and validation pairs from measured CT scans with a full-data reference beside them
     (HTC2022: the organisers' FBP): items {"image": (1, H, W) FBP of a sparse or limited-angle
     subset of the measured views, "label": (1, H, W) the reference, both on the [0, 1] scale of
@@ -423,10 +431,3 @@ class MeasuredCTSlices(torch.utils.data.Dataset):
         if not self.items:
             raise InputError("no measured CT scans in the datalist")
         self.transform, self.repeat = transform, int(repeat)
-
-    def __len__(self) -> int:
-        return len(self.items) * self.repeat
-
-    def __getitem__(self, index: int) -> dict:
-        item = dict(self.items[index % len(self.items)])
-        return self.transform(item) if self.transform is not None else item

@@ -25,13 +25,13 @@ import torch.nn.functional as F
 
 from bundle.errors import InputError
 from bundle.physics.ct import CHUNK_POINTS, ParallelBeamProjector, _grid_parts, _split_rows, filter_sinogram
-from bundle.physics.ct_geometry import ParallelBeamGeometry, check_sinogram, view_weights
+from bundle.physics.ct_geometry import ParallelBeamGeometry, RaySampling, check_sinogram, view_weights
 
 __all__ = ("FanBeamGeometry", "FanBeamProjector", "parker_weights", "projector_for", "rebin_to_parallel", "select_views")
 
 
 @dataclass(frozen=True)
-class FanBeamGeometry:
+class FanBeamGeometry(RaySampling):
     """A 2D fan-beam acquisition with a flat detector (module docstring for the conventions).
 
     Args:
@@ -102,19 +102,6 @@ class FanBeamGeometry:
     def det_spacing(self) -> float:
         """Bin spacing at the rotation axis (mm): the detector's divided by the magnification."""
         return self.detector_spacing / self.magnification
-
-    @property
-    def step(self) -> float:
-        return float(self.ray_step) if self.ray_step else min(self.pixel_spacing)
-
-    @property
-    def diagonal(self) -> float:
-        (h, w), (sy, sx) = self.image_shape, self.pixel_spacing
-        return math.hypot(h * sy, w * sx)
-
-    @property
-    def n_samples(self) -> int:
-        return int(math.ceil(self.diagonal / self.step)) + 1
 
     @property
     def sinogram_shape(self) -> tuple[int, int]:

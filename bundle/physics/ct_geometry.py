@@ -30,8 +30,31 @@ def mu_to_hu(mu: torch.Tensor, mu_water: float = MU_WATER) -> torch.Tensor:
     return 1000.0 * (mu / mu_water - 1.0)
 
 
+class RaySampling:
+    """The sampling along rays that both geometries share: every `step` mm (default the smaller
+    pixel spacing), enough samples to cross the image diagonal."""
+
+    image_shape: tuple[int, int]
+    pixel_spacing: tuple[float, float]
+    ray_step: float | None
+
+    @property
+    def step(self) -> float:
+        return float(self.ray_step) if self.ray_step else min(self.pixel_spacing)
+
+    @property
+    def diagonal(self) -> float:
+        (h, w), (sy, sx) = self.image_shape, self.pixel_spacing
+        return math.hypot(h * sy, w * sx)
+
+    @property
+    def n_samples(self) -> int:
+        """Samples along each ray: enough to cross the image diagonal."""
+        return int(math.ceil(self.diagonal / self.step)) + 1
+
+
 @dataclass(frozen=True)
-class ParallelBeamGeometry:
+class ParallelBeamGeometry(RaySampling):
     """A 2D parallel-beam acquisition.
 
     Args:
@@ -98,20 +121,6 @@ class ParallelBeamGeometry:
     @property
     def det_spacing(self) -> float:
         return float(self.detector_spacing) if self.detector_spacing else min(self.pixel_spacing)
-
-    @property
-    def step(self) -> float:
-        return float(self.ray_step) if self.ray_step else min(self.pixel_spacing)
-
-    @property
-    def diagonal(self) -> float:
-        (h, w), (sy, sx) = self.image_shape, self.pixel_spacing
-        return math.hypot(h * sy, w * sx)
-
-    @property
-    def n_samples(self) -> int:
-        """Samples along each ray: enough to cross the image diagonal."""
-        return int(math.ceil(self.diagonal / self.step)) + 1
 
     @property
     def n_det(self) -> int:

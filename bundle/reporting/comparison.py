@@ -197,3 +197,22 @@ def run_report(run, args) -> int:
     except (InputError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+
+
+def parse_weights(text: str, option: str) -> list[float]:
+    """A comma-separated grid of regularisation weights (>= 0) from a command-line option."""
+    from bundle.errors import InputError
+
+    try:
+        values = [float(x) for x in text.split(",")]
+    except ValueError:
+        raise InputError(f"{option}: expected comma-separated numbers, got {text!r}") from None
+    if not values or min(values) < 0:
+        raise InputError(f"{option}: weights must be >= 0, got {text!r}")
+    return values
+
+
+def shared_files(root: str, folder: str, names: Sequence[str]) -> list[str]:
+    """The files `names` of `folder` (relative to the bundle root) that exist."""
+    shared = os.path.join(root, folder)
+    return [os.path.join(shared, n) for n in names if os.path.isfile(os.path.join(shared, n))]

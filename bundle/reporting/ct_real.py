@@ -25,6 +25,7 @@ from bundle.data.io import write_text_atomic
 from bundle.errors import InputError
 from bundle.inference.ct_measured import MeasuredCTReconstructor
 from bundle.physics.ct_fan import select_views
+from bundle.reporting.comparison import parse_weights, shared_files
 
 SHARED_CT = os.path.join("..", "shared", "data", "ct_real", "htc2022_train")
 CT_TRAIN = ("htc2022_solid_disc_full.mat", "htc2022_ta_full.mat", "htc2022_tb_full.mat")
@@ -105,35 +106,20 @@ def tune(rec: MeasuredCTReconstructor, scans: list[MeasuredScan], setting: Setti
     return max(table, key=lambda w: table[w]), table
 
 
-def _defaults(root: str, names: tuple[str, ...]) -> list[str]:
-    shared = os.path.join(root, SHARED_CT)
-    return [os.path.join(shared, n) for n in names if os.path.isfile(os.path.join(shared, n))]
-
-
-def _weights(text: str, option: str) -> list[float]:
-    try:
-        values = [float(x) for x in text.split(",")]
-    except ValueError:
-        raise InputError(f"{option}: expected comma-separated numbers, got {text!r}") from None
-    if not values or min(values) < 0:
-        raise InputError(f"{option}: weights must be >= 0, got {text!r}")
-    return values
-
-
 def run_ct_real(args, root: str) -> int:
     from monai.bundle import ConfigParser
 
     from bundle.networks import load_checkpoint
 
-    train = args.ct_train if args.ct_train is not None else _defaults(root, CT_TRAIN)
-    tests = args.ct_test if args.ct_test is not None else _defaults(root, CT_VALIDATION + CT_TEST)
+    train = args.ct_train if args.ct_train is not None else shared_files(root, SHARED_CT, CT_TRAIN)
+    tests = args.ct_test if args.ct_test is not None else shared_files(root, SHARED_CT, CT_VALIDATION + CT_TEST)
     if not train or not tests:
         raise InputError(f"--ct-real needs measured scans with references: none given and {SHARED_CT} is absent")
     overlap = {os.path.basename(p) for p in train} & {os.path.basename(p) for p in tests}
     if overlap:
         raise InputError(f"--ct-train and --ct-test share {', '.join(sorted(overlap))}")
-    tv_grid = _weights(args.tv_weights, "--tv-weights")
-    dc_grid = _weights(args.dc_weights, "--dc-weights")
+    tv_grid = parse_weights(args.tv_weights, "--tv-weights")
+    dc_grid = parse_weights(args.dc_weights, "--dc-weights")
     train_scans = [read_measured_ct(p) for p in train]
     test_scans = [read_measured_ct(p) for p in tests]
     for s in train_scans + test_scans:

@@ -11,6 +11,7 @@ import os
 from bundle.data import load_datalist
 from bundle.data.io import write_text_atomic
 from bundle.errors import InputError
+from bundle.reporting.comparison import parse_weights, shared_files
 from bundle.reporting.multicoil import (
     Case,
     MapsCache,
@@ -32,19 +33,7 @@ REAL_VALIDATION = ("pulseq_phantom_16ch.h5", "pulseq_phantom_32ch_64.h5", "pulse
 
 
 def _defaults(root: str, names: tuple[str, ...], fallback: list[str]) -> list[str]:
-    shared = os.path.join(root, SHARED_MULTICOIL)
-    found = [os.path.join(shared, n) for n in names if os.path.isfile(os.path.join(shared, n))]
-    return found or fallback
-
-
-def _weights(text: str, option: str) -> list[float]:
-    try:
-        values = [float(x) for x in text.split(",")]
-    except ValueError:
-        raise InputError(f"{option}: expected comma-separated numbers, got {text!r}") from None
-    if not values or min(values) < 0:
-        raise InputError(f"{option}: weights must be >= 0, got {text!r}")
-    return values
+    return shared_files(root, SHARED_MULTICOIL, names) or fallback
 
 
 def run_multicoil(args, root: str) -> int:
@@ -58,7 +47,7 @@ def run_multicoil(args, root: str) -> int:
     overlap = {os.path.basename(p) for p in test_files} & {os.path.basename(p) for p in val_files}
     if overlap:
         raise InputError(f"--real-test and --real-validation share {', '.join(sorted(overlap))}")
-    sense_w, pics_w = _weights(args.sense_weights, "--sense-weights"), _weights(args.pics_weights, "--pics-weights")
+    sense_w, pics_w = parse_weights(args.sense_weights, "--sense-weights"), parse_weights(args.pics_weights, "--pics-weights")
     acc = float(args.acceleration)
     ckpt = args.ckpt if os.path.basename(args.ckpt) != "model.pt" else os.path.join(root, "models", "model_multicoil.pt")
 
