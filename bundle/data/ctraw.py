@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bundle.errors import InputError
+from bundle.physics.ct import physical_memory
 from bundle.physics.ct_fan import FanBeamGeometry
 from bundle.physics.ct_geometry import ParallelBeamGeometry
 
@@ -90,14 +91,11 @@ def is_dxchange(path: str) -> bool:
         return False
 
 
-def check_memory(path: str, geom, slices: int = 1) -> None:
+def check_memory(path: str, geom) -> None:
     """An `InputError` if reconstructing one slice of `geom` needs more memory than this machine has."""
     (h, w) = geom.image_shape
     need = h * w * BYTES_PER_PIXEL + geom.n_views * geom.n_det * BYTES_PER_BIN
-    try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):
-        total = 2**40
+    total = physical_memory() or 2**40
     if need > total / 2:
         raise InputError(f"{path}: image grid {h} x {w} ({h * w:.3g} pixels) with {geom.n_views} views needs about "
                          f"{need / 2**30:.1f} GiB to reconstruct; this machine has {total / 2**30:.1f} GiB")
@@ -290,7 +288,7 @@ def read_dxchange(path: str) -> MeasuredScan:
     """APS Data Exchange HDF5: raw counts `exchange/data` (projections, rows, columns), flats
     `data_white`, darks `data_dark`, angles `theta` (degrees). Each detector row is a slice of a
     parallel-beam scan: normalised by the mean flat and dark, -log, and reconstructed on a
-    columns x columns grid about the rotation axis estimated from opposite views
+    columns x columns grid about the rotation axis fitted from the views' centres of mass
     (`estimate_rotation_centre`). The pixel size is `measurement/instrument/detector/pixel_size`
     (mm) if the file has it, else 1: attenuation per detector pixel."""
     import h5py
@@ -353,7 +351,7 @@ def read_dxchange(path: str) -> MeasuredScan:
                                     detector_offset=-(centre - (n_det - 1) / 2) * pixel)
     except InputError as e:
         raise InputError(f"{path}: {e}") from None
-    check_memory(path, geom, sino.shape[0])
+    check_memory(path, geom)
     return MeasuredScan(path, sino, geom, "dxchange", notes=note)
 
 
@@ -390,14 +388,8 @@ def choose_views(angles_deg, views: int | None = None, arc_deg: float = 360.0, s
     seen: dict[float, int] = {}
     for i, v in enumerate(np.round(a, 6)):
         seen.setdefault(float(v) % 360.0, i)
-    order = sorted(seen.items())  # (angle, index) by angle
-    if arc_deg < 360:
-        rel = [((ang - start_deg) % 360.0, i) for ang, i in order]
-        order = sorted((r, i) for r, i in rel if r <= arc_deg + 1e-6)
-    else:
-        rel = [((ang - start_deg) % 360.0, i) for ang, i in order]
-        order = sorted(rel)
-    idx = [i for _, i in order]
+    rel = sorted(((ang - start_deg) % 360.0, i) for ang, i in seen.items())  # (angle from the start, index)
+    idx = [i for r, i in rel if arc_deg >= 360 or r <= arc_deg + 1e-6]
     if not idx:
         raise InputError(f"no views within {arc_deg:g} degrees from {start_deg:g}")
     if views is None or views >= len(idx):

@@ -398,14 +398,13 @@ class MeasuredCTSlices(RepeatedItems):
                  transform: Callable | None = None, repeat: int = 1) -> None:
         from bundle.data.ctraw import choose_views, read_measured_ct
         from bundle.physics.ct_fan import projector_for, select_views
-        from bundle.physics.ct_geometry import mu_to_hu
+        from bundle.transforms.ct import mu_to_unit
 
         if int(repeat) < 1 or int(offsets) < 1:
             raise InputError(f"repeat and offsets must be at least 1, got {repeat!r}, {offsets!r}")
-        lo, hi = float(window[0]), float(window[1])
 
         def unit(mu: torch.Tensor) -> torch.Tensor:
-            return ((mu_to_hu(mu, mu_water) - lo) / (hi - lo)).float()
+            return mu_to_unit(mu, window, mu_water).float()
 
         self.items: list[dict] = []
         for item in data:
@@ -415,12 +414,12 @@ class MeasuredCTSlices(RepeatedItems):
                 raise InputError(f"{path}: no full-data reference beside it to train or validate on")
             name = os.path.basename(path)
             label = unit(torch.from_numpy(scan.reference))
+            angles = torch.rad2deg(scan.geometry.angles()).tolist()
             for views, arc in subsets:
                 arc = float(arc)
                 for k in range(int(offsets)):
                     # rotations within one sparse step over the circle; arc starts around it otherwise
                     start = k * (360.0 / (views or 360)) / int(offsets) if arc >= 360 else 360.0 * k / int(offsets)
-                    angles = torch.rad2deg(scan.geometry.angles()).tolist()
                     idx = choose_views(angles, views, arc, start)
                     geom = select_views(scan.geometry, idx)
                     fbp = projector_for(geom).fbp(torch.from_numpy(scan.sinogram[:, idx]), filter_name)

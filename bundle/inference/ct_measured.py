@@ -17,10 +17,10 @@ from bundle.errors import InputError
 from bundle.inference.batching import forward
 from bundle.physics.ct import ParallelBeamProjector, sinogram_consistency
 from bundle.physics.ct_fan import FanBeamGeometry, projector_for, rebin_to_parallel
-from bundle.physics.ct_geometry import MU_WATER, hu_to_mu, mu_to_hu
+from bundle.physics.ct_geometry import MU_WATER
 from bundle.physics.solvers import check_regularisation
 from bundle.physics.tv import tv_least_squares
-from bundle.transforms.ct import HU_WINDOW, check_hu_window
+from bundle.transforms.ct import HU_WINDOW, check_hu_window, mu_to_unit, unit_to_mu
 
 METHODS = ("network", "fbp", "tv")
 
@@ -99,14 +99,6 @@ class MeasuredCTReconstructor:
             load_checkpoint(self.network, str(self.ckpt_path), self.device)
             self._loaded = True
 
-    def to_unit(self, mu: torch.Tensor) -> torch.Tensor:
-        lo, hi = self.window
-        return (mu_to_hu(mu, self.mu_water) - lo) / (hi - lo)
-
-    def to_mu(self, unit: torch.Tensor) -> torch.Tensor:
-        lo, hi = self.window
-        return hu_to_mu(unit * (hi - lo) + lo, self.mu_water)
-
     @torch.no_grad()
     def reconstruct_scan(self, scan: MeasuredScan, name: str) -> dict[str, np.ndarray]:
         """{"recon", "fbp"}: (H, W, slices) float32 in 1/mm."""
@@ -128,8 +120,8 @@ class MeasuredCTReconstructor:
                 op = projector.fast_operator(self.device, torch.float32, work=self.tv_iterations + 1)
                 recon = tv_least_squares(op, y, self.tv_weight, self.tv_iterations)
             else:
-                unit = forward(network, self.to_unit(fbp)[None, None].float(), self.amp)[0, 0]
-                recon = self.to_mu(unit.clamp(0.0, 1.0))
+                unit = forward(network, mu_to_unit(fbp, self.window, self.mu_water)[None, None].float(), self.amp)[0, 0]
+                recon = unit_to_mu(unit.clamp(0.0, 1.0), self.window, self.mu_water)
                 if self.dc_iterations > 0:
                     recon = sinogram_consistency(recon, y, projector, dc_weight, self.dc_iterations)
             out["fbp"][..., s] = fbp.cpu().numpy()

@@ -44,17 +44,22 @@ FILTERS = ("ramp", "shepp-logan", "cosine", "hamming", "hann")
 # Points sampled per grid_sample call; bounds the memory of one chunk of views (~ 16 bytes each).
 CHUNK_POINTS = 2**23
 GRID_CACHE_BYTES = 2**30  # a projector keeps its sampling grids up to 1 GiB
+def physical_memory() -> int | None:
+    """This machine's physical memory in bytes, or None where it cannot be read."""
+    import os
+
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
 def _matrix_bytes() -> int:
     """The bound on a geometry's two sparse matrices (larger ones are not built): a quarter of this
     machine's memory, at most 8 GiB (2 GiB where the memory cannot be read). 181 views of a
     512 x 512 grid bound at 3 GiB (1.7 GiB built): solvers on limited-angle measured scans need it."""
-    import os
-
-    try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):
-        return 2**31
-    return int(min(2**33, total // 4))
+    total = physical_memory()
+    return 2**31 if total is None else int(min(2**33, total // 4))
 
 
 MATRIX_BYTES = _matrix_bytes()

@@ -285,16 +285,6 @@ def rebin_to_parallel(sinogram: torch.Tensor, geom: FanBeamGeometry, n_views: in
     return out.to(sinogram.dtype).reshape(*lead, n_par, n_det), par
 
 
-def fan_geometry(image_shape: Sequence[int], pixel_mm: float | Sequence[float], angles_deg: Sequence[float],
-                 n_detectors: int, detector_spacing: float, source_origin: float, source_detector: float,
-                 detector_offset: float = 0.0) -> FanBeamGeometry:
-    """A `FanBeamGeometry` from the sidecar's numbers (square pixels when `pixel_mm` is one number)."""
-    px = (float(pixel_mm), float(pixel_mm)) if not isinstance(pixel_mm, Sequence) else tuple(float(p) for p in pixel_mm)
-    return FanBeamGeometry((int(image_shape[0]), int(image_shape[1])), (px[0], px[1]), tuple(angles_deg),
-                           int(n_detectors), float(detector_spacing), float(source_origin), float(source_detector),
-                           float(detector_offset))
-
-
 def select_views(geom, indices: Sequence[int]):
     """The geometry of a subset of `geom`'s views (fan or parallel beam), in the order given:
     a sparse or limited-angle scan taken from a full one."""

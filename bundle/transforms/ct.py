@@ -92,6 +92,17 @@ def unit_to_hu(unit: torch.Tensor, window: Sequence[float] = HU_WINDOW) -> torch
     return unit * (hi - lo) + lo
 
 
+def mu_to_unit(mu: torch.Tensor, window: Sequence[float] = HU_WINDOW, mu_water: float = ct.MU_WATER) -> torch.Tensor:
+    """Linear attenuation (1/mm) -> the [0, 1] scale of the HU `window` (the networks' scale), not clipped."""
+    lo, hi = float(window[0]), float(window[1])
+    return (ct.mu_to_hu(mu, mu_water) - lo) / (hi - lo)
+
+
+def unit_to_mu(unit: torch.Tensor, window: Sequence[float] = HU_WINDOW, mu_water: float = ct.MU_WATER) -> torch.Tensor:
+    """The [0, 1] scale of the HU `window` -> linear attenuation (1/mm), below air clipped to 0."""
+    return ct.hu_to_mu(unit_to_hu(unit, window), mu_water)
+
+
 class HounsfieldWindowd(MapTransform):
     """Check that a CT volume is in HU (per `hu_check`) and scale `window` to [0, 1], clipped.
 
@@ -231,12 +242,11 @@ class CTAcquisition:
 
     def unit_to_mu(self, unit: torch.Tensor) -> torch.Tensor:
         """[0, 1] window scale -> linear attenuation (1/mm)."""
-        return ct.hu_to_mu(unit_to_hu(unit.float(), self.window), self.mu_water)
+        return unit_to_mu(unit.float(), self.window, self.mu_water)
 
     def mu_to_unit(self, mu: torch.Tensor) -> torch.Tensor:
         """Linear attenuation (1/mm) -> [0, 1] window scale, not clipped."""
-        lo, hi = self.window
-        return (ct.mu_to_hu(mu, self.mu_water) - lo) / (hi - lo)
+        return mu_to_unit(mu, self.window, self.mu_water)
 
     def __call__(self, unit: torch.Tensor, spacing: Sequence[float], generator=None) -> torch.Tensor:
         """FBP image of the simulated scan of (..., H, W) unit-scale slices (same shape)."""

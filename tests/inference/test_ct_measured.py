@@ -78,38 +78,36 @@ def test_tv_and_fbp_methods(tmp_path):
     assert np.abs(tv - img).mean() < 0.6 * np.abs(fbp - img).mean()
 
 
+BAD_GEOMETRY = {
+    "missing_key": ({"pixel_mm": None}, "missing key pixel_mm"),
+    "negative_distance": ({"source_origin_mm": -200.0}, "must be positive"),
+    "detector_inside": ({"source_detector_mm": 100.0}, "smaller than source_origin_mm"),
+    "detector_count": ({"detector_count": 100}, "detector_count 100"),
+    "huge_grid": ({"image_size": [200000, 200000], "pixel_mm": 0.0001}, "GiB"),
+}
+
+
 def _bad(kind, folder):
     if kind == "no_geometry":
         phantom_scan(folder, "x")
         (folder / "x_geometry.json").unlink()
         return "x_sinogram.npy", "no geometry file"
-    if kind == "missing_key":
-        phantom_scan(folder, "x", pixel_mm=None)
-        return "x_geometry.json", "missing key pixel_mm"
-    if kind == "negative_distance":
-        phantom_scan(folder, "x", source_origin_mm=-200.0)
-        return "x_geometry.json", "must be positive"
-    if kind == "detector_inside":
-        phantom_scan(folder, "x", source_detector_mm=100.0)
-        return "x_geometry.json", "smaller than source_origin_mm"
+    if kind in BAD_GEOMETRY:  # one changed key of the geometry file
+        changes, message = BAD_GEOMETRY[kind]
+        phantom_scan(folder, "x", **changes)
+        return "x_geometry.json", message
     if kind == "angle_count":
         phantom_scan(folder, "x")
         spec = json.loads((folder / "x_geometry.json").read_text())
         spec["angles_deg"] = spec["angles_deg"][:-1]
         (folder / "x_geometry.json").write_text(json.dumps(spec))
         return "x_geometry.json", "59 angles"
-    if kind == "detector_count":
-        phantom_scan(folder, "x", detector_count=100)
-        return "x_geometry.json", "detector_count 100"
     if kind == "nan":
         phantom_scan(folder, "x")
         s = np.load(folder / "x_sinogram.npy")
         s[2, 3] = np.nan
         np.save(folder / "x_sinogram.npy", s)
         return "x_sinogram.npy", "NaN"
-    if kind == "huge_grid":
-        phantom_scan(folder, "x", image_size=[200000, 200000], pixel_mm=0.0001)
-        return "x_geometry.json", "GiB"
     raise AssertionError(kind)
 
 
