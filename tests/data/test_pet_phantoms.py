@@ -1,0 +1,106 @@
+"""FDG phantoms from T1 heads: lesions get the contrast asked for, inside the region; classes,
+activity and mu values of a synthetic head whose tissues are known; the slice dataset."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from bundle.data.pet_phantoms import (
+    ACTIVITY,
+    BONE,
+    CSF,
+    GM,
+    SOFT,
+    WM,
+    PETPhantomSlices,
+    activity_from_classes,
+    insert_lesions,
+    mu_from_classes,
+    tissue_classes,
+)
+from bundle.errors import InputError
+
+
+def test_lesions_have_the_contrast_asked_for():
+    g = torch.Generator().manual_seed(0)
+    act = 1.0 + 0.1 * torch.rand(64, 64, generator=g)
+    region = torch.zeros(64, 64, dtype=torch.bool)
+    region[10:54, 10:54] = True
+    for contrast in (2.5, 0.3):
+        out, placed = insert_lesions(act, region, 3, (2.0, 3.0), (contrast, contrast), g)
+        assert len(placed) == 3
+        changed = out != act
+        for les in placed:
+            cy, cx = les["center"]
+            assert region[int(cy), int(cx)]
+            yy, xx = torch.meshgrid(torch.arange(64), torch.arange(64), indexing="ij")
+            d = (yy - cy) ** 2 + (xx - cx) ** 2 <= les["radius"] ** 2
+            # the disc holds contrast x the mean activity it held before, and lies inside the region
+            assert float(out[d].mean()) == pytest.approx(contrast * float(act[d].mean()), rel=1e-5)
+            assert bool(region[d].all())
+        assert bool(changed.sum() > 0) and not bool(changed[~region].any())
+
+
+def synthetic_head(n=64, depth=12):
+    """Concentric shells per slice: air, scalp (bright-ish), skull (dark), CSF (dark), grey (mid),
+    white (bright), and ventricles (CSF) inside, on a T1-like scale, with known labels."""
+    c = np.arange(n) - (n - 1) / 2
+    yy, xx = np.meshgrid(c, c, indexing="ij")
+    r = np.sqrt(xx**2 + (yy / 1.1) ** 2)
+    t1 = np.zeros((n, n), np.float32)
+    labels = np.zeros((n, n), np.uint8)
+    for radius, value, label in ((29, 700, SOFT), (26, 80, BONE), (23, 150, CSF), (21, 600, GM), (15, 1100, WM),
+                                 (5, 150, CSF)):
+        t1[r <= radius], labels[r <= radius] = value, label
+    rng = np.random.default_rng(0)
+    vol = np.repeat(t1[..., None], depth, -1) * (1 + 0.02 * rng.standard_normal((n, n, depth)))
+    lab = np.repeat(labels[..., None], depth, -1)
+    pad = ((0, 0), (0, 0), (4, 4))  # air above and below, as in a real head volume
+    return np.pad(vol, pad).astype(np.float32), np.pad(lab, pad)
+
+
+def test_classes_activity_and_mu_of_a_known_head():
+    t1, labels = synthetic_head()
+    classes = tissue_classes(t1)
+    inner = labels != labels  # the shells' interiors, away from boundaries
+    from scipy import ndimage as ndi
+
+    for lab in (SOFT, GM, WM):
+        inner |= ndi.binary_erosion(labels == lab, iterations=1)
+    agree = (classes == labels)[inner].mean()
+    assert agree > 0.95
+    assert (classes[labels == 0] == 0).mean() > 0.99
+    cls = torch.from_numpy(labels[..., 9])
+    act = activity_from_classes(cls, variation=0.0)
+    for lab, value in ACTIVITY.items():
+        if (cls == lab).any():
+            assert torch.allclose(act[cls == lab], torch.tensor(value))
+    mu = mu_from_classes(cls)
+    assert float(mu[cls == BONE].unique()) == pytest.approx(0.0172)
+    assert float(mu[cls == GM].unique()) == pytest.approx(0.0096)
+    assert float(mu[cls == 0].max()) == 0.0
+    varied = activity_from_classes(cls, variation=0.1, generator=torch.Generator().manual_seed(0))
+    ratio = varied[cls == WM] / ACTIVITY[WM]
+    assert 0.05 < float(ratio.std()) < 0.15 and abs(float(ratio.mean()) - 1) < 0.05
+
+
+def test_phantom_slices_dataset(tmp_path):
+    import nibabel as nib
+
+    t1, _ = synthetic_head(n=64, depth=10)
+    path = tmp_path / "head.nii.gz"
+    nib.save(nib.Nifti1Image(t1, np.diag([2.0, 2.0, 2.0, 1.0])), str(path))
+    ds = PETPhantomSlices([{"image": str(path)}], shape=(80, 80), count_fractions=(0.1, 0.25), min_brain=100,
+                          random=False)
+    item = ds[0]
+    assert item["activity"].shape == (1, 80, 80) and item["mu"].shape == (1, 80, 80)
+    assert item["seed"] >= 0 and item["count_fraction"] == 0.1
+    assert torch.equal(ds[0]["activity"], item["activity"])  # validation items repeat
+    rnd = PETPhantomSlices([{"image": str(path)}], shape=(80, 80), min_brain=100, random=True)
+    assert rnd[0]["seed"] == -1 and not torch.equal(rnd[0]["activity"], rnd[0]["activity"])
+    with pytest.raises(InputError, match="count_fraction"):
+        PETPhantomSlices([{"image": str(path)}], count_fractions=(0.0,))
+    with pytest.raises(InputError, match="do not fit"):
+        PETPhantomSlices([{"image": str(path)}], shape=(32, 32), min_brain=100)
