@@ -1,5 +1,5 @@
-"""Evaluation at several acquisition settings (MRI accelerations, CT view counts): the network
-and the classical baseline (zero-filled, FBP) side by side, written as `metrics.json`,
+"""Evaluation at several acquisition settings (MRI accelerations, CT view counts, radiograph doses,
+PET count levels): the network and the classical baseline (zero-filled, FBP, OSEM) side by side, written as `metrics.json`,
 `metrics.md` and `per_case.csv`."""
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ METHODS = MappingProxyType({"network": "val", "zero_filled": "zf"})
 CT_METHODS = MappingProxyType({"fbp": "fbp", "network": "val"})
 CT_DC_METHODS = MappingProxyType({"network_dc": "val"})  # the same network output after data consistency with the scan
 XRAY_METHODS = MappingProxyType({"network": "val", "low_dose": "noisy"})
+PET_METHODS = MappingProxyType({"osem": "osem", "network": "val"})
 REPORTED = ("ssim", "psnr", "nmse", "vif", "ssim_fastmri")  # those present in the evaluator's metrics
 LABELS = MappingProxyType({"ssim": "SSIM", "psnr": "PSNR (dB)", "nmse": "NMSE", "vif": "VIF", "ssim_fastmri": "SSIM (fastMRI)"})
 
@@ -108,6 +109,18 @@ def evaluate_doses(evaluator: SupervisedEvaluator, noise, doses: Sequence[float]
     `noise` (the deterministic `LowDoseRadiographd` of its data). Network vs the low-dose image."""
     settings = [(f"{float(i0):g}", partial(noise.set_dose, i0)) for i0 in doses]
     return evaluate_settings(evaluator, settings, output_dir, XRAY_METHODS, "photons per pixel", "")
+
+
+def evaluate_counts(evaluator: SupervisedEvaluator, dataset, fractions: Sequence[float], output_dir: str) -> dict:
+    """PET: run `evaluator` once per count fraction, changing the fraction of `dataset` (a
+    `PETPhantomSlices` with fixed noise seeds). Network vs its OSEM input."""
+    from bundle.physics.pet import check_count_fraction
+
+    def apply(f: float) -> None:
+        dataset.fractions = [check_count_fraction(f)]
+
+    settings = [(f"{float(f):g}", partial(apply, f)) for f in fractions]
+    return evaluate_settings(evaluator, settings, output_dir, PET_METHODS, "count fraction", "")
 
 
 def evaluate_settings(

@@ -8,6 +8,7 @@ scale, sampling mask).
     python scripts/compare.py --dataset-dir D --datalist D/list.json --acceleration 8 --output-dir eval/cmp8
     python scripts/compare.py --multicoil --acceleration 4   # multi-coil: real and simulated coils
     python scripts/compare.py --ct-real                      # measured fan-beam CT (HTC2022): FBP, TV, network
+    python scripts/compare.py --pet                          # low-count PET: post-filtered OSEM, network
 
 Multi-coil (--multicoil): the network (models/model_multicoil.pt) against zero-filled RSS,
 CG-SENSE and L1-wavelet PICS (SigPy) with ESPIRiT maps, on real fully sampled raw files
@@ -74,7 +75,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tv-weights", default="0.0001,0.0003,0.001,0.003", help="TV grid (1/mm) tuned on --ct-train")
     ap.add_argument("--tv-iterations", type=int, default=300)
     ap.add_argument("--dc-weights", default="0.0001,0.001,0.01,0.1", help="DC grid tuned on --ct-train at 60 views")
+    ap.add_argument("--pet", action="store_true", help="low-count PET: the network on OSEM against post-filtered OSEM")
+    ap.add_argument("--pet-ckpt", default=os.path.join(ROOT, "models", "model_pet.pt"))
+    ap.add_argument("--pet-fractions", default="0.25,0.1,0.05", help="count levels, fractions of the full count")
+    ap.add_argument("--pet-realisations", type=int, default=5, help="noise realisations for the lesion statistics")
+    ap.add_argument("--pet-max-iterations", type=int, default=10, help="OSEM iterations of the curves and the tuning")
     args = ap.parse_args(argv)
+    if args.pet:
+        from bundle.reporting.pet import run_pet
+
+        if args.output_dir == os.path.join(ROOT, "eval", "compare"):
+            args.output_dir = os.path.join(ROOT, "eval", "compare_pet")
+        return run_report(lambda a: run_pet(a, ROOT), args)
     if args.ct_real:
         from bundle.reporting.ct_real import run_ct_real
 

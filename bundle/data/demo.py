@@ -165,3 +165,34 @@ def ensure_xray_datalist(datalist: str, dataset_dir: str) -> str:
         return {k: [{"image": n} for n in v] for k, v in XRAY_DEMO_SPLIT.items()}
 
     return ensure_demo_datalist(datalist, dataset_dir, XRAY_DEMO_DIR, content, create_dir=True)
+
+
+PET_DEMO_DIR = DEMO_DIR / "pet"
+
+
+def ensure_pet_demo(input_dir: str, folder: str | Path = PET_DEMO_DIR) -> str:
+    """The PET demo inputs, made on first use when `input_dir` is the PET demo folder: FDG phantoms
+    (`bundle.data.pet_phantoms.phantom_volume`, fixed seeds) of the two MRI test subjects, each
+    `<subject>_fdg.nii.gz` with its mu-map `<subject>_fdg_mu.nii.gz`, on the T1's RAS grid
+    (CC BY-SA 3.0 as their IXI source). Other folders are returned untouched."""
+    if Path(input_dir).resolve() != Path(folder).resolve():
+        return input_dir
+    from bundle.data.pet_phantoms import phantom_volume
+
+    os.makedirs(folder, exist_ok=True)
+    for i, subject in enumerate(DEMO_SPLIT["test"]):
+        out = os.path.join(folder, f"{subject}_fdg.nii.gz")
+        mu_out = os.path.join(folder, f"{subject}_fdg_mu.nii.gz")
+        if os.path.exists(out) and os.path.exists(mu_out):
+            continue
+        src = DEMO_DIR / "ixi_t1_2mm" / f"{subject}-T1_ds.nii.gz"
+        act, mu, _, _, first = phantom_volume(str(src), seed=i)
+        ref = nib.as_closest_canonical(nib.load(str(src)))
+        affine = ref.affine.copy()
+        affine[:3, 3] += affine[:3, 2] * first  # the volume starts at its first slice with brain
+        for data, path in ((mu, mu_out), (act, out)):  # the map last: a map on disk has its mu-map
+            img = nib.Nifti1Image(data.astype(np.float32), affine)
+            img.header.set_xyzt_units("mm", "sec")
+            save_nifti_atomic(img, path)
+    return input_dir
+

@@ -22,6 +22,7 @@ from monai.transforms import LoadImage, MapTransform
 from bundle.data import dicom, fastmri
 from bundle.data.ctraw import SINOGRAM_SUFFIX, is_htc_file, measured_ct_kind
 from bundle.data.io import check_volume_array, is_nifti, load_nifti_volume
+from bundle.data.petlink import HEADER_SUFFIXES, LIST_SUFFIX, is_listmode_file
 from bundle.errors import InputError
 
 HDF5_SUFFIXES = (".h5", ".hdf5")  # fastMRI, or ISMRMRD (told apart by content: bundle.data.rawkspace)
@@ -31,12 +32,16 @@ RAW_SUFFIXES = (".dat", ".cfl")  # Siemens TWIX, BART (its .hdr is found beside 
 def input_kind(path: str) -> str | None:
     """"nifti", "dicom" (a folder of one series), "fastmri" (HDF5: fastMRI, ISMRMRD or Data
     Exchange CT, told apart by content), "raw" (TWIX .dat, BART .cfl), "ct" (HTC2022 .mat, a
-    `<name>_sinogram.npy` that is not a NIfTI volume's given scan) or None."""
+    `<name>_sinogram.npy` that is not a NIfTI volume's given scan), "listmode" (PET list-mode:
+    its Interfile header `<name>.l.hdr`, or a `.l` file no header describes) or None. A PET
+    activity map's mu-map `<name>_mu.nii.gz` beside `<name>.nii.gz` is not an input of its own."""
     p = str(path)
     if os.path.isdir(p):
         return "dicom" if dicom.is_dicom_dir(p) else None
     if is_nifti(p):
-        return "nifti"
+        return None if is_mu_map(p) else "nifti"
+    if is_listmode_file(p):
+        return "listmode"
     if p.endswith(HDF5_SUFFIXES):
         return "fastmri"
     if p.endswith(RAW_SUFFIXES):
@@ -44,6 +49,16 @@ def input_kind(path: str) -> str | None:
     if is_htc_file(p) or (p.endswith(SINOGRAM_SUFFIX) and measured_ct_kind(p)):
         return "ct"  # measured CT projections (HTC2022 .mat, <name>_sinogram.npy with its geometry)
     return None
+
+
+def is_mu_map(path: str) -> bool:
+    """`<name>_mu.nii(.gz)` beside a `<name>.nii(.gz)`: a PET activity map's mu-map."""
+    p = str(path)
+    for suffix in ("_mu.nii.gz", "_mu.nii"):
+        if p.endswith(suffix):
+            base = p[: -len(suffix)]
+            return os.path.exists(base + ".nii.gz") or os.path.exists(base + ".nii")
+    return False
 
 
 def list_inputs(input_dir: str) -> list[str]:
@@ -57,15 +72,16 @@ def list_inputs(input_dir: str) -> list[str]:
                    and not (p.endswith("_maps.cfl") and os.path.isfile(p[: -len("_maps.cfl")] + ".cfl")))  # BART maps
     if not found:
         raise InputError(f"input_dir {input_dir}: no inputs (NIfTI .nii/.nii.gz, fastMRI or ISMRMRD .h5, TWIX .dat, "
-                         "BART .cfl, DICOM series folders, or CT projections: <name>_sinogram.npy, HTC2022 .mat, "
-                         "Data Exchange .h5)")
+                         "BART .cfl, DICOM series folders, CT projections: <name>_sinogram.npy, HTC2022 .mat, "
+                         "Data Exchange .h5, or PET list-mode <name>.l.hdr)")
     return found
 
 
 def output_stem(path: str) -> str:
     """The name outputs are written under: the file name without its suffix, or the folder name."""
     name = os.path.basename(os.path.normpath(path))
-    for suffix in (".nii.gz", ".nii", *HDF5_SUFFIXES, *RAW_SUFFIXES, SINOGRAM_SUFFIX, ".mat"):
+    for suffix in (".nii.gz", ".nii", *HDF5_SUFFIXES, *RAW_SUFFIXES, SINOGRAM_SUFFIX, ".mat", *HEADER_SUFFIXES,
+                   LIST_SUFFIX):
         if name.endswith(suffix):
             return name[: -len(suffix)]
     return name

@@ -8,6 +8,7 @@ Label and the evaluation engines call.
 - `multicoil`: `MultiCoilReconstructor` (raw multi-coil k-space, network or classical baselines);
 - `ct`: `CTReconstructor`, `CTConsistencyInferer`;
 - `ct_measured`: `MeasuredCTReconstructor` (measured fan- or parallel-beam sinograms);
+- `pet`: `PETReconstructor` (activity maps, given sinograms, list-mode);
 - `xray`: `RadiographReconstructor`.
 """
 
@@ -15,11 +16,12 @@ from bundle.inference.ct import CTConsistencyInferer, CTReconstructor
 from bundle.inference.ct_measured import MeasuredCTReconstructor
 from bundle.inference.mri import MRIReconstructor, SliceReconstructionInferer
 from bundle.inference.multicoil import MultiCoilReconstructor
+from bundle.inference.pet import PETReconstructor
 from bundle.inference.runner import InferenceRunner, ras_spacing, resolve_inputs
 from bundle.inference.xray import RadiographReconstructor
 
 __all__ = (
-    "CTConsistencyInferer", "CTReconstructor", "InferenceRunner", "MeasuredCTReconstructor", "MRIReconstructor", "MultiCoilReconstructor",
+    "CTConsistencyInferer", "CTReconstructor", "InferenceRunner", "MeasuredCTReconstructor", "MRIReconstructor", "MultiCoilReconstructor", "PETReconstructor",
     "RadiographReconstructor",
     "SliceReconstructionInferer", "ras_spacing", "resolve_inputs",
 )

@@ -128,6 +128,14 @@ class InferenceRunner:
 
     def prepare(self, path: str) -> _Prepared:
         """Load and check one input; nothing is written."""
+        if input_kind(path) == "listmode":
+            if not hasattr(self.reconstructor, "read_scan"):
+                raise InputError(f"{path}: PET list-mode; use configs/inference_pet.yaml")
+            scan = self.reconstructor.read_scan(path)
+            self.reconstructor.load()  # its weights, checked before anything is written
+            p = self.reconstructor.listmode_pixel_mm
+            return _Prepared(None, output_stem(path), None, (p, p, p), None,
+                             {"scan": scan, "scan_reconstructor": self.reconstructor})
         if measured_ct_kind(path):
             if self.measured is None:
                 raise InputError(f"{path}: measured CT projections; use configs/inference_ct.yaml, which holds the "
@@ -221,10 +229,12 @@ class InferenceRunner:
 
 
     def _write_measured(self, p: _Prepared, output_dir: str) -> list[str]:
-        """Reconstruct a measured CT scan and write its outputs (H, W, slices) on the geometry's grid."""
+        """Reconstruct a measured scan (CT projections, PET list-mode) and write its outputs on the
+        scan's own grid."""
         scan = p.extra["scan"]
-        result = self.measured.reconstruct_scan(scan, p.stem)
-        affine = self.measured.affine(scan)
+        rec = p.extra.get("scan_reconstructor", self.measured)
+        result = rec.reconstruct_scan(scan, p.stem)
+        affine = rec.affine(scan)
         written = []
         for key, value in result.items():
             out = os.path.join(output_dir, f"{p.stem}_{key}.nii.gz")

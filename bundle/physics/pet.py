@@ -88,16 +88,21 @@ def check_activity(x: torch.Tensor, name: str = "activity") -> None:
 
 def gaussian_blur(x: torch.Tensor, fwhm_mm: float, pixel_mm: float) -> torch.Tensor:
     """Isotropic 2D Gaussian of `fwhm_mm` on (..., H, W) images, zero outside the grid, so the blur
-    is its own adjoint (a symmetric kernel with zero padding). MONAI's `GaussianFilter` does it."""
+    is its own adjoint (a symmetric kernel with zero padding). Separable; each tap is the Gaussian
+    integrated over its pixel, truncated at 4 sigma: the kernel of MONAI's `GaussianFilter`
+    (approx="erf"), written here because the physics layer does not import MONAI."""
     if not fwhm_mm or fwhm_mm <= 0:
         return x
-    from monai.networks.layers import GaussianFilter
-
     sigma = float(fwhm_mm) / (2.0 * math.sqrt(2.0 * math.log(2.0))) / float(pixel_mm)
+    radius = int(max(4.0 * sigma, 0.5) + 0.5)
+    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    c = 1.0 / (math.sqrt(2.0) * sigma)
+    k = (0.5 * (torch.erf(c * (t + 0.5)) - torch.erf(c * (t - 0.5)))).clamp_min(0)
     lead, (h, w) = x.shape[:-2], x.shape[-2:]
     flat = x.reshape(-1, 1, h, w)
-    out = GaussianFilter(spatial_dims=2, sigma=sigma).to(x.device)(flat)
-    return out.reshape(*lead, h, w)
+    flat = F.conv2d(flat, k.view(1, 1, -1, 1), padding=(radius, 0))
+    flat = F.conv2d(flat, k.view(1, 1, 1, -1), padding=(0, radius))
+    return flat.reshape(*lead, h, w)
 
 
 class PETOperator(LinearOperator):

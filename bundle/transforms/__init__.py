@@ -1,5 +1,5 @@
 """MONAI dictionary transforms that the configs compose, one module per modality over the physics
-layer: `base` (checks, normalisation, seeded simulation), `mri`, `multicoil`, `ct`, `xray`.
+layer: `base` (checks, normalisation, seeded simulation), `mri`, `multicoil`, `ct`, `pet`, `xray`.
 
 The names are re-exported here, so configs may say `bundle.transforms.<Name>`."""
 
@@ -30,11 +30,12 @@ from bundle.transforms.ct import (
 )
 from bundle.transforms.mri import UndersampleKspaced, check_acquisition
 from bundle.transforms.multicoil import AugmentCoilKspaced, SimulateMultiCoild, UndersampleMultiCoild
+from bundle.transforms.pet import PETAcquisition, PETScanBatch, activity_scale
 from bundle.transforms.xray import LowDoseRadiographd
 
 __all__ = (
     "AugmentCoilKspaced", "DISPLAY_WINDOWS", "HU_CHECKS", "HU_WINDOW", "CTAcquisition", "CTDataConsistency", "CheckVolumed",
-    "HounsfieldWindowd", "LowDoseRadiographd", "RestoreScaled", "ScaleByPercentiled", "SimulateCTd",
+    "HounsfieldWindowd", "LowDoseRadiographd", "PETAcquisition", "PETScanBatch", "activity_scale", "RestoreScaled", "ScaleByPercentiled", "SimulateCTd",
     "SimulateMultiCoild", "SliceSeededTransform", "UndersampleKspaced", "UndersampleMultiCoild", "check_acquisition", "check_hu", "check_hu_mode", "check_hu_window",
     "hu_problem", "hu_to_unit", "normalisation_scale", "percentile_scale", "slice_seed", "source_name", "unit_to_hu",
 )

@@ -147,3 +147,14 @@ def test_bad_values_are_input_errors():
     with pytest.raises(InputError, match="subsets"):
         osem(op, torch.ones(1, *op.geom.sinogram_shape), 0.0, subsets=op.geom.n_views + 1)
     assert np.isfinite(op.norm())
+
+
+def test_psf_is_monais_gaussian_filter():
+    """The physics layer's blur against MONAI's GaussianFilter (approx "erf"), a second implementation."""
+    from monai.networks.layers import GaussianFilter
+
+    x = torch.rand(3, 40, 50, generator=torch.Generator().manual_seed(0))
+    for fwhm, pixel in ((4.0, 2.0), (6.0, 1.5), (2.0, 2.0)):
+        sigma = fwhm / (2 * math.sqrt(2 * math.log(2))) / pixel
+        ref = GaussianFilter(2, sigma)(x[:, None])[:, 0]
+        assert torch.allclose(gaussian_blur(x, fwhm, pixel), ref, atol=1e-6)

@@ -1,0 +1,222 @@
+"""PET inference: activity maps (NIfTI) scanned at a low count level, or given sinograms, or real
+list-mode files, reconstructed by post-filtered OSEM (the baseline) and by the network on OSEM."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from bundle.data.datasets import slice_axis_index
+from bundle.data.io import is_nifti, load_nifti_volume
+from bundle.data.petlink import ListModeScan, listmode_sinograms, read_petlink
+from bundle.errors import InputError
+from bundle.inference.batching import forward
+from bundle.inference.runner import Reconstructor
+from bundle.physics.pet import MU_SOFT_TISSUE, PETOperator, check_mu, flat_background, osem, post_filter
+from bundle.transforms.base import slice_seed
+from bundle.transforms.pet import PETAcquisition, activity_scale
+
+MU_SUFFIX = "_mu"
+SINOGRAM_SUFFIX = "_sinogram.npy"
+
+
+def companion(path: str, suffix: str) -> str | None:
+    """`<name><suffix>.nii.gz` / `.nii` (or `<name><suffix>` for other suffixes) beside `<name>.nii(.gz)`."""
+    base = path[: -len(".nii.gz")] if path.endswith(".nii.gz") else os.path.splitext(path)[0]
+    names = [base + suffix + ".nii.gz", base + suffix + ".nii"] if suffix == MU_SUFFIX else [base + suffix]
+    return next((n for n in names if os.path.exists(n)), None)
+
+
+def body_outline(activity: np.ndarray) -> np.ndarray:
+    """The body of (X, Y, Z) activity: above 1 % of the maximum after a 2-voxel smoothing, holes
+    filled slice by slice (axial)."""
+    from scipy import ndimage as ndi
+
+    smooth = ndi.gaussian_filter(activity.astype(np.float32), 2.0)
+    body = smooth > 0.01 * float(smooth.max())
+    return np.stack([ndi.binary_fill_holes(body[..., k]) for k in range(body.shape[-1])], -1)
+
+
+class PETReconstructor(Reconstructor):
+    """Reconstruct PET activity maps slice by slice (axial, RAS), and real list-mode scans.
+
+    An activity map `<name>.nii.gz` (any activity unit, >= 0) is scanned with `acquisition` at its
+    count fraction (Poisson noise seeded by name and slice: runs repeat) using `<name>_mu.nii.gz`
+    beside it as the 511 keV mu-map (same shape and affine, values in [0, 0.05] /mm), or, without
+    one, a water-filled body outline. A given `<name>_sinogram.npy` (counts, (slices, views, bins)
+    in this geometry, slices in RAS order) replaces the simulation: it is taken as prompts with the
+    configured randoms + scatter fraction, and the activity map only gives the grid and the units
+    (the calibration that makes OSEM's total match it). Outputs: "recon" (the network on the OSEM
+    image, its total activity per slice rescaled to OSEM's) and "osem" (the post-filtered OSEM
+    baseline), in the input's geometry and activity units.
+
+    A list-mode file (`bundle.data.petlink`) is binned to one 2D sinogram (all ring pairs), gaps
+    filled, arc-corrected, and reconstructed without attenuation or normalisation (none are in the
+    file): outputs on a `listmode_grid` of `listmode_pixel_mm` pixels.
+    """
+
+    outputs = ("recon", "osem")
+    dicom_outputs = ("recon",)
+
+    def __init__(self, network: nn.Module, acquisition: PETAcquisition, slice_axis: int | str = "axial",
+                 batch_size: int = 8, device: str | torch.device = "cpu", amp: bool = False, progress: bool = True,
+                 listmode_grid: Sequence[int] = (160, 160), listmode_pixel_mm: float = 2.0,
+                 ckpt_path: str | None = None) -> None:
+        self.network = network.eval()
+        self.acquisition = acquisition
+        self.axis = slice_axis_index(slice_axis)
+        if int(batch_size) < 1:
+            raise InputError(f"batch_size must be at least 1, got {batch_size!r}")
+        self.batch_size = int(batch_size)
+        self.device = torch.device(device)
+        self.amp = bool(amp) and self.device.type == "cuda"
+        self.progress = progress
+        self.listmode_grid = tuple(int(v) for v in listmode_grid)
+        self.listmode_pixel_mm = float(listmode_pixel_mm)
+        self.ckpt_path = ckpt_path
+        self.method = "network"
+
+    # ---- activity maps ----
+    def check(self, path: str, volume: np.ndarray, spacing: Sequence[float]) -> dict:
+        from bundle.physics.pet import check_activity
+
+        check_activity(torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32)), path)
+        axes = [a for a in range(3) if a != self.axis]
+        sy, sx = spacing[axes[1]], spacing[axes[0]]
+        if abs(sy - sx) > 1e-3 * max(sy, sx):
+            raise InputError(f"{path}: in-plane voxels of {sx:g} x {sy:g} mm; PET slices need square pixels")
+        mu_path = companion(path, MU_SUFFIX) if is_nifti(path) else None
+        if mu_path is not None:
+            mu = self._read_mu(mu_path, path)
+        else:
+            mu = np.where(body_outline(np.asarray(volume)), MU_SOFT_TISSUE, 0.0).astype(np.float32)
+        extra: dict = {"mu": mu, "sinogram": None}
+        sino_path = companion(path, SINOGRAM_SUFFIX) if is_nifti(path) else None
+        if sino_path is not None:
+            extra["sinogram"] = self._read_sinogram(sino_path, volume.shape, float(sx))
+        return extra
+
+    def _read_mu(self, mu_path: str, path: str) -> np.ndarray:
+        from nibabel.orientations import apply_orientation, io_orientation
+
+        act_img, _ = load_nifti_volume(path)
+        mu_img, mu = load_nifti_volume(mu_path)  # readable, 3D, finite: checked there
+        if mu.shape != tuple(act_img.shape[:3]):
+            raise InputError(f"{mu_path}: mu-map of shape {mu.shape}, activity map {tuple(act_img.shape[:3])}")
+        if not np.allclose(mu_img.affine, act_img.affine, atol=1e-3):
+            raise InputError(f"{mu_path}: its affine differs from the activity map's (another grid)")
+        check_mu(torch.from_numpy(mu), mu_path)
+        return np.ascontiguousarray(apply_orientation(mu, io_orientation(act_img.affine)))
+
+    def _slice_shape(self, shape: Sequence[int]) -> tuple[int, int, int]:
+        axes = [a for a in range(3) if a != self.axis]
+        return int(shape[self.axis]), int(shape[axes[1]]), int(shape[axes[0]])
+
+    def _read_sinogram(self, sino_path: str, shape: Sequence[int], pixel_mm: float) -> np.ndarray:
+        try:
+            sino = np.load(sino_path, allow_pickle=False)
+        except (OSError, ValueError) as err:
+            raise InputError(f"{sino_path}: not a readable .npy array ({err})") from None
+        n, h, w = self._slice_shape(shape)
+        expected = (n, *self.acquisition.projector((h, w), pixel_mm).geom.sinogram_shape)
+        if sino.shape != expected:
+            raise InputError(f"{sino_path}: sinogram of shape {sino.shape}; this volume and geometry need {expected} "
+                             "(slices, views, bins)")
+        if not np.isfinite(sino).all() or float(sino.min()) < 0:
+            raise InputError(f"{sino_path}: counts must be finite and non-negative")
+        return sino.astype(np.float32)
+
+    def _slices(self, volume: np.ndarray) -> torch.Tensor:
+        """(X, Y, Z) RAS -> (slices, rows, columns) along the slice axis (rows: the second in-plane axis)."""
+        v = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))
+        axes = [a for a in range(3) if a != self.axis]
+        return v.permute(self.axis, axes[1], axes[0]).contiguous()
+
+    def _unslice(self, slices: torch.Tensor) -> np.ndarray:
+        axes = [a for a in range(3) if a != self.axis]
+        order = [0, 0, 0]
+        order[self.axis], order[axes[1]], order[axes[0]] = 0, 1, 2
+        return slices.permute(*order).cpu().numpy()
+
+    def network_on(self, image: torch.Tensor, body: torch.Tensor) -> torch.Tensor:
+        """The network on (B, H, W) OSEM images: scaled by their mean in `body`, back to activity,
+        non-negative, each slice's total set to the OSEM image's."""
+        x = image[:, None].to(self.device)
+        s = activity_scale(x, body[:, None].to(self.device).float())
+        with torch.no_grad():
+            out = forward(self.network, x / s, self.amp).clamp_min(0) * s
+        total_in, total_out = x.sum((-2, -1), keepdim=True), out.sum((-2, -1), keepdim=True)
+        return (out * total_in / total_out.clamp_min(1e-12))[:, 0].cpu()
+
+    def reconstruct(self, volume: np.ndarray, spacing: Sequence[float], name: str, mu: np.ndarray,
+                    sinogram: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        acq = self.acquisition
+        act, mus = self._slices(volume), self._slices(mu)
+        axes = [a for a in range(3) if a != self.axis]
+        pixel_mm = float(spacing[axes[0]])
+        recon, base = torch.zeros_like(act), torch.zeros_like(act)
+        todo = [z for z in range(act.shape[0]) if float(act[z].max()) > 0]
+        steps = range(0, len(todo), self.batch_size)
+        for start in tqdm(steps, desc=f"{name}: PET slices", unit="batch", disable=not self.progress, leave=False):
+            idx = todo[start:start + self.batch_size]
+            a, m = act[idx].to(self.device), mus[idx].to(self.device)
+            if sinogram is None:
+                gens = [torch.Generator().manual_seed(slice_seed(name, z, "pet")) for z in idx]
+                op, counts, bg = acq.simulate(a, m, pixel_mm, generators=gens)
+            else:
+                counts = torch.from_numpy(sinogram[idx]).to(self.device)
+                op = acq.system(m, pixel_mm)
+                trues = counts.sum((-2, -1), keepdim=True) / (1.0 + acq.background_fraction)
+                assert op.factors is not None
+                op.factors = op.factors * trues / op.A(a).sum((-2, -1), keepdim=True).clamp_min(1e-12)
+                bg = flat_background(op.A(a), acq.background_fraction, op.geom.sinogram_shape)
+            with torch.no_grad():
+                image = acq.reconstruct(op, counts, bg)
+                base[idx] = acq.baseline(op, counts, bg).cpu()
+            recon[idx] = self.network_on(image, m > 0)
+        return {"recon": self._unslice(recon), "osem": self._unslice(base)}
+
+    # ---- list-mode ----
+    def load(self) -> None:
+        """The network's weights (for list-mode inputs, which the config's run step does not load first)."""
+        if self.ckpt_path:
+            from bundle.networks import load_checkpoint
+
+            load_checkpoint(self.network, self.ckpt_path, self.device)
+            self.network.eval()
+            self.ckpt_path = None
+
+    def read_scan(self, path: str) -> ListModeScan:
+        return read_petlink(path)
+
+    def affine(self, scan: ListModeScan) -> np.ndarray:
+        p = self.listmode_pixel_mm
+        h, w = self.listmode_grid
+        aff = np.diag([p, p, p, 1.0])
+        aff[:3, 3] = [-(w - 1) / 2 * p, -(h - 1) / 2 * p, 0.0]
+        return aff
+
+    def reconstruct_scan(self, scan: ListModeScan, name: str) -> dict[str, np.ndarray]:
+        """A list-mode scan -> {"recon", "osem"} as (W, H, 1) arrays (RAS-like x, y; one slice)."""
+        acq = self.acquisition
+        proj = acq.projector(self.listmode_grid, self.listmode_pixel_mm, views=scan.views)
+        geom = proj.geom
+        prompts, randoms = listmode_sinograms(scan, geom.n_det, geom.det_spacing)
+        y = torch.from_numpy(prompts).float()[None]
+        r = torch.from_numpy(randoms).float()[None]
+        op = PETOperator(proj, None, acq.psf_fwhm_mm)
+        h, w = self.listmode_grid
+        yy, xx = torch.meshgrid(torch.arange(h) - (h - 1) / 2, torch.arange(w) - (w - 1) / 2, indexing="ij")
+        fov = ((yy**2 + xx**2).sqrt() * self.listmode_pixel_mm <= scan.radius_mm * 0.85).float()
+        with torch.no_grad():
+            image = post_filter(osem(op, y, r, acq.iterations, acq.subsets, mask=fov), acq.filter_mm, geom.pixel_spacing[0])
+            base = post_filter(osem(op, y, r, acq.baseline_iterations, acq.subsets, mask=fov), acq.baseline_filter_mm,
+                               geom.pixel_spacing[0])
+        body = torch.from_numpy(body_outline(image[0].numpy()[..., None])[..., 0])[None]
+        recon = self.network_on(image, body)
+        return {"recon": recon[0].T.numpy()[..., None], "osem": base[0].T.numpy()[..., None]}

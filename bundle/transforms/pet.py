@@ -1,0 +1,156 @@
+"""The PET scan of a batch of slices: simulation at a count level, the OSEM baseline, and the
+network's input and target scale. Shared by training (`PETScanBatch`, the engines' prepare_batch),
+evaluation and inference, so all three see the same physics."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from bundle.errors import InputError
+from bundle.physics.ct import ParallelBeamProjector
+from bundle.physics.pet import (
+    BACKGROUND_FRACTION,
+    FULL_COUNTS_PER_SLICE,
+    PSF_FWHM_MM,
+    PETOperator,
+    attenuation_factors,
+    calibration,
+    check_count_fraction,
+    flat_background,
+    osem,
+    pet_geometry,
+    poisson_counts,
+    post_filter,
+)
+
+
+class PETAcquisition:
+    """A 2D PET scan per slice and its OSEM reconstruction.
+
+    Args:
+        views: sinogram views over 180 degrees.
+        count_fraction: the low-count level as a fraction of `full_counts` (trues per slice).
+        full_counts: trues of a full-count brain FDG slice (`bundle.physics.pet.FULL_COUNTS_PER_SLICE`).
+        background_fraction: randoms + scatter as a fraction of the trues (flat).
+        psf_fwhm_mm: the scanner's resolution, in the simulation and in the reconstruction model.
+        iterations, subsets: OSEM of the network's input.
+        filter_mm: post-filter of the network's input (0: none).
+        baseline_iterations, baseline_filter_mm: the post-filtered OSEM baseline written beside the
+            network (chosen on validation: docs/README.md).
+    """
+
+    def __init__(self, views: int = 96, count_fraction: float = 0.1, full_counts: float = FULL_COUNTS_PER_SLICE,
+                 background_fraction: float = BACKGROUND_FRACTION, psf_fwhm_mm: float = PSF_FWHM_MM,
+                 iterations: int = 3, subsets: int = 8, filter_mm: float = 0.0, baseline_iterations: int = 3,
+                 baseline_filter_mm: float = 4.0) -> None:
+        self.views = int(views)
+        if self.views < 2:
+            raise InputError(f"views must be at least 2, got {views!r}")
+        self.count_fraction = check_count_fraction(count_fraction)
+        self.full_counts = float(full_counts)
+        if not self.full_counts > 0:
+            raise InputError(f"full_counts must be above 0, got {full_counts!r}")
+        self.background_fraction = float(background_fraction)
+        if not 0 <= self.background_fraction <= 10:
+            raise InputError(f"background_fraction must be in [0, 10], got {background_fraction!r}")
+        self.psf_fwhm_mm = float(psf_fwhm_mm)
+        for name, v in (("psf_fwhm_mm", psf_fwhm_mm), ("filter_mm", filter_mm), ("baseline_filter_mm", baseline_filter_mm)):
+            if not 0 <= float(v) <= 50:
+                raise InputError(f"{name} must be in [0, 50] mm, got {v!r}")
+        for name, v in (("iterations", iterations), ("baseline_iterations", baseline_iterations)):
+            if not 1 <= int(v) <= 1000:
+                raise InputError(f"{name} must be in [1, 1000], got {v!r}")
+        if not 1 <= int(subsets) <= self.views:
+            raise InputError(f"subsets must be in [1, {self.views}] (the views), got {subsets!r}")
+        self.iterations, self.subsets, self.filter_mm = int(iterations), int(subsets), float(filter_mm)
+        self.baseline_iterations, self.baseline_filter_mm = int(baseline_iterations), float(baseline_filter_mm)
+        self._projectors: dict[tuple, ParallelBeamProjector] = {}
+        self._systems: dict[tuple, PETOperator] = {}
+
+    def projector(self, shape: Sequence[int], pixel_mm: float, views: int | None = None) -> ParallelBeamProjector:
+        """The projector of a (H, W) grid of `pixel_mm` pixels with this scan's views (or `views`)."""
+        key = (tuple(int(s) for s in shape), round(float(pixel_mm), 6), int(views or self.views))
+        if key not in self._projectors:
+            self._projectors[key] = ParallelBeamProjector(pet_geometry(key[0], key[1], key[2]))
+        return self._projectors[key]
+
+    def system(self, mu: torch.Tensor, pixel_mm: float, normalisation: torch.Tensor | None = None) -> PETOperator:
+        """The uncalibrated system of (B, H, W) mu-maps: attenuation (x normalisation) and the PSF."""
+        proj = self.projector(mu.shape[-2:], pixel_mm)
+        factors = attenuation_factors(proj, mu)
+        if normalisation is not None:
+            factors = factors * normalisation
+        base = self._systems.setdefault((id(proj),), PETOperator(proj, None, self.psf_fwhm_mm))
+        op = PETOperator(proj, factors, self.psf_fwhm_mm)
+        op._subsets = base._subsets  # subset projectors are shared between batches
+        return op
+
+    def simulate(self, activity: torch.Tensor, mu: torch.Tensor, pixel_mm: float,
+                 fractions: Sequence[float] | torch.Tensor | None = None,
+                 generators: Sequence[torch.Generator | None] | None = None) -> tuple[PETOperator, torch.Tensor, torch.Tensor]:
+        """(B, H, W) activity and mu -> (calibrated system, counts (B, V, D), background (B, V, D)).
+
+        The system is calibrated so the expected trues of slice b are fractions[b] x full_counts:
+        OSEM with it returns activity in the input's units."""
+        op = self.system(mu, pixel_mm)
+        b = activity.shape[0]
+        f = torch.as_tensor(self.count_fraction if fractions is None else fractions, dtype=torch.float32)
+        f = f.expand(b) if f.dim() == 0 else f
+        trues = (f * self.full_counts).to(activity.device)[:, None, None]
+        scale = calibration(op, activity, trues)
+        assert op.factors is not None
+        op.factors = op.factors * scale
+        expected = op.A(activity)
+        background = flat_background(expected, self.background_fraction, op.geom.sinogram_shape)
+        rates = expected + background
+        if generators is None:
+            counts = poisson_counts(rates)
+        else:
+            counts = torch.stack([poisson_counts(rates[i].cpu(), g).to(rates.device) for i, g in enumerate(generators)])
+        return op, counts, background
+
+    def reconstruct(self, op: PETOperator, counts: torch.Tensor, background: torch.Tensor,
+                    iterations: int | None = None, filter_mm: float | None = None, callback=None) -> torch.Tensor:
+        """OSEM (the network's input setting unless given), then the Gaussian post-filter."""
+        x = osem(op, counts, background, self.iterations if iterations is None else iterations, self.subsets,
+                 callback=callback)
+        return post_filter(x, self.filter_mm if filter_mm is None else filter_mm, op.geom.pixel_spacing[0])
+
+    def baseline(self, op: PETOperator, counts: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
+        """The post-filtered OSEM baseline (baseline_iterations, baseline_filter_mm)."""
+        return self.reconstruct(op, counts, background, self.baseline_iterations, self.baseline_filter_mm)
+
+
+def activity_scale(image: torch.Tensor, body: torch.Tensor) -> torch.Tensor:
+    """The network's unit per slice: the mean of the OSEM image inside the body, (B, 1, 1, 1) for
+    (B, 1, H, W) images (so the network sees ~1 whatever the count level and activity units)."""
+    num = (image * body).sum((-3, -2, -1), keepdim=True)
+    return (num / body.sum((-3, -2, -1), keepdim=True).clamp_min(1.0)).clamp_min(1e-12)
+
+
+class PETScanBatch:
+    """The engines' prepare_batch for PET: for a batch of `PETPhantomSlices` items it simulates
+    each slice's scan (Poisson noise from the item's seed, fresh where the seed is -1) on the
+    engine's device, reconstructs it with OSEM, and returns (OSEM / s, activity / s), s the
+    OSEM mean in the body (`activity_scale`). The batch's "volume_max" becomes the target's
+    maximum on that scale (the metrics' data range)."""
+
+    def __init__(self, acquisition: PETAcquisition, pixel_mm: float = 2.0) -> None:
+        self.acquisition, self.pixel_mm = acquisition, float(pixel_mm)
+
+    def __call__(self, batchdata: dict, device=None, non_blocking: bool = False, **kwargs):
+        act = batchdata["activity"].to(device, non_blocking=non_blocking).float()
+        mu = batchdata["mu"].to(device, non_blocking=non_blocking).float()
+        seeds = [int(s) for s in torch.as_tensor(batchdata["seed"]).reshape(-1)]
+        gens = None if all(s < 0 for s in seeds) else [
+            torch.Generator().manual_seed(s) if s >= 0 else None for s in seeds]
+        with torch.no_grad():
+            op, counts, bg = self.acquisition.simulate(act[:, 0], mu[:, 0], self.pixel_mm,
+                                                       batchdata["count_fraction"], gens)
+            image = self.acquisition.reconstruct(op, counts, bg)[:, None]
+        s = activity_scale(image, (mu > 0).float())
+        label = act / s
+        batchdata["volume_max"] = label.amax((-3, -2, -1)).cpu()
+        return image / s, label

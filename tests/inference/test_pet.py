@@ -1,0 +1,185 @@
+"""PET through `python -m monai.bundle run --config_file configs/inference_pet.yaml`: activity maps
+with and without a mu-map, a given sinogram, the real list-mode file; outputs in the input's
+geometry and units with the total activity kept; every bad input stopping with one line before
+anything is written; and a 2-iteration PET training run."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from conftest import SHARED, run_bundle
+
+from bundle.physics.pet import pet_geometry
+
+PET = SHARED / "pet"
+# a non-RAS affine (L-P-S flips, 2 mm in-plane, 3 mm slices, an offset): the outputs must keep it
+AFFINE = np.array([[-2.0, 0, 0, 60], [0, -2.0, 0, 50], [0, 0, 3.0, -10], [0, 0, 0, 1]])
+
+
+def head_maps(n=48, slices=3):
+    """(X, Y, Z) activity (grey-matter-like ring 4, white 1, a hot spot) and its mu-map."""
+    c = np.arange(n) - (n - 1) / 2
+    xx, yy = np.meshgrid(c, c, indexing="ij")
+    r = np.sqrt(xx**2 + (yy / 1.2) ** 2)
+    act = np.where(r < 18, 1.0, 0.0) + np.where((r > 12) & (r < 18), 3.0, 0.0)
+    act[((xx - 5) ** 2 + yy**2) < 9] = 6.0
+    mu = np.where(r < 20, 0.0096, 0.0)
+    mu[(r >= 18) & (r < 20)] = 0.0172
+    act = np.repeat(act[..., None], slices, -1).astype(np.float32)
+    return act, np.repeat(mu[..., None], slices, -1).astype(np.float32)
+
+
+def write(folder, name, data, affine=AFFINE):
+    nib.save(nib.Nifti1Image(data, affine), str(folder / name))
+
+
+def infer(input_dir, out, *extra):
+    return run_bundle("--config_file", "configs/inference_pet.yaml", "--input_dir", str(input_dir),
+                      "--output_dir", str(out), *extra)
+
+
+def test_activity_maps_end_to_end(tmp_path):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    act, mu = head_maps()
+    write(inputs, "head.nii.gz", act)
+    write(inputs, "head_mu.nii.gz", mu)
+    write(inputs, "nomu.nii.gz", act)  # no mu-map: a water-filled body outline
+    out = tmp_path / "out"
+    res = infer(inputs, out, "--count_fraction", "0.25")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert sorted(p.name for p in out.iterdir()) == ["head_osem.nii.gz", "head_recon.nii.gz",
+                                                     "nomu_osem.nii.gz", "nomu_recon.nii.gz"]
+    for name in ("head", "nomu"):
+        recon, osem = nib.load(out / f"{name}_recon.nii.gz"), nib.load(out / f"{name}_osem.nii.gz")
+        for img in (recon, osem):
+            assert img.shape == act.shape
+            np.testing.assert_allclose(img.affine, AFFINE)
+        r, o = recon.get_fdata(), osem.get_fdata()
+        assert r.min() >= 0 and np.isfinite(r).all()
+        # in the input's units and place: totals within 6 % of the truth's, images aligned with it
+        for x in (r, o):
+            assert x.sum() == pytest.approx(act.sum(), rel=0.06)
+            assert np.corrcoef(x.ravel(), act.ravel())[0, 1] > 0.85
+    # the water outline stands in for the mu-map: attenuation corrected all the same
+    a = nib.load(out / "head_osem.nii.gz").get_fdata()
+    b = nib.load(out / "nomu_osem.nii.gz").get_fdata()
+    assert a.sum() == pytest.approx(b.sum(), rel=0.06)
+
+
+def test_given_sinogram_and_its_shape(tmp_path):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    act, mu = head_maps(slices=2)
+    write(inputs, "s.nii.gz", act)
+    write(inputs, "s_mu.nii.gz", mu)
+    geom = pet_geometry((48, 48), 2.0, 96)
+    rng = np.random.default_rng(0)
+    sino = rng.poisson(20.0, size=(2, *geom.sinogram_shape)).astype(np.float32)
+    np.save(inputs / "s_sinogram.npy", sino[:, :, :-1])  # one bin short
+    out = tmp_path / "out"
+    res = infer(inputs, out)
+    assert res.returncode != 0 and "s_sinogram.npy" in res.stderr and "shape" in res.stderr
+    assert not out.exists() or not any(out.iterdir())
+    # a sinogram of this geometry: projected activity with Poisson noise
+    from bundle.physics.ct import ParallelBeamProjector
+
+    proj = ParallelBeamProjector(geom)
+    slices = torch.from_numpy(np.ascontiguousarray(act.transpose(2, 1, 0)))
+    # the slices in RAS order: the volume is L-P-S, so RAS flips the first two axes
+    ras = torch.flip(slices, dims=(1, 2))
+    mean = proj.A(ras) * 5.0
+    np.save(inputs / "s_sinogram.npy", rng.poisson(mean.numpy()).astype(np.float32))
+    res = infer(inputs, out)
+    assert res.returncode == 0, res.stderr[-3000:]
+    o = nib.load(out / "s_osem.nii.gz").get_fdata()
+    assert np.corrcoef(o.ravel(), act.ravel())[0, 1] > 0.8
+
+
+def bad_case(folder, case):
+    act, mu = head_maps(slices=2)
+    extra = []
+    if case == "negative":
+        act[3, 3, 0] = -1.0
+    if case == "nan":
+        act[3, 3, 0] = np.nan
+    write(folder, "a.nii.gz", act)
+    if case == "mu_shape":
+        write(folder, "a_mu.nii.gz", mu[:-1])
+    elif case == "mu_affine":
+        aff = AFFINE.copy()
+        aff[0, 3] += 4
+        write(folder, "a_mu.nii.gz", mu, aff)
+    elif case == "mu_range":
+        write(folder, "a_mu.nii.gz", mu * 10)
+    else:
+        write(folder, "a_mu.nii.gz", mu)
+    if case == "fraction":
+        extra = ["--count_fraction", "0"]
+    if case == "listmode":
+        (folder / "b.l").write_bytes(b"\x00" * 64)  # a list file without an Interfile header
+    return extra
+
+
+@pytest.mark.parametrize("case, match", [
+    ("negative", "negative activity"), ("nan", "NaN"), ("mu_shape", "shape"), ("mu_affine", "affine"),
+    ("mu_range", "outside"), ("fraction", "count_fraction"), ("listmode", "unknown format"),
+])
+def test_bad_inputs_stop_with_one_line_before_any_write(tmp_path, case, match):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    # a good map first: nothing of it may be written either
+    act, mu = head_maps(slices=2)
+    write(inputs, "0good.nii.gz", act)
+    extra = bad_case(inputs, case)
+    out = tmp_path / "out"
+    res = infer(inputs, out, *extra)
+    assert res.returncode != 0
+    lines = [line for line in res.stderr.strip().splitlines() if line.strip()]
+    assert "Traceback" not in res.stderr, res.stderr[-2000:]
+    assert lines[-1].startswith("error: ") and match in lines[-1], lines[-1]
+    assert sum(line.startswith("error: ") for line in lines) == 1
+    assert not out.exists() or not any(out.iterdir())
+
+
+@pytest.mark.skipif(not (PET / "small_listmode_file.l").is_file(), reason="../shared/data/pet is not here")
+def test_real_listmode_smoke(tmp_path):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for f in PET.iterdir():
+        (inputs / f.name).symlink_to(f)
+    out = tmp_path / "out"
+    res = infer(inputs, out)
+    assert res.returncode == 0, res.stderr[-3000:]
+    recon = nib.load(out / "PET_ACQ_small_recon.nii.gz")
+    osem = nib.load(out / "PET_ACQ_small_osem.nii.gz")
+    assert recon.shape == osem.shape == (160, 160, 1)
+    r, o = recon.get_fdata(), osem.get_fdata()
+    assert np.isfinite(r).all() and r.min() >= 0 and o.max() > 0
+    # the head sits near the centre: most of the activity within 100 mm of it
+    c = (np.arange(160) - 79.5) * 2.0
+    xx, yy = np.meshgrid(c, c, indexing="ij")
+    inner = (xx**2 + yy**2) < 100**2
+    assert o[..., 0][inner].sum() > 0.8 * o.sum()
+
+
+def test_two_iteration_training_then_inference(tmp_path):
+    ckpt = tmp_path / "models"
+    res = run_bundle("training", "--meta_file", "configs/metadata.json", "--config_file",
+                     "['configs/train.yaml','configs/train_pet.yaml']", "--logging_file", "configs/logging.conf",
+                     "--max_epochs", "1", "--epoch_length", "2", "--batch_size", "2", "--val_batch_size", "16",
+                     "--ckpt_dir", str(ckpt), "--output_dir", str(tmp_path / "eval"), timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert (ckpt / "model_pet.pt").is_file()
+    log = res.stderr + res.stdout
+    assert "osem_psnr" in log and "val_psnr" in log  # the network beside the OSEM baseline
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    act, mu = head_maps(slices=1)
+    write(inputs, "h.nii.gz", act)
+    out = tmp_path / "out"
+    res = infer(inputs, out, "--ckpt_path", str(ckpt / "model_pet.pt"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert (out / "h_recon.nii.gz").is_file() and (out / "h_osem.nii.gz").is_file()
