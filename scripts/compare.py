@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pet", action="store_true", help="low-count PET: the network on OSEM against post-filtered OSEM")
     ap.add_argument("--pet-ckpt", default=os.path.join(ROOT, "models", "model_pet.pt"))
     ap.add_argument("--pet-fractions", default="0.25,0.1,0.05", help="count levels, fractions of the full count")
-    ap.add_argument("--pet-realisations", type=int, default=5, help="noise realisations for the lesion statistics")
+    ap.add_argument("--pet-realisations", type=int, default=4, help="noise realisations for the lesion statistics")
     ap.add_argument("--pet-max-iterations", type=int, default=10, help="OSEM iterations of the curves and the tuning")
     args = ap.parse_args(argv)
     if args.pet:

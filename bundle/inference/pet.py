@@ -52,8 +52,9 @@ class PETReconstructor(Reconstructor):
     in this geometry, slices in RAS order) replaces the simulation: it is taken as prompts with the
     configured randoms + scatter fraction, and the activity map only gives the grid and the units
     (the calibration that makes OSEM's total match it). Outputs: "recon" (the network on the OSEM
-    image, its total activity per slice rescaled to OSEM's) and "osem" (the post-filtered OSEM
-    baseline), in the input's geometry and activity units.
+    image, its total activity per slice rescaled to OSEM's, then `em_iterations` EM passes started
+    from it: data consistency with the counts) and "osem" (the post-filtered OSEM baseline), in
+    the input's geometry and activity units.
 
     A list-mode file (`bundle.data.petlink`) is binned to one 2D sinogram (all ring pairs), gaps
     filled, arc-corrected, and reconstructed without attenuation or normalisation (none are in the
@@ -66,7 +67,7 @@ class PETReconstructor(Reconstructor):
     def __init__(self, network: nn.Module, acquisition: PETAcquisition, slice_axis: int | str = "axial",
                  batch_size: int = 8, device: str | torch.device = "cpu", amp: bool = False, progress: bool = True,
                  listmode_grid: Sequence[int] = (160, 160), listmode_pixel_mm: float = 2.0,
-                 ckpt_path: str | None = None) -> None:
+                 ckpt_path: str | None = None, em_iterations: int = 1) -> None:
         self.network = network.eval()
         self.acquisition = acquisition
         self.axis = slice_axis_index(slice_axis)
@@ -80,6 +81,20 @@ class PETReconstructor(Reconstructor):
         self.listmode_pixel_mm = float(listmode_pixel_mm)
         self.ckpt_path = ckpt_path
         self.method = "network"
+        if not 0 <= int(em_iterations) <= 100:
+            raise InputError(f"em_iterations must be in [0, 100], got {em_iterations!r}")
+        self.em_iterations = int(em_iterations)
+
+    def finish(self, op: PETOperator, counts: torch.Tensor, background: torch.Tensor, net: torch.Tensor,
+               mask: torch.Tensor | None = None) -> torch.Tensor:
+        """EM data consistency after the network: `em_iterations` OSEM passes started from its
+        image (positive, counts kept; 0: the network's image as it is)."""
+        if self.em_iterations == 0:
+            return net
+        start = net.to(counts.device).clamp_min(1e-6 * float(net.max()))
+        with torch.no_grad():
+            return osem(op, counts, background, self.em_iterations, self.acquisition.subsets, start=start,
+                        mask=mask).cpu()
 
     # ---- activity maps ----
     def check(self, path: str, volume: np.ndarray, spacing: Sequence[float]) -> dict:
@@ -178,7 +193,7 @@ class PETReconstructor(Reconstructor):
             with torch.no_grad():
                 image = acq.reconstruct(op, counts, bg)
                 base[idx] = acq.baseline(op, counts, bg).cpu()
-            recon[idx] = self.network_on(image, m > 0)
+            recon[idx] = self.finish(op, counts, bg, self.network_on(image, m > 0))
         return {"recon": self._unslice(recon), "osem": self._unslice(base)}
 
     # ---- list-mode ----
@@ -218,5 +233,5 @@ class PETReconstructor(Reconstructor):
             base = post_filter(osem(op, y, r, acq.baseline_iterations, acq.subsets, mask=fov), acq.baseline_filter_mm,
                                geom.pixel_spacing[0])
         body = torch.from_numpy(body_outline(image[0].numpy()[..., None])[..., 0])[None]
-        recon = self.network_on(image, body)
+        recon = self.finish(op, y, r, self.network_on(image, body), fov)
         return {"recon": recon[0].T.numpy()[..., None], "osem": base[0].T.numpy()[..., None]}

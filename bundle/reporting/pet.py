@@ -38,6 +38,7 @@ from bundle.transforms.base import slice_seed
 
 FRACTIONS = (0.25, 0.1, 0.05)
 FILTERS_MM = (0.0, 2.0, 4.0, 6.0, 8.0)
+EM_PASSES = (0, 1, 2)  # EM data-consistency passes after the network, chosen on validation
 
 
 def load_case(path: str, seed: int) -> dict:
@@ -129,15 +130,17 @@ class LesionAccumulator:
 
 
 def reconstruct_case(rec, case: dict, fraction: float, realisation: int, max_iterations: int,
-                     filters: Sequence[float], on_osem, batch: int = 16) -> torch.Tensor:
+                     filters: Sequence[float], on_osem, batch: int = 16,
+                     em_passes: Sequence[int] = EM_PASSES) -> dict[int, torch.Tensor]:
     """One noise realisation of a case at `fraction`: OSEM images at every iteration up to
     `max_iterations` and post-filter in `filters` go to on_osem(iteration, filter, (Z, H, W));
-    returns the network's (Z, H, W) (its input: OSEM at the acquisition's own iterations)."""
+    returns {k: (Z, H, W)} the network's image (its input: OSEM at the acquisition's own
+    iterations) followed by k EM passes, for each k in `em_passes` (0: the network alone)."""
     acq = rec.acquisition
     act, mu = case["activity"], case["mu"]
     z_all = [z for z in range(act.shape[0]) if float(act[z].max()) > 0]
     osem_at: dict[tuple[int, float], torch.Tensor] = {}
-    net = torch.zeros_like(act)
+    nets = {k: torch.zeros_like(act) for k in em_passes}
     for start in range(0, len(z_all), batch):
         idx = z_all[start:start + batch]
         gens = [torch.Generator().manual_seed(slice_seed(case["name"], z, fraction, realisation)) for z in idx]
@@ -155,10 +158,15 @@ def reconstruct_case(rec, case: dict, fraction: float, realisation: int, max_ite
 
         with torch.no_grad():
             acq.reconstruct(op, counts, bg, iterations=max(max_iterations, acq.iterations), filter_mm=0.0, callback=keep)
-        net[idx] = rec.network_on(net_input[0], mu[idx] > 0)
+        net = rec.network_on(net_input[0], mu[idx] > 0)
+        configured = rec.em_iterations
+        for k in em_passes:
+            rec.em_iterations = k
+            nets[k][idx] = rec.finish(op, counts, bg, net)
+        rec.em_iterations = configured
     for (it, f), x in osem_at.items():
         on_osem(it, f, x)
-    return net
+    return nets
 
 
 def run_pet(args, root: str) -> int:
@@ -192,15 +200,22 @@ def run_pet(args, root: str) -> int:
     # 1. OSEM's iterations and post-filter per count level, on the validation subject
     chosen: dict[float, tuple[int, float]] = {}
     tuning: dict[str, dict] = {}
+    em_scores: dict[int, list[float]] = {k: [] for k in EM_PASSES}
     for f in fractions:
         scores: dict[tuple[int, float], float] = {}
-        reconstruct_case(rec, val_case, f, 0, max_it, FILTERS_MM,
-                         lambda it, flt, x, scores=scores: scores.__setitem__((it, flt),
-                                                                              image_metrics(x, val_case, False)["psnr"]))
+        nets = reconstruct_case(rec, val_case, f, 0, max_it, FILTERS_MM,
+                                lambda it, flt, x, scores=scores: scores.__setitem__(
+                                    (it, flt), image_metrics(x, val_case, False)["psnr"]))
         chosen[f] = max(scores, key=lambda k: scores[k])
         tuning[f"{f:g}"] = {f"{it}it_{flt:g}mm": round(v, 3) for (it, flt), v in sorted(scores.items())}
+        for k, x in nets.items():
+            em_scores[k].append(image_metrics(x, val_case, False)["psnr"])
+            tuning[f"{f:g}"][f"network_em{k}"] = round(em_scores[k][-1], 3)
         print(f"count fraction {f:g}: OSEM {chosen[f][0]} iterations, {chosen[f][1]:g} mm post-filter "
-              f"(validation PSNR {scores[chosen[f]]:.2f} dB)", flush=True)
+              f"(validation PSNR {scores[chosen[f]]:.2f} dB); network + 0 / 1 / 2 EM passes: "
+              + " / ".join(f"{em_scores[k][-1]:.2f}" for k in EM_PASSES) + " dB", flush=True)
+    em_best = max(EM_PASSES, key=lambda k: float(np.mean(em_scores[k])))
+    print(f"EM passes after the network (best mean validation PSNR): {em_best}", flush=True)
 
     # 2. test subjects: metrics (realisation 0) and lesion statistics (all realisations)
     rows: list[dict] = []
@@ -211,7 +226,7 @@ def run_pet(args, root: str) -> int:
         for case in test_cases:
             rois = lesion_rois(case)
             acc = {key: LesionAccumulator(rois) for key in [(it, flt) for it in range(1, max_it + 1) for flt in FILTERS_MM]}
-            acc_net = LesionAccumulator(rois)
+            acc_net = {k: LesionAccumulator(rois) for k in (0, em_best)}
             for r in range(int(args.pet_realisations)):
                 best: dict[str, torch.Tensor] = {}
 
@@ -222,38 +237,49 @@ def run_pet(args, root: str) -> int:
                         best["osem"] = x.clone()
 
                 t0 = time.time()
-                net = reconstruct_case(rec, case, f, r, max_it, FILTERS_MM, on_osem)
-                acc_net.add(net)
+                nets = reconstruct_case(rec, case, f, r, max_it, FILTERS_MM, on_osem, em_passes=sorted({0, em_best}))
+                for k, a in acc_net.items():
+                    a.add(nets[k])
                 if r == 0:
-                    for method, x in (("osem", best["osem"]), ("network", net)):
-                        m = image_metrics(x, case)
-                        rows.append({"fraction": f, "case": case["name"], "method": method, **m,
-                                     "setting": f"{it_best} it, {flt_best:g} mm" if method == "osem" else "OSEM 3 it + net"})
+                    for method, x, setting in (("osem", best["osem"], f"{it_best} it, {flt_best:g} mm"),
+                                               ("network", nets[0], f"OSEM {rec.acquisition.iterations} it + net"),
+                                               ("network_em", nets[em_best], f"+ {em_best} EM pass(es)")):
+                        rows.append({"fraction": f, "case": case["name"], "method": method, **image_metrics(x, case),
+                                     "setting": setting})
                     if panel is None and abs(f - 0.1) < 1e-9:
-                        panel = (case, best["osem"], net)
+                        panel = (case, best["osem"], nets[em_best])
                 print(f"{case['name']} at {f:g}: realisation {r + 1}/{args.pet_realisations} ({time.time() - t0:.0f} s)",
                       flush=True)
             curves.setdefault(f"{f:g}", {})[case["name"]] = {
                 "osem": {f"{it},{flt:g}": a.result() for (it, flt), a in acc.items()},
-                "network": acc_net.result(), "chosen": f"{it_best},{flt_best:g}"}
+                "network": acc_net[0].result(), "network_em": acc_net[em_best].result(),
+                "chosen": f"{it_best},{flt_best:g}"}
 
     # 3. report
-    methods = ("osem", "network")
+    methods = ("osem", "network", "network_em")
     summary = []
     for f in fractions:
         for method in methods:
             sel = [r for r in rows if r["fraction"] == f and r["method"] == method]
             lesion = [curves[f"{f:g}"][c["name"]]["osem"][curves[f"{f:g}"][c["name"]]["chosen"]] if method == "osem"
-                      else curves[f"{f:g}"][c["name"]]["network"] for c in test_cases]
+                      else curves[f"{f:g}"][c["name"]][method] for c in test_cases]
             summary.append({"fraction": f, "method": method, "setting": sel[0]["setting"],
                             **{k: float(np.mean([r[k] for r in sel])) for k in ("psnr", "ssim", "nrmse", "gm_bias", "wm_bias")},
                             **{k: float(np.nanmean([x[k] for x in lesion])) for k in ("crc_hot", "crc_cold", "noise")}})
+    matched = {f"{f:g}": matched_crc(curves[f"{f:g}"], test_cases, max_it, "network_em") for f in fractions}
     lines = ["| count | method | setting | PSNR dB | SSIM | NRMSE | GM bias | WM bias | CRC hot | CRC cold | noise |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in summary:
         lines.append(f"| {100 * s['fraction']:g} % | {s['method']} | {s['setting']} | {s['psnr']:.2f} | {s['ssim']:.3f} | "
                      f"{s['nrmse']:.3f} | {100 * s['gm_bias']:+.1f} % | {100 * s['wm_bias']:+.1f} % | {s['crc_hot']:.2f} | "
                      f"{s['crc_cold']:.2f} | {100 * s['noise']:.1f} % |")
+    lines += ["", "Lesion contrast recovery of OSEM at the network's background variability (interpolated along "
+              "each post-filter's curve over iterations, the best filter), network + EM:", "",
+              "| count | network noise | network CRC hot / cold | OSEM CRC hot / cold at that noise |", "|---|---|---|---|"]
+    for f in fractions:
+        m = matched[f"{f:g}"]
+        lines.append(f"| {100 * f:g} % | {100 * m['noise']:.1f} % | {m['net_hot']:.2f} / {m['net_cold']:.2f} | "
+                     f"{m['osem_hot']:.2f} / {m['osem_cold']:.2f}{'' if m['within'] else ' (beyond the OSEM curves: their end)'} |")
     header = (f"PET, {len(test_cases)} test subjects ({', '.join(c['name'] for c in test_cases)}), FDG phantoms, "
               f"OSEM {rec.acquisition.subsets} subsets with the iterations and post-filter of best validation PSNR "
               f"({val_case['name']}); lesion statistics over {args.pet_realisations} noise realisations. "
@@ -265,13 +291,15 @@ def run_pet(args, root: str) -> int:
     w.writerows(rows)
     write_text_atomic(os.path.join(out_dir, "pet_per_case.csv"), buf.getvalue())
     write_text_atomic(os.path.join(out_dir, "pet.json"), json.dumps(
-        {"summary": summary, "per_case": rows, "tuning": tuning, "curves": curves,
+        {"summary": summary, "per_case": rows, "tuning": tuning, "curves": curves, "matched_crc": matched,
+         "em_passes": em_best,
          "chosen": {f"{f:g}": list(v) for f, v in chosen.items()}}, indent=1))
     _crc_figure(curves, fractions, test_cases, max_it, os.path.join(out_dir, "figures", "pet_crc.png"), save_figure)
     if panel is not None:
         _panel(*panel, os.path.join(out_dir, "figures", "pet_panel.png"), save_figure)
     listmode = os.path.join(root, "..", "shared", "data", "pet", "PET_ACQ_small.l.hdr.STIR")
     if os.path.isfile(listmode):
+        rec.em_iterations = em_best
         listmode_figure(rec, listmode, os.path.join(out_dir, "figures", "pet_listmode.png"), save_figure)
     print("\n".join(lines))
     return 0
@@ -294,7 +322,7 @@ def listmode_figure(rec, path: str, out: str, save) -> dict:
     axes[0].set_title(f"prompts, all {scan.sinograms} sinograms summed\n{scan.notes}")
     axes[1].imshow(gap_mask(scan), aspect="auto", cmap="gray")
     axes[1].set_title("LORs through gap crystals (0 prompts)")
-    for ax, key, title in ((axes[2], "osem", "OSEM + post-filter (no AC, no norm)"), (axes[3], "recon", "network")):
+    for ax, key, title in ((axes[2], "osem", "OSEM + post-filter (no AC, no norm)"), (axes[3], "recon", f"network + {rec.em_iterations} EM pass(es)")):
         img = result[key][..., 0].T
         ax.imshow(img, cmap="gray_r", origin="lower", vmin=0, vmax=float(np.percentile(img, 99.8)))
         ax.set_title(title)
@@ -304,6 +332,25 @@ def listmode_figure(rec, path: str, out: str, save) -> dict:
     fig.tight_layout()
     save(fig, out)
     return {"prompts": int(scan.prompts.sum()), "delayed": int(scan.delayed.sum()), "seconds": scan.duration_s}
+
+
+def matched_crc(curves: dict, cases, max_it: int, method: str = "network") -> dict:
+    """OSEM's hot and cold CRC at the network's background variability: along each post-filter's
+    curve over iterations (means over the cases), linearly interpolated in noise; the best filter.
+    `within` is False where the network's noise lies beyond every curve (then the curves' ends)."""
+    net = {k: float(np.mean([curves[c["name"]][method][k] for c in cases])) for k in ("noise", "crc_hot", "crc_cold")}
+    best = {"crc_hot": -np.inf, "crc_cold": -np.inf}
+    within = False
+    for flt in FILTERS_MM:
+        pts = [{k: float(np.mean([curves[c["name"]]["osem"][f"{it},{flt:g}"][k] for c in cases]))
+                for k in ("noise", "crc_hot", "crc_cold")} for it in range(1, max_it + 1)]
+        pts.sort(key=lambda p: p["noise"])
+        xs = [p["noise"] for p in pts]
+        within |= xs[0] <= net["noise"] <= xs[-1]
+        for k in best:
+            best[k] = max(best[k], float(np.interp(net["noise"], xs, [p[k] for p in pts])))
+    return {"noise": net["noise"], "net_hot": net["crc_hot"], "net_cold": net["crc_cold"],
+            "osem_hot": best["crc_hot"], "osem_cold": best["crc_cold"], "within": bool(within)}
 
 
 def _crc_figure(curves: dict, fractions, cases, max_it: int, path: str, save) -> None:
@@ -322,9 +369,10 @@ def _crc_figure(curves: dict, fractions, cases, max_it: int, path: str, save) ->
                 ys = [np.mean([curves[f"{f:g}"][c["name"]]["osem"][f"{it},{flt:g}"][kind] for c in cases])
                       for it in range(1, max_it + 1)]
                 ax.plot(np.asarray(xs) * 100, ys, "o-", ms=3, label=f"OSEM, {flt:g} mm filter (1..{max_it} it)")
-            nx = np.mean([curves[f"{f:g}"][c["name"]]["network"]["noise"] for c in cases]) * 100
-            ny = np.mean([curves[f"{f:g}"][c["name"]]["network"][kind] for c in cases])
-            ax.plot([nx], [ny], "k*", ms=14, label="network")
+            for method, marker, label in (("network", "k*", "network"), ("network_em", "r*", "network + EM")):
+                nx = np.mean([curves[f"{f:g}"][c["name"]][method]["noise"] for c in cases]) * 100
+                ny = np.mean([curves[f"{f:g}"][c["name"]][method][kind] for c in cases])
+                ax.plot([nx], [ny], marker, ms=14, label=label)
             ax.set_xlabel("background variability (%)")
             ax.set_ylabel(f"CRC ({kind.split('_')[1]} lesions)")
             ax.set_title(f"{100 * f:g} % counts")
@@ -345,12 +393,12 @@ def _panel(case: dict, osem_img: torch.Tensor, net: torch.Tensor, path: str, sav
     vmax = float(t.max())
     err_max = float(max((osem_img[z] - t).abs().max(), (net[z] - t).abs().max()))
     fig, axes = plt.subplots(2, 3, figsize=(12, 8))
-    for ax, (title, img) in zip(axes[0], (("truth", t), ("OSEM (best on validation)", osem_img[z]), ("network", net[z]))):
+    for ax, (title, img) in zip(axes[0], (("truth", t), ("OSEM (best on validation)", osem_img[z]), ("network + EM", net[z]))):
         ax.imshow(img.numpy(), cmap="gray_r", vmin=0, vmax=vmax, origin="lower")
         ax.set_title(title)
     axes[1][0].imshow((case["lesions"][z] != 0).numpy(), cmap="gray", origin="lower")
     axes[1][0].set_title("inserted lesions")
-    for ax, (title, img) in zip(axes[1][1:], (("|OSEM - truth|", osem_img[z]), ("|network - truth|", net[z]))):
+    for ax, (title, img) in zip(axes[1][1:], (("|OSEM - truth|", osem_img[z]), ("|network + EM - truth|", net[z]))):
         ax.imshow((img - t).abs().numpy(), cmap="magma", vmin=0, vmax=err_max, origin="lower")
         ax.set_title(title)
     for ax in axes.ravel():
