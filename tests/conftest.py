@@ -74,6 +74,11 @@ def run_bundle(*args, timeout=300) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=timeout)
 
 
+def run_inference(config: str, input_dir, out, *extra) -> subprocess.CompletedProcess:
+    """`python -m monai.bundle run --config_file CONFIG --input_dir IN --output_dir OUT EXTRA`."""
+    return run_bundle("--config_file", config, "--input_dir", str(input_dir), "--output_dir", str(out), *extra)
+
+
 def run_env() -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")

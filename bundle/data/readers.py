@@ -51,10 +51,13 @@ def input_kind(path: str) -> str | None:
     return None
 
 
+MU_SUFFIX = "_mu"  # <name>_mu.nii.gz: the mu-map of the PET activity map <name>.nii.gz
+
+
 def is_mu_map(path: str) -> bool:
     """`<name>_mu.nii(.gz)` beside a `<name>.nii(.gz)`: a PET activity map's mu-map."""
     p = str(path)
-    for suffix in ("_mu.nii.gz", "_mu.nii"):
+    for suffix in (MU_SUFFIX + ".nii.gz", MU_SUFFIX + ".nii"):
         if p.endswith(suffix):
             base = p[: -len(suffix)]
             return os.path.exists(base + ".nii.gz") or os.path.exists(base + ".nii")

@@ -14,6 +14,7 @@ from monai.inferers import Inferer
 from torch import nn
 from tqdm import tqdm
 
+from bundle.data.ctraw import SINOGRAM_SUFFIX
 from bundle.data.datasets import slice_axis_index
 from bundle.errors import InputError, check_whole_number
 from bundle.inference.batching import CPU_BATCH_PIXELS, check_cpu_batch_pixels, forward, in_batches, slices_per_call
@@ -30,7 +31,6 @@ from bundle.transforms.ct import (
     unit_to_hu,
 )
 
-SINOGRAM_SUFFIX = "_sinogram.npy"
 # On a GPU, data consistency solves the slices of several network batches at once, up to this many
 # pixels (128 slices of 512 x 512): its sparse products run faster on more columns (measured in
 # docs/benchmarks.md). On the CPU the cost is per slice, and each network batch is solved as it comes.

@@ -11,18 +11,17 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from bundle.data.ctraw import SINOGRAM_SUFFIX
 from bundle.data.datasets import slice_axis_index
 from bundle.data.io import is_nifti, load_nifti_volume
 from bundle.data.petlink import ListModeScan, listmode_sinograms, read_petlink
+from bundle.data.readers import MU_SUFFIX
 from bundle.errors import InputError
 from bundle.inference.batching import forward
 from bundle.inference.runner import Reconstructor
-from bundle.physics.pet import MU_SOFT_TISSUE, PETOperator, check_mu, flat_background, osem, post_filter
+from bundle.physics.pet import MU_SOFT_TISSUE, PETOperator, check_activity, check_mu, flat_background, osem
 from bundle.transforms.base import slice_seed
 from bundle.transforms.pet import PETAcquisition, activity_scale
-
-MU_SUFFIX = "_mu"
-SINOGRAM_SUFFIX = "_sinogram.npy"
 
 
 def companion(path: str, suffix: str) -> str | None:
@@ -71,6 +70,8 @@ class PETReconstructor(Reconstructor):
         self.network = network.eval()
         self.acquisition = acquisition
         self.axis = slice_axis_index(slice_axis)
+        # each slice as (rows, columns) = (the second, the first in-plane RAS axis), as in training
+        self.cols, self.rows = (a for a in range(3) if a != self.axis)
         if int(batch_size) < 1:
             raise InputError(f"batch_size must be at least 1, got {batch_size!r}")
         self.batch_size = int(batch_size)
@@ -80,7 +81,6 @@ class PETReconstructor(Reconstructor):
         self.listmode_grid = tuple(int(v) for v in listmode_grid)
         self.listmode_pixel_mm = float(listmode_pixel_mm)
         self.ckpt_path = ckpt_path
-        self.method = "network"
         if not 0 <= int(em_iterations) <= 100:
             raise InputError(f"em_iterations must be in [0, 100], got {em_iterations!r}")
         self.em_iterations = int(em_iterations)
@@ -98,11 +98,8 @@ class PETReconstructor(Reconstructor):
 
     # ---- activity maps ----
     def check(self, path: str, volume: np.ndarray, spacing: Sequence[float]) -> dict:
-        from bundle.physics.pet import check_activity
-
         check_activity(torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32)), path)
-        axes = [a for a in range(3) if a != self.axis]
-        sy, sx = spacing[axes[1]], spacing[axes[0]]
+        sy, sx = spacing[self.rows], spacing[self.cols]
         if abs(sy - sx) > 1e-3 * max(sy, sx):
             raise InputError(f"{path}: in-plane voxels of {sx:g} x {sy:g} mm; PET slices need square pixels")
         mu_path = companion(path, MU_SUFFIX) if is_nifti(path) else None
@@ -128,16 +125,12 @@ class PETReconstructor(Reconstructor):
         check_mu(torch.from_numpy(mu), mu_path)
         return np.ascontiguousarray(apply_orientation(mu, io_orientation(act_img.affine)))
 
-    def _slice_shape(self, shape: Sequence[int]) -> tuple[int, int, int]:
-        axes = [a for a in range(3) if a != self.axis]
-        return int(shape[self.axis]), int(shape[axes[1]]), int(shape[axes[0]])
-
     def _read_sinogram(self, sino_path: str, shape: Sequence[int], pixel_mm: float) -> np.ndarray:
         try:
             sino = np.load(sino_path, allow_pickle=False)
         except (OSError, ValueError) as err:
             raise InputError(f"{sino_path}: not a readable .npy array ({err})") from None
-        n, h, w = self._slice_shape(shape)
+        n, h, w = shape[self.axis], shape[self.rows], shape[self.cols]
         expected = (n, *self.acquisition.projector((h, w), pixel_mm).geom.sinogram_shape)
         if sino.shape != expected:
             raise InputError(f"{sino_path}: sinogram of shape {sino.shape}; this volume and geometry need {expected} "
@@ -147,16 +140,13 @@ class PETReconstructor(Reconstructor):
         return sino.astype(np.float32)
 
     def _slices(self, volume: np.ndarray) -> torch.Tensor:
-        """(X, Y, Z) RAS -> (slices, rows, columns) along the slice axis (rows: the second in-plane axis)."""
-        v = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))
-        axes = [a for a in range(3) if a != self.axis]
-        return v.permute(self.axis, axes[1], axes[0]).contiguous()
+        """(X, Y, Z) RAS -> (slices, rows, columns) along the slice axis."""
+        return torch.from_numpy(np.ascontiguousarray(
+            np.moveaxis(volume, (self.axis, self.rows, self.cols), (0, 1, 2)), dtype=np.float32))
 
     def _unslice(self, slices: torch.Tensor) -> np.ndarray:
-        axes = [a for a in range(3) if a != self.axis]
-        order = [0, 0, 0]
-        order[self.axis], order[axes[1]], order[axes[0]] = 0, 1, 2
-        return slices.permute(*order).cpu().numpy()
+        """The inverse of `_slices`."""
+        return np.moveaxis(slices.cpu().numpy(), (0, 1, 2), (self.axis, self.rows, self.cols))
 
     def network_on(self, image: torch.Tensor, body: torch.Tensor) -> torch.Tensor:
         """The network on (B, H, W) OSEM images: scaled by their mean in `body`, back to activity,
@@ -172,8 +162,7 @@ class PETReconstructor(Reconstructor):
                     sinogram: np.ndarray | None = None) -> dict[str, np.ndarray]:
         acq = self.acquisition
         act, mus = self._slices(volume), self._slices(mu)
-        axes = [a for a in range(3) if a != self.axis]
-        pixel_mm = float(spacing[axes[0]])
+        pixel_mm = float(spacing[self.cols])
         recon, base = torch.zeros_like(act), torch.zeros_like(act)
         todo = [z for z in range(act.shape[0]) if float(act[z].max()) > 0]
         steps = range(0, len(todo), self.batch_size)
@@ -187,9 +176,7 @@ class PETReconstructor(Reconstructor):
                 counts = torch.from_numpy(sinogram[idx]).to(self.device)
                 op = acq.system(m, pixel_mm)
                 trues = counts.sum((-2, -1), keepdim=True) / (1.0 + acq.background_fraction)
-                assert op.factors is not None
-                op.factors = op.factors * trues / op.A(a).sum((-2, -1), keepdim=True).clamp_min(1e-12)
-                bg = flat_background(op.A(a), acq.background_fraction, op.geom.sinogram_shape)
+                bg = flat_background(acq.calibrate(op, a, trues), acq.background_fraction)
             with torch.no_grad():
                 image = acq.reconstruct(op, counts, bg)
                 base[idx] = acq.baseline(op, counts, bg).cpu()
@@ -198,7 +185,8 @@ class PETReconstructor(Reconstructor):
 
     # ---- list-mode ----
     def load(self) -> None:
-        """The network's weights (for list-mode inputs, which the config's run step does not load first)."""
+        """Load the network's weights from `ckpt_path` once (the config's run step, and the runner
+        before a list-mode input, e.g. when a tool builds the reconstructor without that step)."""
         if self.ckpt_path:
             from bundle.networks import load_checkpoint
 
@@ -219,19 +207,16 @@ class PETReconstructor(Reconstructor):
     def reconstruct_scan(self, scan: ListModeScan, name: str) -> dict[str, np.ndarray]:
         """A list-mode scan -> {"recon", "osem"} as (W, H, 1) arrays (RAS-like x, y; one slice)."""
         acq = self.acquisition
-        proj = acq.projector(self.listmode_grid, self.listmode_pixel_mm, views=scan.views)
-        geom = proj.geom
-        prompts, randoms = listmode_sinograms(scan, geom.n_det, geom.det_spacing)
+        op = acq.base_system(self.listmode_grid, self.listmode_pixel_mm, views=scan.views)
+        prompts, randoms = listmode_sinograms(scan, op.geom.n_det, op.geom.det_spacing)
         y = torch.from_numpy(prompts).float()[None]
         r = torch.from_numpy(randoms).float()[None]
-        op = PETOperator(proj, None, acq.psf_fwhm_mm)
         h, w = self.listmode_grid
         yy, xx = torch.meshgrid(torch.arange(h) - (h - 1) / 2, torch.arange(w) - (w - 1) / 2, indexing="ij")
         fov = ((yy**2 + xx**2).sqrt() * self.listmode_pixel_mm <= scan.radius_mm * 0.85).float()
         with torch.no_grad():
-            image = post_filter(osem(op, y, r, acq.iterations, acq.subsets, mask=fov), acq.filter_mm, geom.pixel_spacing[0])
-            base = post_filter(osem(op, y, r, acq.baseline_iterations, acq.subsets, mask=fov), acq.baseline_filter_mm,
-                               geom.pixel_spacing[0])
+            image = acq.reconstruct(op, y, r, mask=fov)
+            base = acq.baseline(op, y, r, mask=fov)
         body = torch.from_numpy(body_outline(image[0].numpy()[..., None])[..., 0])[None]
         recon = self.finish(op, y, r, self.network_on(image, body), fov)
         return {"recon": recon[0].T.numpy()[..., None], "osem": base[0].T.numpy()[..., None]}

@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
 
 from bundle.errors import InputError
 from bundle.physics.ct import ParallelBeamProjector
+from bundle.physics.ct_fan import select_views
 from bundle.physics.ct_geometry import ParallelBeamGeometry
 from bundle.physics.operator import LinearOperator
 
@@ -123,7 +123,7 @@ class PETOperator(LinearOperator):
         self.image_shape = projector.geom.image_shape
         self.factors = factors
         self.psf_fwhm_mm = float(psf_fwhm_mm)
-        self._subsets: dict[tuple[int, int], PETOperator] = {}
+        self._subset_projectors: dict[tuple[int, int], ParallelBeamProjector] = {}
 
     def _blur(self, x: torch.Tensor) -> torch.Tensor:
         return gaussian_blur(x, self.psf_fwhm_mm, self.geom.pixel_spacing[0])
@@ -137,19 +137,23 @@ class PETOperator(LinearOperator):
             y = y * self.factors
         return self._blur(self.projector.A_adjoint(y))
 
+    def with_factors(self, factors: torch.Tensor | None) -> PETOperator:
+        """The same projector and blur with other multiplicative factors (another batch of slices);
+        the subsets' projectors are shared with this operator, so they are built once."""
+        op = PETOperator(self.projector, factors, self.psf_fwhm_mm)
+        op._subset_projectors = self._subset_projectors
+        return op
+
     def subset(self, k: int, n: int) -> PETOperator:
         """The operator of the k-th of n ordered subsets: views k, k + n, k + 2n, ... (interleaved,
         so each subset covers 180 degrees)."""
         if n == 1:
             return self
-        if (k, n) not in self._subsets:
-            idx = list(range(k, self.geom.n_views, n))
-            angles = torch.rad2deg(self.geom.angles())[idx].tolist()
-            geom = replace(self.geom, n_views=len(idx), angles_deg=tuple(angles), view_indices=None, full_views=None)
-            self._subsets[(k, n)] = PETOperator(ParallelBeamProjector(geom), None, self.psf_fwhm_mm)
-        sub = self._subsets[(k, n)]
+        if (k, n) not in self._subset_projectors:
+            geom = select_views(self.geom, range(k, self.geom.n_views, n))
+            self._subset_projectors[(k, n)] = ParallelBeamProjector(geom)
         factors = None if self.factors is None else self.factors[..., k::n, :]
-        return PETOperator(sub.projector, factors, self.psf_fwhm_mm) if factors is not None else sub
+        return PETOperator(self._subset_projectors[(k, n)], factors, self.psf_fwhm_mm)
 
 
 def attenuation_factors(projector: ParallelBeamProjector, mu: torch.Tensor) -> torch.Tensor:
@@ -157,17 +161,18 @@ def attenuation_factors(projector: ParallelBeamProjector, mu: torch.Tensor) -> t
     return torch.exp(-projector.A(mu.float()))
 
 
-def calibration(op: PETOperator, activity: torch.Tensor, trues: float | torch.Tensor) -> torch.Tensor:
-    """Counts per (activity x mm) that make the expected trues of each slice of `activity`
-    (..., H, W) equal `trues`: shape (..., 1, 1), to multiply into the operator's factors."""
-    total = op.A(activity).sum((-2, -1), keepdim=True)
+def calibration(projected: torch.Tensor, trues: float | torch.Tensor) -> torch.Tensor:
+    """Counts per (activity x mm) that make the expected trues of each slice equal `trues`, from
+    the uncalibrated projection A x of the activity, (..., V, D): shape (..., 1, 1), to multiply
+    into the operator's factors (and into `projected`, which then holds the expected trues)."""
+    total = projected.sum((-2, -1), keepdim=True)
     return torch.as_tensor(trues, dtype=total.dtype, device=total.device) / total.clamp_min(1e-12)
 
 
-def flat_background(trues: torch.Tensor, fraction: float, sinogram_shape: tuple[int, int]) -> torch.Tensor:
-    """A flat randoms-plus-scatter sinogram holding `fraction` of the trues (per slice): (..., V, D)."""
+def flat_background(trues: torch.Tensor, fraction: float) -> torch.Tensor:
+    """A flat randoms-plus-scatter sinogram holding `fraction` of the trues (..., V, D) of each slice."""
     total = trues.sum((-2, -1), keepdim=True)
-    return (fraction * total / (sinogram_shape[0] * sinogram_shape[1])).expand_as(trues)
+    return (fraction * total / (trues.shape[-2] * trues.shape[-1])).expand_as(trues)
 
 
 def poisson_counts(expected: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -66,26 +66,39 @@ class PETAcquisition:
             raise InputError(f"subsets must be in [1, {self.views}] (the views), got {subsets!r}")
         self.iterations, self.subsets, self.filter_mm = int(iterations), int(subsets), float(filter_mm)
         self.baseline_iterations, self.baseline_filter_mm = int(baseline_iterations), float(baseline_filter_mm)
-        self._projectors: dict[tuple, ParallelBeamProjector] = {}
         self._systems: dict[tuple, PETOperator] = {}
+
+    def base_system(self, shape: Sequence[int], pixel_mm: float, views: int | None = None) -> PETOperator:
+        """The system without multiplicative factors (projector and PSF) of a (H, W) grid of
+        `pixel_mm` pixels with this scan's views (or `views`), built once per grid: batches get
+        theirs from it (`PETOperator.with_factors`), sharing its projector and subsets."""
+        key = (tuple(int(s) for s in shape), round(float(pixel_mm), 6), int(views or self.views))
+        if key not in self._systems:
+            self._systems[key] = PETOperator(ParallelBeamProjector(pet_geometry(key[0], key[1], key[2])), None,
+                                             self.psf_fwhm_mm)
+        return self._systems[key]
 
     def projector(self, shape: Sequence[int], pixel_mm: float, views: int | None = None) -> ParallelBeamProjector:
         """The projector of a (H, W) grid of `pixel_mm` pixels with this scan's views (or `views`)."""
-        key = (tuple(int(s) for s in shape), round(float(pixel_mm), 6), int(views or self.views))
-        if key not in self._projectors:
-            self._projectors[key] = ParallelBeamProjector(pet_geometry(key[0], key[1], key[2]))
-        return self._projectors[key]
+        return self.base_system(shape, pixel_mm, views).projector
 
     def system(self, mu: torch.Tensor, pixel_mm: float, normalisation: torch.Tensor | None = None) -> PETOperator:
         """The uncalibrated system of (B, H, W) mu-maps: attenuation (x normalisation) and the PSF."""
-        proj = self.projector(mu.shape[-2:], pixel_mm)
-        factors = attenuation_factors(proj, mu)
+        base = self.base_system(mu.shape[-2:], pixel_mm)
+        factors = attenuation_factors(base.projector, mu)
         if normalisation is not None:
             factors = factors * normalisation
-        base = self._systems.setdefault((id(proj),), PETOperator(proj, None, self.psf_fwhm_mm))
-        op = PETOperator(proj, factors, self.psf_fwhm_mm)
-        op._subsets = base._subsets  # subset projectors are shared between batches
-        return op
+        return base.with_factors(factors)
+
+    @staticmethod
+    def calibrate(op: PETOperator, activity: torch.Tensor, trues: torch.Tensor) -> torch.Tensor:
+        """Scale `op`'s factors so the expected trues of each slice of `activity` are `trues`
+        ((B, 1, 1)); returns those expected trues (B, V, D). One projection."""
+        projected = op.A(activity)
+        scale = calibration(projected, trues)
+        assert op.factors is not None
+        op.factors = op.factors * scale
+        return projected * scale
 
     def simulate(self, activity: torch.Tensor, mu: torch.Tensor, pixel_mm: float,
                  fractions: Sequence[float] | torch.Tensor | None = None,
@@ -99,11 +112,8 @@ class PETAcquisition:
         f = torch.as_tensor(self.count_fraction if fractions is None else fractions, dtype=torch.float32)
         f = f.expand(b) if f.dim() == 0 else f
         trues = (f * self.full_counts).to(activity.device)[:, None, None]
-        scale = calibration(op, activity, trues)
-        assert op.factors is not None
-        op.factors = op.factors * scale
-        expected = op.A(activity)
-        background = flat_background(expected, self.background_fraction, op.geom.sinogram_shape)
+        expected = self.calibrate(op, activity, trues)
+        background = flat_background(expected, self.background_fraction)
         rates = expected + background
         if generators is None:
             counts = poisson_counts(rates)
@@ -112,15 +122,18 @@ class PETAcquisition:
         return op, counts, background
 
     def reconstruct(self, op: PETOperator, counts: torch.Tensor, background: torch.Tensor,
-                    iterations: int | None = None, filter_mm: float | None = None, callback=None) -> torch.Tensor:
-        """OSEM (the network's input setting unless given), then the Gaussian post-filter."""
+                    iterations: int | None = None, filter_mm: float | None = None, callback=None,
+                    mask: torch.Tensor | None = None) -> torch.Tensor:
+        """OSEM (the network's input setting unless given; `mask`: the image's support), then the
+        Gaussian post-filter."""
         x = osem(op, counts, background, self.iterations if iterations is None else iterations, self.subsets,
-                 callback=callback)
+                 mask=mask, callback=callback)
         return post_filter(x, self.filter_mm if filter_mm is None else filter_mm, op.geom.pixel_spacing[0])
 
-    def baseline(self, op: PETOperator, counts: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
+    def baseline(self, op: PETOperator, counts: torch.Tensor, background: torch.Tensor,
+                 mask: torch.Tensor | None = None) -> torch.Tensor:
         """The post-filtered OSEM baseline (baseline_iterations, baseline_filter_mm)."""
-        return self.reconstruct(op, counts, background, self.baseline_iterations, self.baseline_filter_mm)
+        return self.reconstruct(op, counts, background, self.baseline_iterations, self.baseline_filter_mm, mask=mask)
 
 
 def activity_scale(image: torch.Tensor, body: torch.Tensor) -> torch.Tensor:

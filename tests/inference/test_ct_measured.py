@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import json
 import shutil
+from functools import partial
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import SHARED, run_bundle
+from conftest import SHARED, run_bundle, run_inference
 
 from bundle.data.ctraw import read_measured_ct
 from bundle.physics.ct_fan import FanBeamGeometry, projector_for
@@ -38,9 +39,7 @@ def phantom_scan(folder, name="phantom", views=60, n=64, **changes):
     return img
 
 
-def infer(input_dir, out, *extra):
-    return run_bundle("--config_file", "configs/inference_ct.yaml", "--input_dir", str(input_dir),
-                      "--output_dir", str(out), *extra)
+infer = partial(run_inference, "configs/inference_ct.yaml")
 
 
 def test_generic_fan_sinogram_end_to_end(tmp_path):

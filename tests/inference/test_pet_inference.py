@@ -5,11 +5,13 @@ anything is written; and a 2-iteration PET training run."""
 
 from __future__ import annotations
 
+from functools import partial
+
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import SHARED, run_bundle
+from conftest import SHARED, run_bundle, run_inference, write_nifti
 
 from bundle.physics.pet import pet_geometry
 
@@ -32,12 +34,10 @@ def head_maps(n=48, slices=3):
 
 
 def write(folder, name, data, affine=AFFINE):
-    nib.save(nib.Nifti1Image(data, affine), str(folder / name))
+    write_nifti(folder / name, data, affine)
 
 
-def infer(input_dir, out, *extra):
-    return run_bundle("--config_file", "configs/inference_pet.yaml", "--input_dir", str(input_dir),
-                      "--output_dir", str(out), *extra)
+infer = partial(run_inference, "configs/inference_pet.yaml")
 
 
 def test_activity_maps_end_to_end(tmp_path):

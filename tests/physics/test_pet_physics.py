@@ -103,11 +103,18 @@ def test_poisson_statistics_of_the_simulated_counts():
     op, _ = system(psf=4.0)
     truth = disc(32, 11).float()[None]
     trues = 2e4
-    scale = calibration(op, truth, trues)
-    expected = op.A(truth) * scale
+    projected = op.A(truth)
+    expected = projected * calibration(projected, trues)
     assert float(expected.sum()) == pytest.approx(trues, rel=1e-5)
-    background = flat_background(expected, 0.5, op.geom.sinogram_shape)
+    background = flat_background(expected, 0.5)
     assert float(background.sum()) == pytest.approx(0.5 * trues, rel=1e-5)
+    # the acquisition's calibration: the operator it scales projects the activity to those trues
+    from bundle.transforms.pet import PETAcquisition
+
+    calibrated = op.with_factors(op.factors.clone())
+    returned = PETAcquisition.calibrate(calibrated, truth, torch.full((1, 1, 1), trues))
+    assert torch.allclose(returned, calibrated.A(truth), rtol=1e-5)
+    assert float(calibrated.A(truth).sum()) == pytest.approx(trues, rel=1e-5)
     rates = (expected + background)[0]
     g = torch.Generator().manual_seed(3)
     samples = torch.stack([poisson_counts(rates, g) for _ in range(400)])
