@@ -16,6 +16,7 @@ from bundle import (
     losses,
     metrics,
     networks,
+    options,
     physics,
     transforms,
     varnet,
@@ -30,6 +31,6 @@ from bundle.transforms import CheckVolumed, ScaleByPercentiled, UndersampleKspac
 __all__ = (
     "CheckVolumed", "InputError", "ResidualUNet", "SSIMWeightedLoss", "ScaleByPercentiled", "SliceDataset",
     "UndersampleKspaced", "VolumeReconMetric", "checkpoints", "data", "ensure_datalist", "errors", "evaluation",
-    "inference", "load_checkpoint", "load_datalist", "losses", "metrics", "networks", "physics", "transforms",
+    "inference", "load_checkpoint", "load_datalist", "losses", "metrics", "networks", "options", "physics", "transforms",
     "varnet",
 )

@@ -1,10 +1,16 @@
 """Dependable training runs: atomic checkpoints, resuming from the last one, and a stop on a
 non-finite loss. Ignite handlers used by configs/train.yaml.
 
-MONAI's `CheckpointSaver` writes in place (ignite's `DiskSaver(atomic=False)`), so a crash while
-saving can leave a truncated `model.pt`; `AtomicCheckpointSaver` switches its savers to ignite's
-atomic mode (temporary file in the same folder, then rename). MONAI's `CheckpointLoader` raises
-torch's own errors on a missing or corrupt file; `ResumeFromCheckpoint` names the file, and
+MONAI's `CheckpointSaver` writes in place (ignite's `DiskSaver(atomic=False)`), and ignite's
+`Checkpoint` removes the superseded file *before* it writes the new one: a kill in between leaves
+no checkpoint at all (and no `model.pt` while it is being replaced). `AtomicCheckpointSaver` gives
+its checkpoints a `KeepUntilReplaced` save handler: each file is written to a `.tmp-*` file beside
+it, flushed to disk and renamed into place, and the files it supersedes are removed only after
+that. A complete, loadable checkpoint exists at every moment.
+
+`ResumeFromCheckpoint` restores the run (model, optimizer, schedule, trainer, AMP scaler, the best
+validation score so far) and states what happens to options given again on resume; MONAI's
+`CheckpointLoader` raises torch's own errors on a missing or corrupt file, this one names the file.
 `ScalerState` makes the AMP scaler (which MONAI's trainer creates inside `run()`) a checkpoint entry.
 """
 
@@ -17,26 +23,170 @@ import os
 from collections.abc import Mapping
 
 import torch
+from ignite import distributed as idist
 from ignite.engine import Engine, Events
-from ignite.handlers import Checkpoint
+from ignite.handlers import Checkpoint, DiskSaver
 from monai.handlers import CheckpointSaver
 
+from bundle.data.io import TMP_PREFIX, tmp_path_beside
 from bundle.errors import InputError, RunError
+from bundle.networks import metadata_of, safe_load, with_metadata
 
 logger = logging.getLogger(__name__)
 
 
+class KeepUntilReplaced(DiskSaver):
+    """ignite's `DiskSaver` with the order made safe: write to a temporary file beside the target,
+    flush it to disk, rename it over the target, and only then remove the files that `Checkpoint`
+    asked to remove (ignite asks before it saves). Files keep the usual permissions (0666 less
+    the umask)."""
+
+    def __init__(self, dirname: str, filename: str | None = None) -> None:
+        super().__init__(dirname, atomic=True, create_dir=True, require_empty=False)
+        self.filename = filename  # a fixed name (MONAI's key_metric_filename, e.g. model.pt)
+        self.pending: list[str] = []
+
+    def __call__(self, checkpoint, filename: str, metadata=None) -> None:
+        if idist.get_rank() != self.save_on_rank:
+            return
+        filename = self.filename or filename
+        meta = metadata_of(checkpoint)
+        if isinstance(meta, dict) and isinstance(meta.get("score"), dict) and metadata and metadata.get("score_name"):
+            meta["score"] = {k: float(metadata["priority"]) for k in meta["score"]}  # the key metric it was saved for
+            checkpoint = with_metadata(checkpoint, meta)
+        path = os.path.join(self.dirname, filename)
+        tmp = tmp_path_beside(path, ".pt")
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        _fsync_dir(str(self.dirname))
+        for old in self.pending:
+            if old != filename and os.path.exists(os.path.join(self.dirname, old)):
+                os.remove(os.path.join(self.dirname, old))
+        self.pending = []
+
+    def remove(self, filename: str) -> None:
+        self.pending.append(self.filename or filename)  # removed once the next file is in place
+
+
+def _fsync_dir(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 class AtomicCheckpointSaver(CheckpointSaver):
-    """MONAI's `CheckpointSaver` (same arguments) whose files are written to a temporary file
-    beside the target and renamed, so an interrupted save never leaves a truncated checkpoint."""
+    """MONAI's `CheckpointSaver` (same arguments) whose files are written atomically, and whose
+    superseded files are removed only after their successor is in place (`KeepUntilReplaced`)."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         for checkpoint in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
             if checkpoint is not None:
-                # ignite's DiskSaver option (MONAI turns it off only to keep group/other read
-                # permission, which ignite's atomic mode restores after the rename)
-                checkpoint.save_handler._atomic = True
+                fixed = getattr(checkpoint.save_handler, "filename", None)  # MONAI's _DiskSaver keeps it here
+                checkpoint.save_handler = KeepUntilReplaced(self.save_dir, fixed)
+
+    @property
+    def best(self) -> Checkpoint | None:
+        """The best-model checkpoint (its `state_dict` holds the best score and file)."""
+        return self._key_metric_checkpoint
+
+
+class BestScore:
+    """The best validation score so far, as a resumable-checkpoint entry: the state of the
+    best-model saver (`AtomicCheckpointSaver(save_key_metric=True)`), so that a resumed run
+    replaces `model.pt` only with a better model."""
+
+    def __init__(self, saver: AtomicCheckpointSaver) -> None:
+        self.saver = saver
+
+    def state_dict(self) -> dict:
+        best = self.saver.best
+        return {"saved": [(float(p), f) for p, f in best._saved]} if best is not None else {"saved": []}
+
+    def load_state_dict(self, state: dict) -> None:
+        best = self.saver.best
+        if best is not None:
+            best._saved = [Checkpoint.Item(float(p), str(f)) for p, f in state.get("saved", [])]
+
+    def raise_to(self, score: float, filename: str) -> None:
+        """Make `score` (of the model in `filename`) the best so far if it is better."""
+        best = self.saver.best
+        if best is not None and (not best._saved or score > best._saved[-1].priority):
+            best._saved = [Checkpoint.Item(float(score), filename)]
+
+    @property
+    def score(self) -> float | None:
+        best = self.saver.best
+        return float(best._saved[-1].priority) if best is not None and best._saved else None
+
+
+class RunSettings:
+    """The options of a run that a resume must not change silently (a resumable-checkpoint
+    entry): the learning rate and max_epochs it was started with."""
+
+    def __init__(self, learning_rate: float, max_epochs: int) -> None:
+        self.learning_rate, self.max_epochs = float(learning_rate), int(max_epochs)
+        self.loaded: dict | None = None
+
+    def state_dict(self) -> dict:
+        return {"learning_rate": self.learning_rate, "max_epochs": self.max_epochs}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.loaded = dict(state)
+
+
+class SavedModel:
+    """The best model as it is saved: its state dict, carrying what the weights are
+    (`bundle.networks.with_metadata`), as the one entry of the best-model saver's `save_dict` (so
+    MONAI keeps its `key_metric_filename`, model.pt, and the file stays a plain state dict).
+    The metadata (modality, architecture, acquisition, normalisation, bundle version) is checked
+    by `bundle.networks.load_checkpoint`; it also holds the validation score the model was saved
+    with (filled in when it is saved).
+
+    Args:
+        network: the network whose weights are saved (a DDP wrapper is unwrapped).
+        info: the metadata (configs/train.yaml `weights_info`).
+        metric: the key metric's name.
+    """
+
+    def __init__(self, network: torch.nn.Module, info: Mapping, metric: str = "val_ssim") -> None:
+        self.network = getattr(network, "module", network)
+        self.info, self.metric = dict(info), metric
+
+    def metadata(self) -> dict:
+        # the score is filled in by KeepUntilReplaced from the priority ignite saves it with
+        return {**self.info, "score": {self.metric: None}}
+
+    def state_dict(self) -> dict:
+        return with_metadata(self.network.state_dict(), self.metadata())
+
+    def load_state_dict(self, state: Mapping) -> None:
+        self.network.load_state_dict(state)
+
+
+def bundle_version(bundle_root: str) -> str:
+    """The bundle's version (configs/metadata.json), stored in the weights' metadata."""
+    import json
+
+    try:
+        with open(os.path.join(bundle_root, "configs", "metadata.json")) as f:
+            return str(json.load(f)["version"])
+    except (OSError, ValueError, KeyError):
+        return "unknown"
 
 
 def checkpoint_iteration(path: str) -> int:
@@ -52,51 +202,141 @@ def latest_checkpoint(ckpt_dir: str, prefix: str = "last") -> str | None:
     return max(files, key=os.path.getmtime) if files else None
 
 
+OPTIONAL_ENTRIES = ("best", "settings")  # resumable checkpoints of earlier versions lack them
+
+
 class ResumeFromCheckpoint:
-    """Load model, optimizer, scheduler, trainer (epoch and iteration) and AMP scaler from the
-    newest resumable checkpoint when the trainer starts.
+    """Load model, optimizer, scheduler, trainer (epoch and iteration), AMP scaler, the best score
+    and the run's settings from the newest resumable checkpoint when the trainer starts.
+
+    Options given again with `--resume true`:
+    - `learning_rate`: a resumed run keeps its optimizer state and schedule, so a different one is
+      refused (start a new run with `--pretrained` to change it);
+    - `max_epochs`: a larger one extends the run; the cosine schedule then anneals from the current
+      learning rate down to its floor over the added epochs (it never climbs back up); a smaller
+      one than the epoch reached is refused.
+    The best score comes from the checkpoint and from `model.pt`'s own metadata (whichever is
+    better), so the first validation after resuming does not replace a better model.
 
     Args:
         ckpt_dir: where `CheckpointSaver` wrote `<prefix>_checkpoint_*.pt`.
         prefix: the checkpoints' file prefix (`last_prefix` in the configs).
         load_dict: the objects to restore, by the names they were saved under (the scaler as a
-            `ScalerState`).
-        enabled: False does nothing (so the config can always build it).
+            `ScalerState`, the best score as a `BestScore`, the settings as `RunSettings`).
+        enabled: False only removes temporary files left by a killed run (so the config can
+            always build it).
         path: a specific checkpoint instead of the newest one.
+        model_file: the best model's file in `ckpt_dir` (its metadata holds its score).
+        saver: the resumable checkpoints' saver: older resumable checkpoints left beside the one
+            resumed from (by a kill between a save and its clean-up) go once its next file is in place.
     """
 
     def __init__(self, ckpt_dir: str, prefix: str, load_dict: Mapping[str, object], enabled: bool = True,
-                 path: str | None = None) -> None:
+                 path: str | None = None, model_file: str | None = None,
+                 saver: AtomicCheckpointSaver | None = None) -> None:
         self.ckpt_dir, self.prefix, self.enabled = ckpt_dir, prefix, bool(enabled)
         self.load_dict = dict(load_dict)
         self.path = path
+        self.model_file = model_file
+        self.saver = saver
 
     def attach(self, engine: Engine) -> None:
+        remove_temporary_files(self.ckpt_dir)
         if not self.enabled:
             return
         path = self.path or latest_checkpoint(self.ckpt_dir, self.prefix)
         if path is None:
             raise InputError(f"resume: no {self.prefix}_checkpoint_*.pt in {self.ckpt_dir} to resume from")
         self.path = path
-        try:
-            self.state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise InputError(f"checkpoint {path}: corrupt or not a PyTorch checkpoint ({type(e).__name__})") from None
-        missing = [k for k in self.load_dict if k not in self.state]
+        self.state = safe_load(path)
+        if not isinstance(self.state, dict):
+            raise InputError(f"checkpoint {path}: not a resumable checkpoint")
+        missing = [k for k in self.load_dict if k not in self.state and k not in OPTIONAL_ENTRIES]
         if missing:
             raise InputError(f"checkpoint {path}: not a resumable checkpoint (no {', '.join(missing)})")
+        settings = self.state.get("settings")
+        wanted = self.load_dict.get("settings")
+        if isinstance(settings, dict) and isinstance(wanted, RunSettings):
+            old = float(settings.get("learning_rate", wanted.learning_rate))
+            if not math.isclose(old, wanted.learning_rate, rel_tol=1e-9):
+                raise InputError(f"learning_rate: {wanted.learning_rate:g} given, but the run in {path} was started "
+                                 f"with {old:g}; a resumed run keeps its optimizer and schedule (start a new run with "
+                                 f"--pretrained {path} to train on at another rate)")
         engine.add_event_handler(Events.STARTED, self)
 
     def __call__(self, engine: Engine) -> None:
         max_epochs = engine.state.max_epochs
+        to_load = {k: v for k, v in self.load_dict.items() if k in self.state}
         try:
-            Checkpoint.load_objects(to_load=self.load_dict, checkpoint=self.state)
+            Checkpoint.load_objects(to_load=to_load, checkpoint=self.state)
         except (RuntimeError, KeyError, ValueError) as e:
             raise InputError(f"checkpoint {self.path}: does not match this configuration ({str(e).splitlines()[0][:160]})") from None
         if max_epochs is not None and engine.state.epoch > max_epochs:
-            raise InputError(f"checkpoint {self.path}: already at epoch {engine.state.epoch}, beyond max_epochs {max_epochs}")
+            raise InputError(f"max_epochs: {max_epochs} given, but the run in {self.path} has already reached epoch "
+                             f"{engine.state.epoch}")
+        settings = self.load_dict.get("settings")
+        before = (settings.loaded or {}).get("max_epochs") if isinstance(settings, RunSettings) else None
+        scheduler = self.load_dict.get("lr_scheduler")
+        optimizer = self.load_dict.get("optimizer")
+        t_max = getattr(scheduler, "T_max", None)
+        if max_epochs is not None and t_max is not None and optimizer is not None and \
+                max_epochs - engine.state.epoch != t_max - getattr(scheduler, "last_epoch", 0):
+            # the remaining epochs changed: anneal from the current rate to the floor over them
+            lrs = [group["lr"] for group in optimizer.param_groups]  # type: ignore[attr-defined]
+            for group, lr in zip(optimizer.param_groups, lrs):  # type: ignore[attr-defined]
+                group["initial_lr"] = lr
+            scheduler.base_lrs = lrs  # type: ignore[attr-defined]
+            scheduler.T_max = max(1, max_epochs - engine.state.epoch)  # type: ignore[attr-defined]
+            scheduler.last_epoch = 0  # type: ignore[attr-defined]
+            logger.info("max_epochs %s (was %s): the learning rate anneals from %.3g over the remaining %d epochs",
+                        max_epochs, before, lrs[0], scheduler.T_max)  # type: ignore[attr-defined]
+        if isinstance(settings, RunSettings):
+            settings.max_epochs = int(max_epochs or settings.max_epochs)
+        handler = getattr(getattr(self.saver, "_interval_checkpoint", None), "save_handler", None)
+        if isinstance(handler, KeepUntilReplaced):
+            others = glob.glob(os.path.join(glob.escape(self.ckpt_dir), f"{glob.escape(self.prefix)}_checkpoint_*.pt"))
+            handler.pending += [os.path.basename(f) for f in others]  # the one resumed from, too: superseded
         engine.state.max_epochs = max_epochs  # a larger --max_epochs extends the run
-        logger.info("resumed from %s at epoch %d, iteration %d", self.path, engine.state.epoch, engine.state.iteration)
+        best = self.load_dict.get("best")
+        if isinstance(best, BestScore) and self.model_file:
+            model_path = os.path.join(self.ckpt_dir, self.model_file)
+            score = saved_score(model_path)
+            if score is not None:
+                best.raise_to(score, self.model_file)
+        logger.info("resumed from %s at epoch %d, iteration %d%s", self.path, engine.state.epoch, engine.state.iteration,
+                    f"; best validation score so far {best.score:.4f}" if isinstance(best, BestScore) and
+                    best.score is not None else "")
+
+
+def check_resume(resume, ckpt_dir: str, prefix: str) -> None:
+    """Before anything runs: with resume on, a checkpoint to resume from must exist."""
+    from bundle.errors import as_bool
+
+    if as_bool(resume, "resume") and latest_checkpoint(ckpt_dir, prefix) is None:
+        raise InputError(f"resume: no {prefix}_checkpoint_*.pt in {ckpt_dir} to resume from")
+
+
+def saved_score(path: str) -> float | None:
+    """The validation score stored in a model file's metadata (None if it has none)."""
+    if not os.path.isfile(path):
+        return None
+    try:
+        state = safe_load(path)
+    except InputError:
+        return None
+    meta = metadata_of(state)
+    score = meta.get("score") if isinstance(meta, dict) else None
+    return float(next(iter(score.values()))) if isinstance(score, dict) and score else None
+
+
+def remove_temporary_files(folder: str) -> None:
+    """Remove the `.tmp-*` files a killed run left in `folder` (a finished save leaves none)."""
+    if not os.path.isdir(folder):
+        return
+    for name in os.listdir(folder):
+        if name.startswith(TMP_PREFIX) and os.path.isfile(os.path.join(folder, name)):
+            os.remove(os.path.join(folder, name))
+            logger.warning("removed %s, left by an interrupted run", os.path.join(folder, name))
 
 
 class ScalerState:

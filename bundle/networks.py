@@ -20,11 +20,21 @@ from bundle.physics.mri import data_consistency
 VARIANTS = MappingProxyType({"standard": (16, 16, 32, 64, 128, 16), "light": (8, 8, 16, 32, 64, 8)})
 
 
-def variant_features(variant: str) -> list[int]:
-    """The BasicUNet features of a model variant ("standard" or "light")."""
+def variant_features(variant: str | None, ckpt_path: str | None = None) -> list[int]:
+    """The BasicUNet features of a model variant ("standard" or "light"); with variant "auto" (or
+    None), those the checkpoint at `ckpt_path` was trained with (its metadata), else standard."""
+    if variant in (None, "auto"):
+        meta = checkpoint_metadata(ckpt_path) if ckpt_path and os.path.isfile(ckpt_path) else None
+        features = ((meta or {}).get("architecture") or {}).get("features")
+        return [int(f) for f in features] if features else list(VARIANTS["standard"])
     if variant not in VARIANTS:
-        raise InputError(f"unknown model_variant {variant!r}: expected one of {', '.join(VARIANTS)}")
+        raise InputError(f"unknown model_variant {variant!r}: expected one of auto, {', '.join(VARIANTS)}")
     return list(VARIANTS[variant])
+
+
+def variant_name(features) -> str:
+    """"standard", "light" or "custom" for a list of BasicUNet features."""
+    return next((name for name, f in VARIANTS.items() if list(f) == [int(x) for x in features]), "custom")
 
 
 class ResidualUNet(nn.Module):
@@ -69,6 +79,15 @@ class ResidualUNet(nn.Module):
         )
         self.data_consistency = as_bool(data_consistency, "data_consistency")
         self.divisor = 16
+        # what the weights fit (plain types, so TorchScript leaves them alone): `architecture()`
+        self.arch_features: list[int] = [int(f) for f in features]
+        self.arch_norm: str = str(norm)
+
+    @torch.jit.unused
+    def architecture(self) -> dict:
+        """The settings its weights fit (stored in the checkpoint's metadata and checked on loading)."""
+        return {"network": "ResidualUNet", "features": list(self.arch_features), "norm": self.arch_norm,
+                "cascades": len(self.unets), "data_consistency": self.data_consistency}
 
     def forward(
         self, image: torch.Tensor, kspace: Optional[torch.Tensor] = None, mask: Optional[torch.Tensor] = None
@@ -91,20 +110,96 @@ class ResidualUNet(nn.Module):
         return pred
 
 
-def load_checkpoint(network: nn.Module, path: str, map_location: str | torch.device = "cpu") -> nn.Module:
-    """Load weights into `network` from a checkpoint (a state dict or a dict with a "model" entry).
+def safe_load(path: str, map_location: str | torch.device = "cpu"):
+    """`torch.load(weights_only=True)`: tensors and plain containers only, never code from a pickle;
+    anything else (or a corrupt file) is one `InputError` naming the file, and torch's warnings
+    about the pickle protocol of a foreign file stay quiet."""
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise InputError(f"checkpoint {path}: corrupt or not a PyTorch checkpoint ({type(e).__name__})") from None
+
+
+METADATA_KEY = "bundle"  # in the state dict's own `_metadata[""]`, beside torch's version number
+
+
+def metadata_of(state) -> dict | None:
+    """What a loaded checkpoint says it is (modality, architecture, acquisition, normalisation,
+    bundle version, score), or None. The weights stay a plain state dict, which MONAI's
+    `ckpt_export`, MONAI Label and `load_state_dict` read as they are: the metadata rides in the
+    state dict's `_metadata` attribute (torch keeps it through save and `weights_only` load, and
+    modules read only their "version" from it)."""
+    if isinstance(state, dict) and isinstance(state.get("metadata"), dict):  # {"model": ..., "metadata": ...}
+        return dict(state["metadata"])
+    meta = (getattr(state, "_metadata", None) or {}).get("", {}).get(METADATA_KEY)
+    return dict(meta) if isinstance(meta, dict) else None
+
+
+def with_metadata(state_dict: dict, metadata: dict) -> dict:
+    """`state_dict` carrying `metadata` (see `metadata_of`)."""
+    from collections import OrderedDict
+
+    out = OrderedDict(state_dict)
+    out._metadata = OrderedDict(getattr(state_dict, "_metadata", None) or {})  # type: ignore[attr-defined]
+    out._metadata[""] = {**out._metadata.get("", {"version": 1}), METADATA_KEY: dict(metadata)}  # type: ignore[attr-defined]
+    return out
+
+
+def checkpoint_metadata(path: str) -> dict | None:
+    """What the checkpoint at `path` says it is (`metadata_of`), or None for bare weights."""
+    return metadata_of(safe_load(path))
+
+
+def _describe(modality, arch: dict) -> str:
+    feats = arch.get("features")
+    variant = f" {variant_name(feats)}" if arch.get("network") == "ResidualUNet" and feats else ""
+    details = ", ".join(f"{k} {v}" for k, v in arch.items() if k != "network")
+    return f"{modality}{variant} {arch.get('network', '?')} ({details})"
+
+
+def check_metadata(path: str, metadata: dict, network: nn.Module, modality: str | None) -> None:
+    """An `InputError` saying what was expected and what was found when the checkpoint's metadata
+    does not fit `network` (its `architecture()`) or `modality`."""
+    found_modality = metadata.get("modality")
+    found = dict(metadata.get("architecture") or {})
+    describe = getattr(network, "architecture", None)
+    expected = dict(describe()) if callable(describe) else {}
+    keys = [k for k in expected if k in found]
+    wrong_arch = [k for k in keys if _norm(expected[k]) != _norm(found[k])]
+    if (modality and found_modality and modality != found_modality) or wrong_arch:
+        hint = ""
+        if found.get("network") == "ResidualUNet" and "features" in wrong_arch and \
+                variant_name(found.get("features", [])) != "custom":
+            hint = f"; for these weights use --model_variant {variant_name(found['features'])} (or auto)"
+        raise InputError(f"checkpoint {path}: expected {_describe(modality or found_modality, expected)}, found "
+                         f"{_describe(found_modality, found)} weights{hint}")
+
+
+def _norm(value):
+    return [_norm(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
+def load_checkpoint(network: nn.Module, path: str, map_location: str | torch.device = "cpu",
+                    modality: str | None = None) -> nn.Module:
+    """Load weights into `network` from a checkpoint (a state dict, or a dict with a "model" entry
+    and the "metadata" that says what the weights are).
 
     Loaded with `weights_only=True`; a missing, corrupt or mismatched checkpoint raises an
-    `InputError` naming the file.
+    `InputError` naming the file. With metadata, the modality (if given) and the network's
+    `architecture()` must match it: the error says what was expected and what was found.
     """
     if not os.path.isfile(path):
         raise InputError(f"checkpoint {path}: file not found")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:
-        raise InputError(f"checkpoint {path}: corrupt or not a PyTorch checkpoint ({type(e).__name__})") from None
+    state = safe_load(path, map_location)
+    metadata = metadata_of(state)
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
+    if metadata is not None:
+        check_metadata(path, metadata, network, modality)
     if not isinstance(state, dict):
         raise InputError(f"checkpoint {path}: expected a state dict, got {type(state).__name__}")
     try:

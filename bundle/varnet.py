@@ -111,6 +111,8 @@ class VarNet(nn.Module):
         if int(cascades) < 1:
             raise InputError(f"cascades must be at least 1, got {cascades!r}")
         feats = _check_features(features, "features")
+        self.arch: dict = {"network": "VarNet", "cascades": int(cascades), "features": [int(f) for f in feats],
+                     "sens_features": [int(f) for f in sens_features]}
         self.sensitivity = SensitivityNet(sens_features)
         self.cascades = nn.ModuleList(
             [VarNetBlock(ComplexUnet(spatial_dims=2, features=feats)) for _ in range(int(cascades))])
@@ -138,6 +140,10 @@ class VarNet(nn.Module):
             k = cascade(k, ref, m5, smaps)
         image = rss(ifft2c(_complex(k)), 1).unsqueeze(1) * scale
         return image, maps
+
+    def architecture(self) -> dict:
+        """The settings its weights fit (stored in the checkpoint's metadata and checked on loading)."""
+        return dict(self.arch)
 
     def forward(self, kspace: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.reconstruct(kspace, mask)[0]

@@ -9,6 +9,13 @@ The unpacked folder is self-contained: `python -m monai.bundle run` from it impo
 package next to the configs (the current directory comes first on Python's path). Caches, build
 outputs and generated demo datalists are left out; the zip is written to a temporary file and
 renamed.
+
+MONAI Label serves one model per bundle folder, from its `configs/inference.yaml` and
+`models/model.pt`. `--modality ct` (or pet) packs a folder `<modality>_reconstruction/` whose
+`configs/inference.yaml` is the modality's inference config and whose `models/model.pt` is its
+weights (both also kept under their own names), with metadata.json naming it:
+
+    python scripts/pack_bundle.py --modality ct   # -> dist/ct_reconstruction_v<version>.zip
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from bundle.data.io import atomic_output  # noqa: E402
+
 BUNDLE_NAME = "mri_ct_reconstruction"
 INCLUDE = ("configs", "models", "bundle", "scripts", "docs", "LICENSE")
 SKIP_DIRS = {"__pycache__", ".pytest_cache", ".ipynb_checkpoints"}
@@ -47,14 +55,48 @@ def bundle_files(root: str = ROOT) -> list[str]:
     return sorted(out)
 
 
-def pack(out_dir: str, root: str = ROOT, name: str = BUNDLE_NAME) -> str:
+# modality -> (inference config, weights, what the output is): the served model of a MONAI Label folder
+SERVED = {
+    "mri": ("inference.yaml", "model.pt", "MR", "reconstructed magnitude image"),
+    "ct": ("inference_ct.yaml", "model_ct.pt", "CT", "reconstructed CT image (HU)"),
+    "pet": ("inference_pet.yaml", "model_pet.pt", "PT", "reconstructed activity image"),
+}
+
+
+def served_metadata(meta: dict, modality: str) -> dict:
+    """metadata.json of a one-model folder: its name, and what its input and output are."""
+    _, _, code, what = SERVED[modality]
+    meta = json.loads(json.dumps(meta))
+    meta["name"] = f"{modality.upper()} reconstruction"
+    fmt = meta["network_data_format"]
+    for key in ("inputs", "outputs"):
+        entry = next(iter(fmt[key].values()))
+        entry["modality"] = code
+    next(iter(fmt["outputs"].values()))["channel_def"] = {"0": what}
+    return meta
+
+
+def pack(out_dir: str, root: str = ROOT, name: str = BUNDLE_NAME, modality: str | None = None) -> str:
     with open(os.path.join(root, "configs", "metadata.json")) as f:
-        version = json.load(f)["version"]
+        meta = json.load(f)
+    version = meta["version"]
+    if modality is not None and name == BUNDLE_NAME:
+        name = f"{modality}_reconstruction"
     os.makedirs(out_dir, exist_ok=True)
     target = os.path.join(out_dir, f"{name}_v{version}.zip")
+    replaced: dict[str, str | bytes] = {}
+    if modality is not None:
+        config, weights, _, _ = SERVED[modality]
+        replaced = {"configs/inference.yaml": os.path.join(root, "configs", config),
+                    "models/model.pt": os.path.join(root, "models", weights),
+                    "configs/metadata.json": json.dumps(served_metadata(meta, modality), indent=4).encode()}
     with atomic_output(target, ".zip") as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         for rel in bundle_files(root):
-            zf.write(os.path.join(root, rel), f"{name}/{rel}")
+            source = replaced.get(rel, os.path.join(root, rel))
+            if isinstance(source, bytes):
+                zf.writestr(f"{name}/{rel}", source)
+            else:
+                zf.write(source, f"{name}/{rel}")
     return target
 
 
@@ -62,8 +104,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out-dir", default=os.path.join(ROOT, "dist"))
     p.add_argument("--name", default=BUNDLE_NAME, help="bundle (and top folder) name")
+    p.add_argument("--modality", choices=sorted(SERVED), default=None,
+                   help="a one-model folder for MONAI Label: that modality's inference config and weights as "
+                        "configs/inference.yaml and models/model.pt")
     args = p.parse_args(argv)
-    target = pack(args.out_dir, name=args.name)
+    target = pack(args.out_dir, name=args.name, modality=args.modality)
     size = os.path.getsize(target) / 2**20
     print(f"wrote {target} ({size:.1f} MiB, {len(bundle_files())} files)")
     return 0

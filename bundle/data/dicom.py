@@ -201,9 +201,11 @@ def write_dicom_series(
     out_dir: str,
     description: str = "deep-learning reconstruction",
     series_number: int | None = None,
+    overwrite: bool = False,
 ) -> list[str]:
     """Write `volume` (columns, rows, slices, in `source`'s sorted slice order and units) as a
     derived DICOM series in `out_dir`, atomically (written in a temporary folder, then renamed).
+    A non-empty `out_dir` is refused unless `overwrite` (then replaced once the new one is written).
 
     Each slice copies the source slice's patient, study, geometry and frame-of-reference tags; it
     gets a new SeriesInstanceUID and SOPInstanceUID, ImageType DERIVED\\SECONDARY, a reference to
@@ -218,7 +220,7 @@ def write_dicom_series(
     expected = (int(source.headers[0].Columns), int(source.headers[0].Rows), len(source.files))
     if volume.shape != expected:
         raise ValueError(f"volume shape {volume.shape} does not match the source series {expected}")
-    if os.path.exists(out_dir) and os.listdir(out_dir):
+    if not overwrite and os.path.exists(out_dir) and os.listdir(out_dir):
         raise InputError(f"{out_dir}: output folder exists and is not empty; DICOM output needs a new folder")
     lo, hi = float(volume.min()), float(volume.max())
     slope = max(hi - lo, 1e-6) / 65535.0

@@ -21,7 +21,7 @@ from monai.transforms import LoadImage, MapTransform
 
 from bundle.data import dicom, fastmri
 from bundle.data.ctraw import SINOGRAM_SUFFIX, is_htc_file, measured_ct_kind
-from bundle.data.io import check_volume_array, is_nifti, load_nifti_volume
+from bundle.data.io import check_geometry, check_volume_array, is_nifti, load_nifti_volume
 from bundle.data.petlink import HEADER_SUFFIXES, LIST_SUFFIX, is_listmode_file
 from bundle.errors import InputError
 
@@ -119,6 +119,7 @@ def load_input(path: str, series_uid: str | None = None) -> InputVolume:
     if kind == "dicom" or (os.path.isdir(path) and kind is None):
         vol, series = dicom.read_dicom_series(path, series_uid)
         data = check_volume_array(path, np.asarray(vol))
+        check_geometry(path, np.asarray(vol.affine))
         return InputVolume(path, _reference(data, np.asarray(vol.affine)), data, series=series)
     if kind == "fastmri":
         f = fastmri.read_fastmri(path)

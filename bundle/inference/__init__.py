@@ -9,7 +9,8 @@ Label and the evaluation engines call.
 - `ct`: `CTReconstructor`, `CTConsistencyInferer`;
 - `ct_measured`: `MeasuredCTReconstructor` (measured fan- or parallel-beam sinograms);
 - `pet`: `PETReconstructor` (activity maps, given sinograms, list-mode);
-- `xray`: `RadiographReconstructor`.
+- `xray`: `RadiographReconstructor`;
+- `served`: `ReconstructorInferer` (a reconstructor as a MONAI inferer, for MONAI Label).
 """
 
 from bundle.inference.ct import CTConsistencyInferer, CTReconstructor
@@ -18,10 +19,11 @@ from bundle.inference.mri import MRIReconstructor, SliceReconstructionInferer
 from bundle.inference.multicoil import MultiCoilReconstructor
 from bundle.inference.pet import PETReconstructor
 from bundle.inference.runner import InferenceRunner, ras_spacing, resolve_inputs
+from bundle.inference.served import ReconstructorInferer
 from bundle.inference.xray import RadiographReconstructor
 
 __all__ = (
     "CTConsistencyInferer", "CTReconstructor", "InferenceRunner", "MeasuredCTReconstructor", "MRIReconstructor", "MultiCoilReconstructor", "PETReconstructor",
-    "RadiographReconstructor",
+    "RadiographReconstructor", "ReconstructorInferer",
     "SliceReconstructionInferer", "ras_spacing", "resolve_inputs",
 )

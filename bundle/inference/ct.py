@@ -19,7 +19,7 @@ from bundle.data.datasets import slice_axis_index
 from bundle.errors import InputError, check_whole_number
 from bundle.inference.batching import CPU_BATCH_PIXELS, check_cpu_batch_pixels, forward, in_batches, slices_per_call
 from bundle.inference.runner import Reconstructor
-from bundle.transforms.base import slice_seed
+from bundle.transforms.base import content_key, slice_seed
 from bundle.transforms.ct import (
     HU_WINDOW,
     CTAcquisition,
@@ -66,7 +66,7 @@ class CTReconstructor(Reconstructor):
     """Reconstruct CT volumes in HU from a simulated sparse-view / low-dose scan, or a given one.
 
     Each slice along `slice_axis` (of the RAS volume) is scanned with `acquisition` using the
-    volume's in-plane spacing (noise seeded by name and slice, so runs repeat), then reconstructed
+    volume's in-plane spacing (noise seeded by the data and slice, so runs repeat), then reconstructed
     by FBP and by the network, then made consistent with the scan. A given scan replaces the
     simulation: `<name>_sinogram.npy` beside `<name>.nii.gz` (float line integrals, shape
     (slices, views, detectors), slices in the volume's RAS order along `slice_axis`, this bundle's
@@ -172,6 +172,7 @@ class CTReconstructor(Reconstructor):
         out = {key: np.empty(slices.shape, dtype=np.float32) for key in ("recon", "fbp")}
         geom = self.acquisition.geometry(slices.shape[-2:], in_plane)
         network = self.network.to(self.device)
+        key = content_key(volume)  # the noise: seeded by the data, never by the file name
         bar = tqdm(total=slices.shape[0], desc=f"{name}", unit="slice", leave=False, disable=not self.progress)
         per_solve = self._consistency_slices(*slices.shape[-2:])
         pending: list[tuple[int, torch.Tensor, torch.Tensor]] = []  # (start, network output, scan) awaiting consistency
@@ -181,7 +182,7 @@ class CTReconstructor(Reconstructor):
                 scan = sinogram[start:stop].to(self.device)
             else:  # scan simulation and FBP on the device (noise drawn on the CPU, same on any device)
                 hu = torch.from_numpy(np.ascontiguousarray(slices[start:stop])).to(self.device).float()
-                generator = torch.Generator().manual_seed(slice_seed(f"{name}:{start}", "ct", self.acquisition.views))
+                generator = torch.Generator().manual_seed(slice_seed(f"{key}:{start}", "ct", self.acquisition.views))
                 scan, _ = self.acquisition.sinogram(hu_to_unit(hu, self.window), in_plane, generator)
             image = self.acquisition.reconstruct(scan, geom)[:, None]
             step = slices_per_call(len(image), image.shape[-2], image.shape[-1], self.device, self.cpu_batch_pixels)

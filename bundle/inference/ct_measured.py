@@ -96,7 +96,7 @@ class MeasuredCTReconstructor:
         if not self._loaded:
             from bundle.networks import load_checkpoint
 
-            load_checkpoint(self.network, str(self.ckpt_path), self.device)
+            load_checkpoint(self.network, str(self.ckpt_path), self.device, "ct_measured")
             self._loaded = True
 
     @torch.no_grad()

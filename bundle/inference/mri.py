@@ -3,6 +3,7 @@ and the reconstruction of prospectively undersampled fastMRI k-space."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -12,18 +13,23 @@ from monai.inferers import Inferer
 from torch import nn
 
 from bundle.data.datasets import slice_axis_index
-from bundle.data.readers import output_stem
 from bundle.errors import InputError
 from bundle.inference.batching import CPU_BATCH_PIXELS, check_cpu_batch_pixels, forward, in_batches, slices_per_call
 from bundle.inference.runner import Reconstructor
 from bundle.physics.mri import fft2c, undersample
-from bundle.transforms.base import normalisation_scale
+from bundle.transforms.base import content_key, normalisation_scale
 from bundle.transforms.mri import UndersampleKspaced
+
+logger = logging.getLogger(__name__)
+
+
+MIN_SLICE_PIXELS = 8  # BasicUNet halves a slice four times; smaller slices are not images
 
 
 class SliceReconstructionInferer(Inferer):
     """A MONAI `Inferer` for fully sampled volumes: simulate the Cartesian undersampling of each
-    slice along `slice_axis` (a deterministic mask per file and slice) and reconstruct it with the
+    slice along `slice_axis` (a deterministic mask per slice, seeded by the volume's content and
+    `seed`) and reconstruct it with the
     network (with its data-consistency step), in batches.
 
     `inferer(inputs, network)` takes (B, 1, X, Y, Z) normalised RAS volumes (what
@@ -37,6 +43,7 @@ class SliceReconstructionInferer(Inferer):
         slice_axis: "axial", "coronal", "sagittal" or 0, 1, 2 (RAS).
         batch_size: slices per forward pass (on the CPU, fewer: see `cpu_batch_pixels`).
         amp: autocast (CUDA only).
+        seed: changes every mask (the masks depend on the data and this seed only).
         cpu_batch_pixels: on the CPU, at most this many pixels per forward pass (faster there:
             `bundle.inference.batching.CPU_BATCH_PIXELS`); the results are the same up to float rounding.
     """
@@ -50,8 +57,10 @@ class SliceReconstructionInferer(Inferer):
         batch_size: int = 16,
         amp: bool = False,
         cpu_batch_pixels: int = CPU_BATCH_PIXELS,
+        seed: int = 0,
     ) -> None:
         super().__init__()
+        self.seed = int(seed)
         self.undersample = UndersampleKspaced(
             keys="image",
             accelerations=[acceleration],
@@ -73,7 +82,7 @@ class SliceReconstructionInferer(Inferer):
         height, width = slices.shape[-2], slices.shape[-1]
 
         def run(batch: slice) -> dict[str, torch.Tensor]:
-            # masks drawn per slice on the CPU (seeded by file and slice), the FFTs batched on the device
+            # masks drawn per slice on the CPU (seeded by content key and slice), the FFTs batched on the device
             mask = torch.stack([self.undersample.draw({"slice_id": f"{name}:{i}"}, width)[0]
                                 for i in range(batch.start, batch.stop)])
             mask = mask.float().view(-1, 1, 1, width).to(device)
@@ -92,14 +101,17 @@ class SliceReconstructionInferer(Inferer):
         if inputs.ndim != 5 or inputs.shape[1] != 1:
             raise InputError(f"expected a batch of single-channel volumes (B, 1, X, Y, Z), got shape {tuple(inputs.shape)}")
         meta = getattr(inputs, "meta", None) or {}
-        names = meta.get("filename_or_obj", [None] * inputs.shape[0])
-        names = [names] if isinstance(names, str) else list(names)
         network.eval()
         out = torch.zeros(inputs.shape, dtype=torch.float32)
         for b in range(inputs.shape[0]):
             vol = torch.as_tensor(inputs[b, 0]).movedim(self.axis, 0)
-            name = output_stem(str(names[b])) if names[b] else f"volume{b}"
-            out[b, 0] = self.reconstruct_slices(network, vol, name)["recon"].movedim(0, self.axis)
+            # masks seeded by content: the key ScaleByPercentiled computed from the volume before
+            # normalising (as MRIReconstructor does), else the normalised volume's own
+            keys = meta.get("content_key")
+            key = (keys if isinstance(keys, str) else keys[b]) if keys else content_key(inputs[b, 0], self.seed)
+            if keys and self.seed:
+                key = f"{key}:{self.seed}"
+            out[b, 0] = self.reconstruct_slices(network, vol, key)["recon"].movedim(0, self.axis)
         return out
 
 
@@ -108,8 +120,8 @@ class MRIReconstructor(Reconstructor):
     prospectively undersampled fastMRI k-space as acquired.
 
     A fully sampled RAS volume is normalised by its percentile scale (as in training), cut into
-    slices along `slice_axis`, undersampled with a deterministic per-slice mask (seeded by name
-    and slice), reconstructed in batches and scaled back. Outputs "recon", "zero_filled", "mask".
+    slices along `slice_axis`, undersampled with a deterministic per-slice mask (seeded by the
+    data and slice), reconstructed in batches and scaled back. Outputs "recon", "zero_filled", "mask".
 
     Args:
         network: the reconstruction network (eval mode is set here).
@@ -145,6 +157,26 @@ class MRIReconstructor(Reconstructor):
         self.amp = self.inferer.amp and self.device.type == "cuda"
         self.percentile = percentile
 
+    def check(self, path: str, volume: np.ndarray, spacing=None) -> dict:
+        """Slices of at least 8 x 8 pixels, no more undersampling than there are k-space lines, and a
+        warning for a volume without contrast (no anatomy: the network has nothing to go on)."""
+        axis = self.inferer.axis
+        plane = [n for i, n in enumerate(volume.shape) if i != axis]
+        if min(plane) < MIN_SLICE_PIXELS:
+            raise InputError(f"{path}: slices of {plane[0]} x {plane[1]} pixels (slice_axis {axis}); at least "
+                             f"{MIN_SLICE_PIXELS} x {MIN_SLICE_PIXELS} are needed")
+        lines = plane[-1]  # phase encoding along the last in-plane axis (UndersampleKspaced masks W)
+        accel = max(self.inferer.undersample.accelerations)
+        if accel > lines:
+            raise InputError(f"acceleration: {accel:g} is more than the {lines} k-space lines of {path} "
+                             f"(at most {lines})")
+        lo, hi = float(volume.min()), float(volume.max())
+        if hi - lo <= 1e-6 * max(abs(hi), abs(lo), 1e-30):
+            logger.warning("%s: constant volume (every voxel %g): there is no anatomy to reconstruct, and the "
+                           "network's output will ripple around that value (tens of percent); not a meaningful "
+                           "reconstruction", path, hi)
+        return {}
+
     def _normalised_slices(self, volume: np.ndarray, axis: int, name: str) -> tuple[torch.Tensor, float]:
         """(S, H, W) float32 slices along `axis`, divided by the volume's percentile scale; the scale."""
         volume = np.ascontiguousarray(volume, dtype=np.float32)
@@ -160,7 +192,10 @@ class MRIReconstructor(Reconstructor):
             return self._reconstruct_prospective(kspace_grid, name)
         axis = self.inferer.axis
         vol, scale = self._normalised_slices(volume, axis, name)
-        outputs = self.inferer.reconstruct_slices(self.network.to(self.device), vol, name)
+        key = content_key(volume)  # the masks: seeded by the data and the seed, never by the file name
+        if self.inferer.seed:
+            key = f"{key}:{self.inferer.seed}"
+        outputs = self.inferer.reconstruct_slices(self.network.to(self.device), vol, key)
         return {key: np.moveaxis(value.numpy() * (scale if key != "mask" else 1.0), 0, axis)
                 for key, value in outputs.items()}
 

@@ -2,7 +2,7 @@
 grid by the unrolled network (or a classical baseline), slice by slice.
 
 A fully sampled file is undersampled retrospectively with one Cartesian mask for the whole file
-(every coil and slice, as a scanner does; seeded by the file name, so reruns agree); a file with
+(every coil and slice, as a scanner does; seeded by the k-space itself, so reruns and renamed copies agree); a file with
 a mask (or with k-space that is zero off the acquired samples) is reconstructed as acquired.
 Outputs, arrays (H, W, slices) in the axes of the k-space (H readout, W phase encoding) on the
 RSS scale of the data, cropped only to the header's reconstruction size:
@@ -24,7 +24,7 @@ from bundle.errors import InputError
 from bundle.parallel_imaging import METHODS, classical, sensitivities
 from bundle.physics.mri import cartesian_mask, check_acceleration, check_mask_type, default_center_fraction, ifft2c
 from bundle.physics.mri_sense import acs_window, rss
-from bundle.transforms.base import slice_seed
+from bundle.transforms.base import content_key, slice_seed
 from bundle.varnet import VarNet
 
 MULTICOIL_METHODS = ("varnet", *METHODS)
@@ -75,10 +75,11 @@ class MultiCoilReconstructor:
             self.outputs = (*self.outputs, "maps")
 
     def mask_of(self, raw: RawKspace, name: str) -> np.ndarray:
-        """The acquired samples: the file's own, or a retrospective (W,) mask seeded by `name`."""
+        """The acquired samples: the file's own, or a retrospective (W,) mask seeded by the k-space
+        itself (`name` is only for messages): the same data under any name gets the same mask."""
         if raw.mask is not None:
             return raw.mask
-        rng = np.random.default_rng(slice_seed(name, "multicoil", self.mask_type, self.acceleration, self.center_fraction))
+        rng = np.random.default_rng(slice_seed(content_key(np.abs(raw.kspace)), "multicoil", self.mask_type, self.acceleration, self.center_fraction))
         return cartesian_mask(raw.kspace.shape[-1], self.acceleration, self.center_fraction, self.mask_type, rng).numpy()
 
     def check(self, raw: RawKspace, name: str) -> dict:

@@ -20,7 +20,7 @@ from bundle.errors import InputError
 from bundle.inference.batching import forward
 from bundle.inference.runner import Reconstructor
 from bundle.physics.pet import MU_SOFT_TISSUE, PETOperator, check_activity, check_mu, flat_background, osem
-from bundle.transforms.base import slice_seed
+from bundle.transforms.base import content_key, slice_seed
 from bundle.transforms.pet import PETAcquisition, activity_scale
 
 
@@ -45,7 +45,7 @@ class PETReconstructor(Reconstructor):
     """Reconstruct PET activity maps slice by slice (axial, RAS), and real list-mode scans.
 
     An activity map `<name>.nii.gz` (any activity unit, >= 0) is scanned with `acquisition` at its
-    count fraction (Poisson noise seeded by name and slice: runs repeat) using `<name>_mu.nii.gz`
+    count fraction (Poisson noise seeded by the data and slice: runs repeat) using `<name>_mu.nii.gz`
     beside it as the 511 keV mu-map (same shape and affine, values in [0, 0.05] /mm), or, without
     one, a water-filled body outline. A given `<name>_sinogram.npy` (counts, (slices, views, bins)
     in this geometry, slices in RAS order) replaces the simulation: it is taken as prompts with the
@@ -165,12 +165,13 @@ class PETReconstructor(Reconstructor):
         pixel_mm = float(spacing[self.cols])
         recon, base = torch.zeros_like(act), torch.zeros_like(act)
         todo = [z for z in range(act.shape[0]) if float(act[z].max()) > 0]
+        key = content_key(volume)  # the Poisson noise: seeded by the data, never by the file name
         steps = range(0, len(todo), self.batch_size)
         for start in tqdm(steps, desc=f"{name}: PET slices", unit="batch", disable=not self.progress, leave=False):
             idx = todo[start:start + self.batch_size]
             a, m = act[idx].to(self.device), mus[idx].to(self.device)
             if sinogram is None:
-                gens = [torch.Generator().manual_seed(slice_seed(name, z, "pet")) for z in idx]
+                gens = [torch.Generator().manual_seed(slice_seed(key, z, "pet")) for z in idx]
                 op, counts, bg = acq.simulate(a, m, pixel_mm, generators=gens)
             else:
                 counts = torch.from_numpy(sinogram[idx]).to(self.device)
@@ -190,7 +191,7 @@ class PETReconstructor(Reconstructor):
         if self.ckpt_path:
             from bundle.networks import load_checkpoint
 
-            load_checkpoint(self.network, self.ckpt_path, self.device)
+            load_checkpoint(self.network, self.ckpt_path, self.device, "pet")
             self.network.eval()
             self.ckpt_path = None
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -26,7 +28,7 @@ from tqdm import tqdm
 
 from bundle.data.ctraw import measured_ct_kind, read_measured_ct
 from bundle.data.dicom import write_dicom_series
-from bundle.data.io import save_nifti_array, save_nifti_like
+from bundle.data.io import TMP_PREFIX, save_nifti_array, save_nifti_like, tmp_path_beside
 from bundle.data.rawkspace import is_ismrmrd, read_raw
 from bundle.data.readers import InputVolume, input_kind, list_inputs, load_input, output_stem
 from bundle.errors import InputError
@@ -91,11 +93,14 @@ class InferenceRunner:
             referencing the source, for each of the reconstructor's `dicom_outputs`.
         series_uid: the series to read from DICOM folders that hold several.
         progress: a progress bar over the volumes.
+        overwrite: replace the outputs of an earlier run (named in a warning); without it, a
+            folder holding any output this run would write is refused before anything is written.
     """
 
     def __init__(self, reconstructor, output_dicom: bool = False, series_uid: str | None = None,
-                 progress: bool = True, multicoil=None, measured=None) -> None:
+                 progress: bool = True, multicoil=None, measured=None, overwrite: bool = False) -> None:
         self.reconstructor = reconstructor
+        self.overwrite = bool(overwrite)
         self.measured = measured
         self.output_dicom = bool(output_dicom)
         self.series_uid = series_uid
@@ -165,6 +170,27 @@ class InferenceRunner:
             extra["kspace_grid"] = item.kspace_grid
         return _Prepared(item, output_stem(path), volume, spacing, from_ras, extra)
 
+    def _output_names(self, p: _Prepared) -> list[str]:
+        """The file and folder names `p` will write in the output folder."""
+        if p.raw_path is not None:
+            names = list(p.extra["reconstructor"].outputs)
+        elif "scan" in p.extra:
+            names = list(p.extra.get("scan_reconstructor", self.measured).outputs)
+        else:
+            names = list(self.reconstructor.outputs)
+        out = [f"{p.stem}_{name}.nii.gz" for name in names]
+        if self.output_dicom and p.item is not None and p.item.series is not None:
+            out += [f"{p.stem}_{name}_dicom" for name in self.reconstructor.dicom_outputs]
+        return out
+
+    @staticmethod
+    def _bytes_needed(p: _Prepared, n_outputs: int) -> int:
+        """An upper bound of what `p` writes: float32 (uncompressed) per output, or the raw file's size."""
+        if p.volume is not None:
+            return int(p.volume.size) * 4 * n_outputs + 2**16
+        path = p.raw_path or getattr(p.extra.get("scan"), "path", None)
+        return (os.path.getsize(path) if path and os.path.isfile(path) else 2**24) * max(1, n_outputs)
+
     def run(self, inputs: Sequence[str] | str, output_dir: str) -> list[str]:
         """Every input is loaded and checked, and the output folder too, before anything is
         written. Returns the written paths."""
@@ -184,30 +210,44 @@ class InferenceRunner:
         for f in files:
             if os.path.dirname(os.path.abspath(f)) == out_abs and output_stem(f).endswith(suffixes):
                 raise InputError(f"{f}: looks like an output of this bundle; use another input_dir")
-        check_output_dir(output_dir)
+        planned = {p.stem: self._output_names(p) for p in prepared}
+        existing = sorted(n for ns in planned.values() for n in ns if os.path.lexists(os.path.join(output_dir, n)))
+        if existing and not self.overwrite:
+            shown = ", ".join(existing[:3]) + (f" and {len(existing) - 3} more" if len(existing) > 3 else "")
+            raise InputError(f"output_dir {output_dir}: holds earlier results that this run would replace ({shown}); "
+                             "use --overwrite true to replace them, or another output_dir")
+        needed = sum(self._bytes_needed(p, len(planned[p.stem])) for p in prepared)
+        check_output_dir(output_dir, needed)
+        remove_leftovers(output_dir)
+        if existing:
+            logger.warning("replacing %d earlier output(s) in %s: %s", len(existing), output_dir, ", ".join(existing))
         written: list[str] = []
         for p in tqdm(prepared, desc="reconstructing", unit="vol", disable=not self.progress):
-            if p.raw_path is not None:
-                written += self._write_raw(p, output_dir)
-                continue
-            if "scan" in p.extra:
-                written += self._write_measured(p, output_dir)
-                continue
-            assert p.item is not None and p.from_ras is not None
-            result = self.reconstructor.reconstruct(p.volume, p.spacing, p.stem, **p.extra)
-            result = {key: apply_orientation(value, p.from_ras) for key, value in result.items()}
-            for key, value in result.items():
-                out = os.path.join(output_dir, f"{p.stem}_{key}.nii.gz")
-                save_nifti_like(value, p.item.reference, out)
-                written.append(out)
-            if self.output_dicom and p.item.series is not None:
-                for key in self.reconstructor.dicom_outputs:
-                    out = os.path.join(output_dir, f"{p.stem}_{key}_dicom")
-                    written += write_dicom_series(result[key], p.item.series, out,
-                                                  description=f"{key} (deep-learning reconstruction bundle)")
-            logger.info("%s -> %s_{%s}.nii.gz", p.item.path, os.path.join(output_dir, p.stem), ",".join(result))
+            try:
+                written += self._write_one(p, output_dir)
+            except OSError as e:  # e.g. the disk filled up while writing: one line, the earlier outputs kept
+                raise InputError(f"output_dir {output_dir}: writing the outputs of {p.stem} failed "
+                                 f"({e.strerror or e}); {len(written)} file(s) of earlier volumes were written") from None
         return written
 
+    def _write_one(self, p: _Prepared, output_dir: str) -> list[str]:
+        if p.raw_path is not None:
+            return self._write_raw(p, output_dir)
+        if "scan" in p.extra:
+            return self._write_measured(p, output_dir)
+        assert p.item is not None and p.from_ras is not None
+        result = self.reconstructor.reconstruct(p.volume, p.spacing, p.stem, **p.extra)
+        result = {key: apply_orientation(value, p.from_ras) for key, value in result.items()}
+        check_finite(result, p.item.path)
+        outputs = {os.path.join(output_dir, f"{p.stem}_{key}.nii.gz"): value for key, value in result.items()}
+        written = write_set(outputs, p.item.reference)
+        if self.output_dicom and p.item.series is not None:
+            for key in self.reconstructor.dicom_outputs:
+                out = os.path.join(output_dir, f"{p.stem}_{key}_dicom")
+                written += write_dicom_series(result[key], p.item.series, out, overwrite=self.overwrite,
+                                              description=f"{key} (deep-learning reconstruction bundle)")
+        logger.info("%s -> %s_{%s}.nii.gz", p.item.path, os.path.join(output_dir, p.stem), ",".join(result))
+        return written
 
     @staticmethod
     def _write_raw(p: _Prepared, output_dir: str) -> list[str]:
@@ -219,11 +259,8 @@ class InferenceRunner:
         raw = read_raw(p.raw_path)  # checked in `prepare`
         result = rec.reconstruct_raw(raw, p.stem, **extra)
         affine = np.diag([*p.spacing, 1.0])
-        written = []
-        for key, value in result.items():
-            out = os.path.join(output_dir, f"{p.stem}_{key}.nii.gz")
-            save_nifti_array(value, affine, out)
-            written.append(out)
+        check_finite(result, raw.path)
+        written = write_set({os.path.join(output_dir, f"{p.stem}_{key}.nii.gz"): v for key, v in result.items()}, affine)
         logger.info("%s -> %s_{%s}.nii.gz", raw.path, os.path.join(output_dir, p.stem), ",".join(result))
         return written
 
@@ -235,23 +272,93 @@ class InferenceRunner:
         rec = p.extra.get("scan_reconstructor", self.measured)
         result = rec.reconstruct_scan(scan, p.stem)
         affine = rec.affine(scan)
-        written = []
-        for key, value in result.items():
-            out = os.path.join(output_dir, f"{p.stem}_{key}.nii.gz")
-            save_nifti_array(value, affine, out)
-            written.append(out)
+        check_finite(result, scan.path)
+        written = write_set({os.path.join(output_dir, f"{p.stem}_{key}.nii.gz"): v for key, v in result.items()}, affine)
         logger.info("%s -> %s_{%s}.nii.gz%s", scan.path, os.path.join(output_dir, p.stem), ",".join(result),
                     f" ({scan.notes})" if scan.notes else "")
         return written
 
 
-def check_output_dir(output_dir: str) -> None:
-    """Make `output_dir` if needed; an `InputError` if it cannot hold outputs."""
-    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+def check_output_dir(output_dir: str, needed_bytes: int = 0) -> None:
+    """Make `output_dir` if needed and prove that it can hold the outputs: a probe file written,
+    flushed to disk, renamed and removed (permission bits say nothing to root, or on a read-only
+    mount), and `needed_bytes` of free space. An `InputError` if not; a folder made here is
+    removed again then."""
+    if os.path.lexists(output_dir) and not os.path.isdir(output_dir):
         raise InputError(f"output_dir {output_dir}: exists and is not a folder")
+    made = not os.path.exists(output_dir)
     try:
         os.makedirs(output_dir, exist_ok=True)
     except OSError as e:
-        raise InputError(f"output_dir {output_dir}: cannot be created ({e.strerror})") from None
-    if not os.access(output_dir, os.W_OK | os.X_OK):
-        raise InputError(f"output_dir {output_dir}: not writable")
+        raise InputError(f"output_dir {output_dir}: cannot be created ({e.strerror or e})") from None
+    probe = None
+    try:
+        fd, probe = tempfile.mkstemp(prefix=TMP_PREFIX + "probe-", dir=output_dir)
+        with os.fdopen(fd, "wb") as f:
+            f.write(b"\0" * 4096)
+            f.flush()
+            os.fsync(f.fileno())
+        renamed = probe + "-renamed"
+        os.replace(probe, renamed)
+        probe = renamed
+        free = shutil.disk_usage(output_dir).free
+        if free < needed_bytes:
+            raise InputError(f"output_dir {output_dir}: {free / 2**20:.1f} MiB free, the outputs need up to "
+                             f"{needed_bytes / 2**20:.1f} MiB")
+    except OSError as e:
+        _undo(output_dir, probe, made)
+        raise InputError(f"output_dir {output_dir}: cannot write there ({e.strerror or e})") from None
+    except InputError:
+        _undo(output_dir, probe, made)
+        raise
+    _undo(output_dir, probe, False)
+
+
+def _undo(output_dir: str, probe: str | None, remove_dir: bool) -> None:
+    try:
+        if probe is not None and os.path.exists(probe):
+            os.remove(probe)
+        if remove_dir:
+            os.rmdir(output_dir)
+    except OSError:
+        pass
+
+
+def remove_leftovers(output_dir: str) -> None:
+    """Remove temporary files and folders that a killed run left in `output_dir` (`.tmp-*`: the
+    bundle's own prefix; a finished run leaves none)."""
+    for name in os.listdir(output_dir):
+        if name.startswith(TMP_PREFIX):
+            path = os.path.join(output_dir, name)
+            shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.remove(path)
+            logger.warning("removed %s, left by an interrupted run", path)
+
+
+def check_finite(result: dict, source: str) -> None:
+    """Refuse to write non-finite reconstructions (a wrong output must never look like a result)."""
+    for key, value in result.items():
+        if not np.isfinite(np.asarray(value)).all():
+            raise InputError(f"{source}: the {key} output is not finite (NaN or infinite values); nothing written "
+                             "for this input")
+
+
+def write_set(outputs: dict[str, np.ndarray], reference) -> list[str]:
+    """Write the outputs of one input as a set: each to a temporary file first, then all renamed
+    in a row, so an interruption while writing leaves the previous set (or none), not a mix.
+    `reference`: the input's NIfTI image (its header and affine) or a 4x4 affine."""
+    temps: dict[str, str] = {}
+    try:
+        for path, value in outputs.items():
+            tmp = tmp_path_beside(path, ".nii.gz")
+            temps[path] = tmp
+            if isinstance(reference, nib.Nifti1Image):
+                save_nifti_like(value, reference, tmp)
+            else:
+                save_nifti_array(value, reference, tmp)
+        for path, tmp in temps.items():
+            os.replace(tmp, path)
+    finally:
+        for tmp in temps.values():
+            if os.path.exists(tmp):
+                os.remove(tmp)
+    return list(outputs)

@@ -8,7 +8,7 @@ from torch import nn
 
 from bundle.inference.batching import forward
 from bundle.inference.runner import Reconstructor
-from bundle.transforms.base import normalisation_scale
+from bundle.transforms.base import content_key, normalisation_scale
 from bundle.transforms.xray import LowDoseRadiographd
 
 
@@ -16,7 +16,7 @@ class RadiographReconstructor(Reconstructor):
     """Simulate a low-dose acquisition of radiographs stored as (X, Y, 1) and denoise it.
 
     Outputs "recon" (network) and "low_dose", on the input's intensity scale. The noise is seeded
-    by name and slice, so runs repeat.
+    by the data and slice, so runs repeat (and renamed copies agree).
 
     Args:
         network: the denoising network (eval mode is set here).
@@ -51,8 +51,9 @@ class RadiographReconstructor(Reconstructor):
         scale = normalisation_scale(vol, self.percentile, name)
         recon, noisy = torch.zeros_like(vol), torch.zeros_like(vol)
         network = self.network.to(self.device)
+        key = content_key(vol)  # the noise: seeded by the data, never by the file name
         for z in range(vol.shape[2]):
-            d = self.noise({"image": (vol[:, :, z] / scale)[None], "slice_id": f"{name}:{z}"})
+            d = self.noise({"image": (vol[:, :, z] / scale)[None], "slice_id": f"{key}:{z}"})
             pred = forward(network, d["image"][None].to(self.device), self.amp)
             recon[:, :, z] = pred[0, 0].cpu() * scale
             noisy[:, :, z] = d["image"][0] * scale

@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from bundle.errors import InputError
 from bundle.physics.operator import LinearOperator
 
 MASK_TYPES = ("equispaced", "random")
@@ -53,13 +54,18 @@ def default_center_fraction(acceleration: float) -> float:
 
 
 def check_acceleration(acceleration: float) -> None:
-    if not np.isfinite(acceleration) or acceleration < 1:
-        raise ValueError(f"acceleration must be a number >= 1, got {acceleration!r}")
+    """An `InputError` (a `ValueError`) unless `acceleration` is a finite number >= 1."""
+    try:
+        ok = not isinstance(acceleration, bool) and bool(np.isfinite(float(acceleration))) and float(acceleration) >= 1
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise InputError(f"acceleration must be a number >= 1, got {acceleration!r}")
 
 
 def check_mask_type(mask_type: str) -> None:
     if mask_type not in MASK_TYPES:
-        raise ValueError(f"unknown mask_type {mask_type!r}: expected one of {', '.join(MASK_TYPES)}")
+        raise InputError(f"unknown mask_type {mask_type!r}: expected one of {', '.join(MASK_TYPES)}")
 
 
 def cartesian_mask(

@@ -3,10 +3,12 @@ the base of the seeded acquisition simulators."""
 
 from __future__ import annotations
 
+import hashlib
 import zlib
 from collections.abc import Hashable, Mapping
 from typing import Any
 
+import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, RandomizableTransform
@@ -17,6 +19,17 @@ from bundle.errors import InputError
 def slice_seed(*keys: object) -> int:
     """A seed that depends only on `keys` (e.g. file name and slice index), stable across runs and machines."""
     return zlib.crc32(":".join(str(k) for k in keys).encode()) & 0x7FFFFFFF
+
+
+def content_key(array, seed: int = 0) -> str:
+    """A key for seeding a simulated acquisition from the data itself (not the file name): a hash of
+    the array's float32 values and shape, and the configured `seed`. The same data under any file
+    name, or uploaded twice to a server under random temporary names, gets the same acquisition."""
+    a = array.detach().cpu().numpy() if torch.is_tensor(array) else array
+    a = np.ascontiguousarray(np.asarray(a, dtype=np.float32))
+    h = hashlib.blake2b(a.tobytes(), digest_size=8)
+    h.update(repr((a.shape, int(seed))).encode())
+    return h.hexdigest()
 
 
 def source_name(img) -> str:
@@ -101,7 +114,10 @@ class ScaleByPercentiled(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             scale = normalisation_scale(torch.as_tensor(d[key]), self.percentile, source_name(d[key]))
+            key_of_content = content_key(torch.as_tensor(d[key]).squeeze(0)) if hasattr(d[key], "meta") else None
             d[key] = d[key] / scale
+            if key_of_content is not None:  # MRI inference seeds its masks from it (SliceReconstructionInferer)
+                d[key].meta["content_key"] = key_of_content
             d[f"{key}_{self.postfix}"] = scale
         return d
 
