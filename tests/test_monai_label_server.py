@@ -125,9 +125,17 @@ def cli_recon(config: str, path: Path, out: Path) -> np.ndarray:
     return np.asarray(nib.load(str(out / path.name.replace(".nii.gz", "_recon.nii.gz"))).dataobj, dtype=np.float32)
 
 
-def check_orientations(server: Server, model: str, config: str, volume: np.ndarray, tmp: Path) -> list[str]:
+def isotropic(affine: np.ndarray, mm: float = 2.0) -> np.ndarray:
+    """The same orientation with `mm` voxels (PET slices need square pixels in every orientation)."""
+    out = affine.copy()
+    out[:3, :3] = np.sign(affine[:3, :3]) * mm
+    return out
+
+
+def check_orientations(server: Server, model: str, config: str, volume: np.ndarray, tmp: Path,
+                       orientations: dict | None = None) -> list[str]:
     report = []
-    for name, affine in ORIENTATIONS.items():
+    for name, affine in (orientations or ORIENTATIONS).items():
         folder = tmp / f"in_{model}_{name}"
         folder.mkdir()
         path = folder / f"{name.lower()}.nii.gz"
@@ -181,7 +189,8 @@ def test_bundle_app_serves_mri_ct_and_pet_as_images(site, tmp_path):
         head = (phantom_volume((48, 48, 24), seed=5) * 10 - 1000).astype(np.float32)  # HU
         report += check_orientations(server, ct, "configs/inference_ct.yaml", head, tmp_path)
         activity = (phantom_volume((48, 48, 24), seed=6) / 25).astype(np.float32)
-        report += check_orientations(server, pet, "configs/inference_pet.yaml", activity, tmp_path)
+        report += check_orientations(server, pet, "configs/inference_pet.yaml", activity, tmp_path,
+                                     {name: isotropic(a) for name, a in ORIENTATIONS.items()})
     finally:
         server.stop()
     assert server.proc.poll() is not None

@@ -73,3 +73,33 @@ def test_cascades():
         assert net(torch.rand(1, 1, 24, 40)).shape == (1, 1, 24, 40)
     with pytest.raises(InputError, match="cascades"):
         ResidualUNet(cascades=0)
+
+
+def test_weights_carry_their_metadata_and_loading_checks_it(tmp_path):
+    from conftest import ROOT
+
+    from bundle.networks import checkpoint_metadata, metadata_of, variant_features, with_metadata
+
+    net = ResidualUNet(features=(4, 4, 8, 8, 16, 4), norm="batch")
+    info = {"modality": "ct", "architecture": net.architecture(), "acquisition": {"views": 60}}
+    torch.save(with_metadata(net.state_dict(), info), tmp_path / "w.pt")
+    state = torch.load(tmp_path / "w.pt", weights_only=True)
+    assert metadata_of(state) == info and set(state) == set(net.state_dict())  # still a plain state dict
+    load_checkpoint(ResidualUNet(features=(4, 4, 8, 8, 16, 4), norm="batch"), str(tmp_path / "w.pt"), modality="ct")
+    with pytest.raises(InputError, match=r"w.pt: expected mri custom ResidualUNet \(.*\), found ct custom "
+                                         r"ResidualUNet \(.*\) weights"):
+        load_checkpoint(ResidualUNet(features=(4, 4, 8, 8, 16, 4), norm="batch"), str(tmp_path / "w.pt"), modality="mri")
+    with pytest.raises(InputError, match=r"expected ct custom ResidualUNet \(features \[4, 4, 8, 8, 16, 4\], norm "
+                                         r"instance.*found ct"):
+        load_checkpoint(ResidualUNet(features=(4, 4, 8, 8, 16, 4)), str(tmp_path / "w.pt"), modality="ct")
+    # the shipped weights: each says what it is, and the light variant is read from its file
+    expected = {"model.pt": "mri", "model_light.pt": "mri", "model_ct.pt": "ct", "model_ct_lowdose.pt": "ct",
+                "model_ct_real.pt": "ct_measured", "model_multicoil.pt": "mri_multicoil", "model_pet.pt": "pet",
+                "model_xray.pt": "xray"}
+    for name, modality in expected.items():
+        meta = checkpoint_metadata(str(ROOT / "models" / name))
+        assert meta["modality"] == modality and meta["bundle_version"] and meta["acquisition"], name
+    assert variant_features("auto", str(ROOT / "models" / "model_light.pt")) == [8, 8, 16, 32, 64, 8]
+    assert variant_features("auto", str(ROOT / "models" / "model.pt")) == [16, 16, 32, 64, 128, 16]
+    lowdose = checkpoint_metadata(str(ROOT / "models" / "model_ct_lowdose.pt"))
+    assert lowdose["acquisition"]["incident_photons"] == 10000

@@ -211,7 +211,11 @@ class InferenceRunner:
             if os.path.dirname(os.path.abspath(f)) == out_abs and output_stem(f).endswith(suffixes):
                 raise InputError(f"{f}: looks like an output of this bundle; use another input_dir")
         planned = {p.stem: self._output_names(p) for p in prepared}
-        existing = sorted(n for ns in planned.values() for n in ns if os.path.lexists(os.path.join(output_dir, n)))
+        present = {stem: [n for n in names if os.path.lexists(os.path.join(output_dir, n))]
+                   for stem, names in planned.items()}
+        # an incomplete set (an interrupted run): redone without asking; a complete one is a result
+        incomplete = sorted(n for stem, ns in present.items() if 0 < len(ns) < len(planned[stem]) for n in ns)
+        existing = sorted(n for stem, ns in present.items() if len(ns) == len(planned[stem]) for n in ns)
         if existing and not self.overwrite:
             shown = ", ".join(existing[:3]) + (f" and {len(existing) - 3} more" if len(existing) > 3 else "")
             raise InputError(f"output_dir {output_dir}: holds earlier results that this run would replace ({shown}); "
@@ -221,6 +225,9 @@ class InferenceRunner:
         remove_leftovers(output_dir)
         if existing:
             logger.warning("replacing %d earlier output(s) in %s: %s", len(existing), output_dir, ", ".join(existing))
+        if incomplete:
+            logger.warning("redoing the incomplete output sets of an interrupted run in %s (%s)", output_dir,
+                           ", ".join(incomplete))
         written: list[str] = []
         for p in tqdm(prepared, desc="reconstructing", unit="vol", disable=not self.progress):
             try:
@@ -244,7 +251,7 @@ class InferenceRunner:
         if self.output_dicom and p.item.series is not None:
             for key in self.reconstructor.dicom_outputs:
                 out = os.path.join(output_dir, f"{p.stem}_{key}_dicom")
-                written += write_dicom_series(result[key], p.item.series, out, overwrite=self.overwrite,
+                written += write_dicom_series(result[key], p.item.series, out, overwrite=True,  # checked in run()
                                               description=f"{key} (deep-learning reconstruction bundle)")
         logger.info("%s -> %s_{%s}.nii.gz", p.item.path, os.path.join(output_dir, p.stem), ",".join(result))
         return written

@@ -225,3 +225,38 @@ def test_dicom_series_through_the_bundle(tmp_path):
     assert res.stderr.strip().splitlines()[-1].startswith("error: ") and "holds 2 series" in res.stderr
     assert not (tmp_path / "out2").exists()
     assert load_input(str(tmp_path / "in2" / "two"), "1.2.3.2").series.uid == "1.2.3.2"  # what --series_uid passes
+
+
+def test_dicom_rerun_is_refused_whole_or_replaced_whole(tmp_path):
+    """A rerun into a folder with NIfTI and DICOM results: refused before anything changes; with
+    --overwrite true both the NIfTI files and the derived DICOM series are replaced, consistently,
+    and the series folder has the usual permissions (not mkdtemp's 0700)."""
+    import os
+
+    from conftest import phantom_volume, run_bundle
+
+    phantom = phantom_volume((64, 64, 3), seed=2)
+    hu = np.where(phantom > 0, phantom * 2.0, -1000.0).astype(np.float32)
+    write_series(tmp_path / "in" / "s", hu, spacing=(0.9, 0.9), iop=(1, 0, 0, 0, 1, 0))
+    out = tmp_path / "out"
+    base = ["--config_file", "configs/inference_ct.yaml", "--input_dir", str(tmp_path / "in"), "--output_dir", str(out),
+            "--output_dicom", "true", "--dc_iterations", "0"]
+    assert run_bundle(*base).returncode == 0
+
+    def state():
+        return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+    first = state()
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (os.stat(out / "s_recon_dicom").st_mode & 0o777) == (0o777 & ~umask)
+    res = run_bundle(*base, "--views", "30")
+    assert res.returncode == 1 and res.stderr.strip().splitlines()[-1].startswith("error: output_dir ")
+    assert "s_recon_dicom" in res.stderr and state() == first
+    res = run_bundle(*base, "--views", "30", "--overwrite", "true")
+    assert res.returncode == 0, res.stderr[-2000:]
+    recon = nib.load(str(out / "s_recon.nii.gz"))
+    back, _ = read_dicom_series(str(out / "s_recon_dicom"))
+    np.testing.assert_allclose(np.asarray(back), recon.get_fdata(), atol=0.1)  # the DICOM is the new result
+    assert state()[str(Path("s_recon.nii.gz"))] != first["s_recon.nii.gz"]
+    assert not [p for p in out.iterdir() if p.name.startswith(".tmp-")]

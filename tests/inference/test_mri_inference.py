@@ -141,3 +141,34 @@ def test_cpu_slices_per_call_follow_the_pixels_and_do_not_change_the_reconstruct
     np.testing.assert_allclose(small["recon"], whole["recon"], rtol=0, atol=1e-5 * np.abs(whole["recon"]).max())
     with pytest.raises(InputError, match="cpu_batch_pixels"):
         SliceReconstructionInferer(cpu_batch_pixels=0)
+
+
+def test_the_same_data_under_any_name_gets_the_same_masks_and_output(tmp_path):
+    """Seeded by content (a hash of the volume) and the configured seed, never by the file name:
+    two copies under different names reconstruct identically; another seed draws other masks."""
+    (tmp_path / "in").mkdir()
+    vol = phantom_volume((32, 48, 4), seed=9) * 7
+    write_nifti(tmp_path / "in" / "first.nii.gz", vol)
+    write_nifti(tmp_path / "in" / "upload_tmp8f3k.nii.gz", vol)
+    InferenceRunner(MRIReconstructor(ResidualUNet(features=(4, 4, 8, 8, 16, 4)), mask_type="random"),
+                    progress=False).run(str(tmp_path / "in"), str(tmp_path / "out"))
+    out = {n: np.asarray(nib.load(str(tmp_path / "out" / f"{n}_{k}.nii.gz")).dataobj)
+           for n in ("first", "upload_tmp8f3k") for k in ("recon", "mask")}
+    np.testing.assert_array_equal(out["first"], out["upload_tmp8f3k"])
+    from bundle.inference.mri import SliceReconstructionInferer
+
+    net = ResidualUNet(features=(4, 4, 8, 8, 16, 4))
+    seeded = [MRIReconstructor(net, inferer=SliceReconstructionInferer(mask_type="random", seed=s)).reconstruct(vol, name="x")
+              for s in (0, 1)]
+    assert not np.array_equal(seeded[0]["mask"], seeded[1]["mask"])
+
+
+def test_a_constant_volume_is_reconstructed_with_a_warning(tmp_path, caplog):
+    rec = MRIReconstructor(ResidualUNet(features=(4, 4, 8, 8, 16, 4)))
+    with caplog.at_level("WARNING"):
+        rec.check("flat.nii.gz", np.full((32, 32, 4), 100.0, np.float32), (1.0, 1.0, 1.0))
+    assert "flat.nii.gz: constant volume (every voxel 100)" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        rec.check("head.nii.gz", phantom_volume((32, 32, 4)), (1.0, 1.0, 1.0))
+    assert "constant volume" not in caplog.text

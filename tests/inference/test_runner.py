@@ -80,3 +80,74 @@ def test_an_output_folder_that_is_a_file_is_refused(tmp_path):
         InferenceRunner(Identity(), progress=False).run(str(tmp_path / "in"), str(tmp_path / "out"))
     with pytest.raises(InputError, match="cannot be created"):
         InferenceRunner(Identity(), progress=False).run(str(tmp_path / "in"), str(tmp_path / "out" / "sub"))
+
+
+def test_a_rerun_refuses_earlier_results_unless_overwrite_and_names_them(tmp_path, caplog):
+    (tmp_path / "in").mkdir()
+    write_nifti(tmp_path / "in" / "a.nii.gz", phantom_volume((16, 16, 4)))
+    InferenceRunner(Identity(), progress=False).run(str(tmp_path / "in"), str(tmp_path / "out"))
+    before = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
+    with pytest.raises(InputError, match=r"holds earlier results that this run would replace \(a_recon.nii.gz, "
+                                         r"a_spacing.nii.gz\); use --overwrite true"):
+        InferenceRunner(Identity(), progress=False).run(str(tmp_path / "in"), str(tmp_path / "out"))
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == before
+    with caplog.at_level("WARNING"):
+        InferenceRunner(Identity(), progress=False, overwrite=True).run(str(tmp_path / "in"), str(tmp_path / "out"))
+    assert "replacing 2 earlier output(s)" in caplog.text
+
+
+def test_leftovers_of_an_interrupted_run_are_removed_and_incomplete_sets_redone(tmp_path, caplog):
+    (tmp_path / "in").mkdir()
+    for name in ("a", "b"):
+        write_nifti(tmp_path / "in" / f"{name}.nii.gz", phantom_volume((16, 16, 4), seed=len(name)))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".tmp-k1l2m3.nii.gz").write_bytes(b"")  # what a SIGKILL during a write leaves
+    write_nifti(out / "a_recon.nii.gz", np.zeros((16, 16, 4), np.float32))  # a set without its second file
+    with caplog.at_level("WARNING"):
+        InferenceRunner(Identity(), progress=False).run(str(tmp_path / "in"), str(out))
+    assert sorted(p.name for p in out.iterdir()) == ["a_recon.nii.gz", "a_spacing.nii.gz", "b_recon.nii.gz",
+                                                     "b_spacing.nii.gz"]
+    assert np.asarray(nib.load(str(out / "a_recon.nii.gz")).dataobj).max() > 0  # redone
+    assert "left by an interrupted run" in caplog.text and "redoing the incomplete output sets" in caplog.text
+
+
+def test_killed_inference_then_rerun_leaves_complete_sets(tmp_path):
+    """SIGKILL `python -m monai.bundle run` (inference on three volumes) at random moments, then run
+    it again: every volume ends with its complete set (_recon, _zero_filled, _mask), no temporary
+    file is left, and a complete set is never silently replaced."""
+    import os
+    import random
+    import signal
+    import time
+
+    from conftest import run_env
+    from forked_cli import ForkedCLI
+
+    (tmp_path / "in").mkdir()
+    for i in range(3):
+        write_nifti(tmp_path / "in" / f"v{i}.nii.gz", phantom_volume((96, 96, 24), seed=i))
+    out = tmp_path / "out"
+    argv = ["run", "--config_file", "configs/inference.yaml", "--input_dir", str(tmp_path / "in"), "--output_dir",
+            str(out)]
+    rng = random.Random(0)
+    cli = ForkedCLI(env=run_env())
+    try:
+        for k in range(3):
+            pid = cli.start(argv, str(tmp_path / f"o{k}"), str(tmp_path / f"e{k}"))
+            time.sleep(rng.uniform(0.5, 3.0))
+            os.kill(pid, signal.SIGKILL)
+            cli.wait(pid)
+        sets = [{f"v{i}_{k}.nii.gz" for k in ("recon", "zero_filled", "mask")} for i in range(3)]
+        res = cli.run(argv)
+        names = set(os.listdir(out))
+        if res.returncode != 0:  # a complete set of the killed run is a result: refused, not replaced
+            assert "holds earlier results" in res.stderr.strip().splitlines()[-1]
+            assert names == set(os.listdir(out))
+            res = cli.run([*argv, "--overwrite", "true"])
+        assert res.returncode == 0, res.stderr[-2000:]
+        names = set(os.listdir(out))
+        assert not [n for n in names if n.startswith(".tmp-")], names
+        assert names == set().union(*sets), names
+    finally:
+        cli.close()
