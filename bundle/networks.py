@@ -71,17 +71,34 @@ class ResidualUNet(nn.Module):
         cascades: int = 1,
     ) -> None:
         super().__init__()
-        if int(cascades) < 1:
-            raise InputError(f"cascades must be at least 1, got {cascades!r}")
-        self.unets = nn.ModuleList(
-            BasicUNet(spatial_dims=2, in_channels=1, out_channels=1, features=tuple(features), dropout=dropout, norm=norm)
-            for _ in range(int(cascades))
-        )
+        if isinstance(cascades, bool) or not isinstance(cascades, int) or cascades < 1:
+            raise InputError(f"cascades: expected a whole number >= 1, got {cascades!r}")
+        if not isinstance(features, (list, tuple)) or len(features) != 6 or \
+                not all(isinstance(f, int) and not isinstance(f, bool) and f >= 1 for f in features):
+            raise InputError(f"features: expected six whole numbers >= 1 (BasicUNet's), got {features!r}")
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+            raise InputError(f"dropout: expected a probability in [0, 1), got {dropout!r}")
+        try:
+            self.unets = nn.ModuleList(
+                BasicUNet(spatial_dims=2, in_channels=1, out_channels=1, features=tuple(features), dropout=dropout,
+                          norm=norm)
+                for _ in range(int(cascades))
+            )
+        except (ValueError, KeyError, TypeError, LookupError) as e:  # MONAI's own message for an unknown norm
+            raise InputError(f"norm: {norm!r} is not a normalisation MONAI knows (instance, batch, ...; "
+                             f"{type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
         self.data_consistency = as_bool(data_consistency, "data_consistency")
         self.divisor = 16
         # what the weights fit (plain types, so TorchScript leaves them alone): `architecture()`
         self.arch_features: list[int] = [int(f) for f in features]
         self.arch_norm: str = str(norm)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, *args, **kwargs) -> None:
+        # what the loaded weights say they are (`with_metadata`), whoever loads them (MONAI Label
+        # calls load_state_dict itself): the inferers check it before they reconstruct
+        if prefix == "":
+            self.__dict__["loaded_metadata"] = dict(local_metadata.get(METADATA_KEY) or {})
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, *args, **kwargs)
 
     @torch.jit.unused
     def architecture(self) -> dict:
@@ -159,6 +176,16 @@ def _describe(modality, arch: dict) -> str:
     variant = f" {variant_name(feats)}" if arch.get("network") == "ResidualUNet" and feats else ""
     details = ", ".join(f"{k} {v}" for k, v in arch.items() if k != "network")
     return f"{modality}{variant} {arch.get('network', '?')} ({details})"
+
+
+def check_loaded_weights(network, modality: str) -> None:
+    """An `InputError` if the weights loaded into `network` say they are for another modality
+    (for tools that load the weights themselves, such as MONAI Label: its `model_filename` can
+    name any file in models/). Weights without metadata pass."""
+    found = (getattr(network, "__dict__", {}).get("loaded_metadata") or {}).get("modality")
+    if found and found != modality:
+        raise InputError(f"weights: the network holds {found} weights, this config reconstructs {modality}; "
+                         f"choose the {modality} model file")
 
 
 def check_metadata(path: str, metadata: dict, network: nn.Module, modality: str | None) -> None:

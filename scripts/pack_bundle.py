@@ -90,8 +90,12 @@ def pack(out_dir: str, root: str = ROOT, name: str = BUNDLE_NAME, modality: str 
         replaced = {"configs/inference.yaml": os.path.join(root, "configs", config),
                     "models/model.pt": os.path.join(root, "models", weights),
                     "configs/metadata.json": json.dumps(served_metadata(meta, modality), indent=4).encode()}
+    files = bundle_files(root)
+    if modality is not None:  # its own weights only: MONAI Label offers every models/*.pt as model_filename
+        keep = {"models/model.pt", f"models/{SERVED[modality][1]}"}
+        files = [f for f in files if not f.startswith("models/") or f in keep]
     with atomic_output(target, ".zip") as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for rel in bundle_files(root):
+        for rel in files:
             source = replaced.get(rel, os.path.join(root, rel))
             if isinstance(source, bytes):
                 zf.writestr(f"{name}/{rel}", source)

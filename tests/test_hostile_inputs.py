@@ -275,6 +275,13 @@ case("unknown mask_type", r"unknown mask_type 'radial'")(lambda tmp: (good(tmp /
 case("amp not a boolean", r"amp must be true or false, got 'perhaps'")(lambda tmp: (good(tmp / "in"), infer(tmp, "--amp", "perhaps"))[1])
 case("overwrite not a boolean", r"overwrite must be true or false")(lambda tmp: (good(tmp / "in"), infer(tmp, "--overwrite", "sure"))[1])
 case("seed negative", r"seed: expected a whole number >= 0, got -1")(lambda tmp: (good(tmp / "in"), infer(tmp, "--seed", "-1"))[1])
+case("features of the wrong length", r"features: expected six whole numbers >= 1 \(BasicUNet's\), got \[1, 2\]")(
+    lambda tmp: (good(tmp / "in"), infer(tmp, "--features", "[1,2]"))[1])
+case("dropout 2", r"dropout: expected a probability in \[0, 1\), got 2")(
+    lambda tmp: (good(tmp / "in"), infer(tmp, "--dropout", "2"))[1])
+case("unknown norm", r"norm: 'sideways' is not a normalisation MONAI knows")(
+    lambda tmp: (good(tmp / "in"), infer(tmp, "--norm", "sideways"))[1])
+case("slice_axis unknown", r"unknown slice_axis 'foo'")(lambda tmp: (good(tmp / "in"), infer(tmp, "--slice_axis", "foo"))[1])
 case("checkpoint missing", r"checkpoint .*none\.pt: file not found")(
     lambda tmp: (good(tmp / "in"), infer(tmp, "--ckpt_path", str(tmp / "none.pt")))[1])
 

@@ -103,3 +103,25 @@ def test_weights_carry_their_metadata_and_loading_checks_it(tmp_path):
     assert variant_features("auto", str(ROOT / "models" / "model.pt")) == [16, 16, 32, 64, 128, 16]
     lowdose = checkpoint_metadata(str(ROOT / "models" / "model_ct_lowdose.pt"))
     assert lowdose["acquisition"]["incident_photons"] == 10000
+
+
+def test_weights_loaded_by_another_tool_are_checked_by_the_inferers():
+    """MONAI Label loads `model_filename` itself (load_state_dict): the network remembers what the
+    weights said, and the inferers refuse another modality's weights in one line."""
+    from conftest import ROOT
+
+    from bundle.inference import ReconstructorInferer, SliceReconstructionInferer
+    from bundle.networks import check_loaded_weights
+
+    net = ResidualUNet()
+    net.load_state_dict(torch.load(ROOT / "models" / "model_ct.pt", weights_only=True))
+    volume = torch.rand(1, 1, 32, 32, 2)
+    with pytest.raises(InputError, match="weights: the network holds ct weights, this config reconstructs mri"):
+        SliceReconstructionInferer()(volume, net)
+    with pytest.raises(InputError, match="holds ct weights, this config reconstructs pet"):
+        ReconstructorInferer(reconstructor=None, modality="pet")(volume, net)
+    net.load_state_dict(torch.load(ROOT / "models" / "model.pt", weights_only=True))
+    check_loaded_weights(net, "mri")  # the right weights pass
+    bare = ResidualUNet()
+    bare.load_state_dict(dict(ResidualUNet().state_dict()))  # no metadata: nothing to check
+    check_loaded_weights(bare, "mri")

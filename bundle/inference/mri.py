@@ -16,6 +16,7 @@ from bundle.data.datasets import slice_axis_index
 from bundle.errors import InputError
 from bundle.inference.batching import CPU_BATCH_PIXELS, check_cpu_batch_pixels, forward, in_batches, slices_per_call
 from bundle.inference.runner import Reconstructor
+from bundle.networks import check_loaded_weights
 from bundle.physics.mri import fft2c, undersample
 from bundle.transforms.base import content_key, normalisation_scale
 from bundle.transforms.mri import UndersampleKspaced
@@ -98,6 +99,7 @@ class SliceReconstructionInferer(Inferer):
     def __call__(self, inputs: torch.Tensor, network: Callable[..., Any], *args, **kwargs) -> torch.Tensor:
         if not isinstance(network, nn.Module):
             raise InputError(f"SliceReconstructionInferer needs a torch network, got {type(network).__name__}")
+        check_loaded_weights(network, "mri")
         if inputs.ndim != 5 or inputs.shape[1] != 1:
             raise InputError(f"expected a batch of single-channel volumes (B, 1, X, Y, Z), got shape {tuple(inputs.shape)}")
         meta = getattr(inputs, "meta", None) or {}

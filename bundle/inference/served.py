@@ -18,6 +18,7 @@ import torch
 from monai.inferers import Inferer
 
 from bundle.errors import InputError
+from bundle.networks import check_loaded_weights
 
 
 class ReconstructorInferer(Inferer):
@@ -27,16 +28,19 @@ class ReconstructorInferer(Inferer):
     Args:
         reconstructor: the modality's reconstructor (CTReconstructor, PETReconstructor, ...).
         output: which of its outputs to return.
+        modality: the weights the caller loaded must say they are for it (when they say anything).
     """
 
-    def __init__(self, reconstructor, output: str = "recon") -> None:
+    def __init__(self, reconstructor, output: str = "recon", modality: str | None = None) -> None:
         super().__init__()
-        self.reconstructor, self.output = reconstructor, output
+        self.reconstructor, self.output, self.modality = reconstructor, output, modality
 
     def __call__(self, inputs: torch.Tensor, network: Any, *args, **kwargs) -> torch.Tensor:
         if inputs.ndim != 5 or inputs.shape[1] != 1:
             raise InputError(f"expected a batch of single-channel volumes (B, 1, X, Y, Z), got shape {tuple(inputs.shape)}")
         if isinstance(network, torch.nn.Module):
+            if self.modality:
+                check_loaded_weights(network, self.modality)
             self.reconstructor.network = network.eval()  # the weights the caller loaded
             if hasattr(self.reconstructor, "ckpt_path"):
                 self.reconstructor.ckpt_path = None
