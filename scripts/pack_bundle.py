@@ -16,6 +16,7 @@ MONAI Label serves one model per bundle folder, from its `configs/inference.yaml
 weights (both also kept under their own names), with metadata.json naming it:
 
     python scripts/pack_bundle.py --modality ct   # -> dist/ct_reconstruction_v<version>.zip
+    python scripts/pack_bundle.py --modality mri --weights model_light.pt --name mri_light_reconstruction
 """
 
 from __future__ import annotations
@@ -76,7 +77,8 @@ def served_metadata(meta: dict, modality: str) -> dict:
     return meta
 
 
-def pack(out_dir: str, root: str = ROOT, name: str = BUNDLE_NAME, modality: str | None = None) -> str:
+def pack(out_dir: str, root: str = ROOT, name: str = BUNDLE_NAME, modality: str | None = None,
+         weights: str | None = None) -> str:
     with open(os.path.join(root, "configs", "metadata.json")) as f:
         meta = json.load(f)
     version = meta["version"]
@@ -86,13 +88,14 @@ def pack(out_dir: str, root: str = ROOT, name: str = BUNDLE_NAME, modality: str 
     target = os.path.join(out_dir, f"{name}_v{version}.zip")
     replaced: dict[str, str | bytes] = {}
     if modality is not None:
-        config, weights, _, _ = SERVED[modality]
+        config, default_weights, _, _ = SERVED[modality]
+        weights = weights or default_weights
         replaced = {"configs/inference.yaml": os.path.join(root, "configs", config),
                     "models/model.pt": os.path.join(root, "models", weights),
                     "configs/metadata.json": json.dumps(served_metadata(meta, modality), indent=4).encode()}
     files = bundle_files(root)
     if modality is not None:  # its own weights only: MONAI Label offers every models/*.pt as model_filename
-        keep = {"models/model.pt", f"models/{SERVED[modality][1]}"}
+        keep = {"models/model.pt", f"models/{weights}"}
         files = [f for f in files if not f.startswith("models/") or f in keep]
     with atomic_output(target, ".zip") as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         for rel in files:
@@ -111,8 +114,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--modality", choices=sorted(SERVED), default=None,
                    help="a one-model folder for MONAI Label: that modality's inference config and weights as "
                         "configs/inference.yaml and models/model.pt")
+    p.add_argument("--weights", default=None,
+                   help="with --modality: another weights file of models/ as models/model.pt (e.g. model_light.pt, "
+                        "model_ct_lowdose.pt; the network is built from its metadata)")
     args = p.parse_args(argv)
-    target = pack(args.out_dir, name=args.name, modality=args.modality)
+    target = pack(args.out_dir, name=args.name, modality=args.modality, weights=args.weights)
     size = os.path.getsize(target) / 2**20
     print(f"wrote {target} ({size:.1f} MiB, {len(bundle_files())} files)")
     return 0

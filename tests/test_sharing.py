@@ -197,3 +197,32 @@ def test_zip_runs_from_another_folder(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     out = nib.load(str(tmp_path / "out" / "IXI049-HH-1358-T1_ds_recon.nii.gz"))
     assert out.shape == nib.load(str(inp / "IXI049-HH-1358-T1_ds.nii.gz")).shape
+
+
+def test_one_model_folders_for_monai_label(tmp_path):
+    """`pack_bundle.py --modality ct` (and --weights): configs/inference.yaml is that modality's
+    config, models/ holds only its weights (MONAI Label offers every models/*.pt), and the network
+    built by the folder's config is the one its model.pt fits."""
+    from monai.bundle import ConfigParser
+
+    from bundle.networks import load_checkpoint
+
+    for modality, weights, config in (("ct", None, "inference_ct.yaml"), ("mri", "model_light.pt", "inference.yaml")):
+        args = ["--modality", modality] + (["--weights", weights] if weights else [])
+        res = subprocess.run([sys.executable, "scripts/pack_bundle.py", "--out-dir", str(tmp_path / "dist"), *args],
+                             cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr[-2000:]
+        with zipfile.ZipFile(res.stdout.split("wrote ")[1].split(" (")[0]) as zf:
+            name = zf.namelist()[0].split("/")[0]
+            zf.extractall(tmp_path)
+        folder = tmp_path / name
+        assert (folder / "configs" / "inference.yaml").read_text() == (ROOT / "configs" / config).read_text()
+        models = sorted(p.name for p in (folder / "models").iterdir())
+        assert models == sorted({"model.pt", weights or f"model_{modality}.pt"}), models
+        meta = json.loads((folder / "configs" / "metadata.json").read_text())
+        assert meta["name"] == f"{modality.upper()} reconstruction"
+        parser = ConfigParser()
+        parser.read_config(str(folder / "configs" / "inference.yaml"))
+        parser.config["bundle_root"] = str(folder)
+        net = parser.get_parsed_content("network_def", instantiate=True)
+        load_checkpoint(net, str(folder / "models" / "model.pt"), modality=modality)
