@@ -68,6 +68,17 @@ def tiny_dataset(tmp_path: Path) -> dict:
     return {"dataset_dir": str(data_dir), "datalist": str(path), "names": names}
 
 
+def small_training_set(folder: Path) -> list[str]:
+    """Three phantom subjects (two to train, one to validate) and the options that point at them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    names = [f"s{i}.nii.gz" for i in range(3)]
+    for i, n in enumerate(names):
+        write_nifti(folder / n, phantom_volume((40, 48, 6), seed=i))
+    (folder / "datalist.json").write_text(json.dumps({"training": [{"image": n} for n in names[:2]],
+                                                      "validation": [{"image": names[2]}]}))
+    return ["--dataset_dir", str(folder), "--datalist", str(folder / "datalist.json")]
+
+
 def run_bundle(*args, timeout=300) -> subprocess.CompletedProcess:
     """`python -m monai.bundle run ARGS` from the repository root, output captured."""
     cmd = [sys.executable, "-m", "monai.bundle", "run", *args]

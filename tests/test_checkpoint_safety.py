@@ -6,7 +6,6 @@ refused in one line.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import re
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import phantom_volume, run_env, write_nifti
+from conftest import run_env, small_training_set
 from forked_cli import ForkedCLI
 
 from bundle import checkpoints
@@ -26,16 +25,6 @@ from bundle.networks import metadata_of, with_metadata
 TRAIN = ["run", "training", "--meta_file", "configs/metadata.json", "--config_file", "configs/train.yaml",
          "--logging_file", "configs/logging.conf", "--batch_size", "2", "--patch_size", "[32,32]",
          "--features", "[4,4,8,8,16,4]"]
-
-
-def dataset(folder: Path) -> list[str]:
-    folder.mkdir(parents=True, exist_ok=True)
-    names = [f"s{i}.nii.gz" for i in range(3)]
-    for i, n in enumerate(names):
-        write_nifti(folder / n, phantom_volume((40, 48, 6), seed=i))
-    (folder / "dl.json").write_text(json.dumps({"training": [{"image": n} for n in names[:2]],
-                                                "validation": [{"image": names[2]}]}))
-    return ["--dataset_dir", str(folder), "--datalist", str(folder / "dl.json")]
 
 
 def loadable(path: Path) -> bool:
@@ -111,7 +100,7 @@ def kill_and_resume_cycles(tmp_path: Path, kills: int, seed: int) -> list[str]:
     last resume finish. Every resume after a checkpoint was saved must work, and a finished run
     leaves a loadable model.pt and no temporary file."""
     rng = random.Random(seed)
-    data = dataset(tmp_path / "data")
+    data = small_training_set(tmp_path / "data")
     ckpt = tmp_path / "models"
     common = [*TRAIN, *data, "--ckpt_dir", str(ckpt), "--output_dir", str(tmp_path / "eval"), "--max_epochs", "60",
               "--epoch_length", "2", "--checkpoint_interval", "1"]
@@ -155,7 +144,7 @@ def test_sigkill_at_random_moments_ten_times(tmp_path):
 
 
 def test_resume_keeps_the_better_model_and_refuses_another_learning_rate(tmp_path):
-    data = dataset(tmp_path / "data")
+    data = small_training_set(tmp_path / "data")
     ckpt = tmp_path / "models"
     common = [*TRAIN, *data, "--ckpt_dir", str(ckpt), "--output_dir", str(tmp_path / "eval"), "--epoch_length", "2"]
     cli = ForkedCLI(env=run_env())

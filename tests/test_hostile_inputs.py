@@ -10,7 +10,6 @@ slow-marked variant runs every case as its own `python -m monai.bundle` process.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -21,7 +20,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import ROOT, phantom_volume, run_env, write_nifti
+from conftest import ROOT, phantom_volume, run_env, small_training_set, write_nifti
 from forked_cli import ForkedCLI, Result
 
 INFER = ["run", "--config_file", "configs/inference.yaml"]
@@ -58,16 +57,6 @@ def pet_volume(folder: Path, name="p.nii.gz", sign=1.0) -> Path:
     return write_nifti(folder / name, sign * phantom_volume((48, 48, 2), seed=2) / 25, np.diag([2.0, 2.0, 2.0, 1.0]))
 
 
-def tiny_training_set(folder: Path) -> list[str]:
-    folder.mkdir(parents=True, exist_ok=True)
-    names = [f"s{i}.nii.gz" for i in range(3)]
-    for i, n in enumerate(names):
-        write_nifti(folder / n, phantom_volume((40, 48, 6), seed=i))
-    (folder / "datalist.json").write_text(json.dumps({"training": [{"image": n} for n in names[:2]],
-                                                      "validation": [{"image": names[2]}]}))
-    return ["--dataset_dir", str(folder), "--datalist", str(folder / "datalist.json")]
-
-
 # --- the cases: (id, builder(tmp) -> (argv, output folder, run options), message regex) -------------
 CASES: dict[str, tuple] = {}
 
@@ -83,6 +72,14 @@ def infer(tmp: Path, *extra, base=INFER, inputs: Path | None = None, out: Path |
     inputs = inputs or tmp / "in"
     out = out or tmp / "out"
     return [*base, "--input_dir", str(inputs), "--output_dir", str(out), *extra], out, {}
+
+
+def option_case(name: str, message: str, option: str, value: str, base=INFER, make=None) -> None:
+    """A case of one good input (made by `make`, default an MRI volume) and one bad option."""
+    def builder(tmp):
+        (make or good)(tmp / "in")
+        return infer(tmp, f"--{option}", value, base=base)
+    case(name, message)(builder)
 
 
 # ---- the probe's tracebacks --------------------------------------------------------------------------
@@ -109,15 +106,13 @@ def _(tmp):
 
 
 for _value in ("0", "-4", "abc", "nan", "inf"):
-    case(f"acceleration {_value}", r"acceleration.*(>= 1|number)")(lambda tmp, v=_value: (good(tmp / "in"), infer(tmp, "--acceleration", v))[1])
+    option_case(f"acceleration {_value}", r"acceleration.*(>= 1|number)", "acceleration", _value)
 
-case("center_fraction 2", r"center_fraction: must be in \(0, 1\), got 2")(lambda tmp: (good(tmp / "in"), infer(tmp, "--center_fraction", "2"))[1])
-case("center_fraction 0", r"center_fraction: must be in \(0, 1\)")(lambda tmp: (good(tmp / "in"), infer(tmp, "--center_fraction", "0"))[1])
-case("intensity_percentile 150", r"intensity_percentile: must be in \(0, 100\], got 150")(
-    lambda tmp: (good(tmp / "in"), infer(tmp, "--intensity_percentile", "150"))[1])
-case("device cuda without CUDA", r"device: 'cuda' asked for, but this machine has no CUDA GPU")(
-    lambda tmp: (good(tmp / "in"), infer(tmp, "--device", "cuda"))[1])
-case("device tpu", r"device: .*(not a torch device|not supported)")(lambda tmp: (good(tmp / "in"), infer(tmp, "--device", "tpu"))[1])
+option_case("center_fraction 2", r"center_fraction: must be in \(0, 1\), got 2", "center_fraction", "2")
+option_case("center_fraction 0", r"center_fraction: must be in \(0, 1\)", "center_fraction", "0")
+option_case("intensity_percentile 150", r"intensity_percentile: must be in \(0, 100\], got 150", "intensity_percentile", "150")
+option_case("device cuda without CUDA", r"device: 'cuda' asked for, but this machine has no CUDA GPU", "device", "cuda")
+option_case("device tpu", r"device: .*(not a torch device|not supported)", "device", "tpu")
 
 
 @case("output dir is a file", r"output_dir .*out: exists and is not a folder")
@@ -185,11 +180,9 @@ def _(tmp):
     return infer(tmp, "--ckpt_path", str(ROOT / "models" / "model_light.pt"), "--model_variant", "standard")
 
 
-case("acceleration 1000", r"acceleration: 1000 is more than the 48 k-space lines of .*a\.nii\.gz")(
-    lambda tmp: (good(tmp / "in"), infer(tmp, "--acceleration", "1000"))[1])
-case("batch_size 0", r"batch_size: expected a whole number >= 1, got 0")(lambda tmp: (good(tmp / "in"), infer(tmp, "--batch_size", "0"))[1])
-case("intensity_percentile 0", r"intensity_percentile: must be in \(0, 100\], got 0")(
-    lambda tmp: (good(tmp / "in"), infer(tmp, "--intensity_percentile", "0"))[1])
+option_case("acceleration 1000", r"acceleration: 1000 is more than the 48 k-space lines of .*a\.nii\.gz", "acceleration", "1000")
+option_case("batch_size 0", r"batch_size: expected a whole number >= 1, got 0", "batch_size", "0")
+option_case("intensity_percentile 0", r"intensity_percentile: must be in \(0, 100\], got 0", "intensity_percentile", "0")
 
 
 def raw_pixdim(path: Path, value: float) -> Path:
@@ -271,19 +264,15 @@ def _(tmp):
     return infer(tmp)
 
 
-case("unknown mask_type", r"unknown mask_type 'radial'")(lambda tmp: (good(tmp / "in"), infer(tmp, "--mask_type", "radial"))[1])
-case("amp not a boolean", r"amp must be true or false, got 'perhaps'")(lambda tmp: (good(tmp / "in"), infer(tmp, "--amp", "perhaps"))[1])
-case("overwrite not a boolean", r"overwrite must be true or false")(lambda tmp: (good(tmp / "in"), infer(tmp, "--overwrite", "sure"))[1])
-case("seed negative", r"seed: expected a whole number >= 0, got -1")(lambda tmp: (good(tmp / "in"), infer(tmp, "--seed", "-1"))[1])
-case("features of the wrong length", r"features: expected six whole numbers >= 1 \(BasicUNet's\), got \[1, 2\]")(
-    lambda tmp: (good(tmp / "in"), infer(tmp, "--features", "[1,2]"))[1])
-case("dropout 2", r"dropout: expected a probability in \[0, 1\), got 2")(
-    lambda tmp: (good(tmp / "in"), infer(tmp, "--dropout", "2"))[1])
-case("unknown norm", r"norm: 'sideways' is not a normalisation MONAI knows")(
-    lambda tmp: (good(tmp / "in"), infer(tmp, "--norm", "sideways"))[1])
-case("slice_axis unknown", r"unknown slice_axis 'foo'")(lambda tmp: (good(tmp / "in"), infer(tmp, "--slice_axis", "foo"))[1])
-case("checkpoint missing", r"checkpoint .*none\.pt: file not found")(
-    lambda tmp: (good(tmp / "in"), infer(tmp, "--ckpt_path", str(tmp / "none.pt")))[1])
+option_case("unknown mask_type", r"unknown mask_type 'radial'", "mask_type", "radial")
+option_case("amp not a boolean", r"amp must be true or false, got 'perhaps'", "amp", "perhaps")
+option_case("overwrite not a boolean", r"overwrite must be true or false", "overwrite", "sure")
+option_case("seed negative", r"seed: expected a whole number >= 0, got -1", "seed", "-1")
+option_case("features of the wrong length", r"features: expected six whole numbers >= 1 \(BasicUNet's\), got \[1, 2\]", "features", "[1,2]")
+option_case("dropout 2", r"dropout: expected a probability in \[0, 1\), got 2", "dropout", "2")
+option_case("unknown norm", r"norm: 'sideways' is not a normalisation MONAI knows", "norm", "sideways")
+option_case("slice_axis unknown", r"unknown slice_axis 'foo'", "slice_axis", "foo")
+case("checkpoint missing", r"checkpoint .*none\.pt: file not found")(lambda tmp: (good(tmp / "in"), infer(tmp, "--ckpt_path", str(tmp / "none.pt")))[1])
 
 
 @case("checkpoint is a malicious pickle", r"checkpoint .*evil\.pt: corrupt or not a PyTorch checkpoint")
@@ -303,15 +292,11 @@ def _malicious_pickle(marker: Path) -> bytes:
     return pickle.dumps(Evil())
 
 
-case("CT views 1", r"views: expected a whole number >= 2, got 1")(lambda tmp: (ct_volume(tmp / "in"), infer(tmp, "--views", "1", base=INFER_CT))[1])
-case("CT incident_photons negative", r"incident_photons: must be > 0")(
-    lambda tmp: (ct_volume(tmp / "in"), infer(tmp, "--incident_photons", "-5", base=INFER_CT))[1])
-case("CT hu_window one value", r"hu_window: expected \[low, high\]")(
-    lambda tmp: (ct_volume(tmp / "in"), infer(tmp, "--hu_window", "[0]", base=INFER_CT))[1])
-case("PET count_fraction 0", r"count_fraction: must be > 0, got 0")(
-    lambda tmp: (pet_volume(tmp / "in"), infer(tmp, "--count_fraction", "0", base=INFER_PET))[1])
-case("PET count_fraction negative", r"count_fraction: must be > 0, got -0\.1")(
-    lambda tmp: (pet_volume(tmp / "in"), infer(tmp, "--count_fraction", "-0.1", base=INFER_PET))[1])
+option_case("CT views 1", r"views: expected a whole number >= 2, got 1", "views", "1", base=INFER_CT, make=ct_volume)
+option_case("CT incident_photons negative", r"incident_photons: must be > 0", "incident_photons", "-5", base=INFER_CT, make=ct_volume)
+option_case("CT hu_window one value", r"hu_window: expected \[low, high\]", "hu_window", "[0]", base=INFER_CT, make=ct_volume)
+option_case("PET count_fraction 0", r"count_fraction: must be > 0, got 0", "count_fraction", "0", base=INFER_PET, make=pet_volume)
+option_case("PET count_fraction negative", r"count_fraction: must be > 0, got -0\.1", "count_fraction", "-0.1", base=INFER_PET, make=pet_volume)
 case("PET negative activity", r"p\.nii\.gz: .*negative")(lambda tmp: (pet_volume(tmp / "in", sign=-1.0), infer(tmp, base=INFER_PET))[1])
 
 
@@ -338,12 +323,11 @@ def _(tmp):
     return infer(tmp, base=INFER_PET)
 
 
-case("X-ray incident_photons 0", r"incident_photons: must be > 0, got 0")(
-    lambda tmp: (good(tmp / "in"), infer(tmp, "--incident_photons", "0", base=INFER_XRAY))[1])
+option_case("X-ray incident_photons 0", r"incident_photons: must be > 0, got 0", "incident_photons", "0", base=INFER_XRAY)
 
 
 def _train(tmp, *extra):
-    data = tiny_training_set(tmp / "data")
+    data = small_training_set(tmp / "data")
     out = tmp / "ckpt"
     return [*TRAIN, *data, "--ckpt_dir", str(out), "--output_dir", str(out), *extra], out, {}
 
