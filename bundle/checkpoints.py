@@ -309,11 +309,17 @@ class ResumeFromCheckpoint:
 
 
 def check_resume(resume, ckpt_dir: str, prefix: str) -> None:
-    """Before anything runs: with resume on, a checkpoint to resume from must exist."""
+    """Before anything runs: with resume on, a checkpoint to resume from must exist and load as
+    tensors and plain containers (`weights_only`: a pickle that would run code is refused here)."""
     from bundle.errors import as_bool
 
-    if as_bool(resume, "resume") and latest_checkpoint(ckpt_dir, prefix) is None:
+    if not as_bool(resume, "resume"):
+        return
+    path = latest_checkpoint(ckpt_dir, prefix)
+    if path is None:
         raise InputError(f"resume: no {prefix}_checkpoint_*.pt in {ckpt_dir} to resume from")
+    if not isinstance(safe_load(path), dict):
+        raise InputError(f"checkpoint {path}: not a resumable checkpoint")
 
 
 def saved_score(path: str) -> float | None:

@@ -340,6 +340,14 @@ case("training accelerations below 1", r"acceleration.*>= 1, got 0\.5")(
     lambda tmp: _train(tmp, "--accelerations", "[4,0.5]"))
 case("training resume with nothing to resume", r"resume: no last_checkpoint_\*\.pt in .*ckpt")(
     lambda tmp: _train(tmp, "--resume", "true"))
+@case("training resume from a malicious pickle", r"checkpoint .*last_checkpoint_epoch=1\.pt: corrupt or not a PyTorch")
+def _(tmp):
+    argv, out, options = _train(tmp, "--resume", "true")
+    out.mkdir()
+    (out / "last_checkpoint_epoch=1.pt").write_bytes(_malicious_pickle(tmp / "pwned"))
+    return argv, out, options
+
+
 case("training device cuda without CUDA", r"device: 'cuda' asked for")(lambda tmp: _train(tmp, "--device", "cuda"))
 
 
