@@ -102,7 +102,7 @@ def kill_and_resume_cycles(tmp_path: Path, kills: int, seed: int) -> list[str]:
     rng = random.Random(seed)
     data = small_training_set(tmp_path / "data")
     ckpt = tmp_path / "models"
-    common = [*TRAIN, *data, "--ckpt_dir", str(ckpt), "--output_dir", str(tmp_path / "eval"), "--max_epochs", "60",
+    common = [*TRAIN, *data, "--ckpt_dir", str(ckpt), "--output_dir", str(tmp_path / "eval"), "--max_epochs", "150",
               "--epoch_length", "2", "--checkpoint_interval", "1"]
     cli = ForkedCLI(env=run_env())
     log = []
@@ -130,7 +130,7 @@ def kill_and_resume_cycles(tmp_path: Path, kills: int, seed: int) -> list[str]:
         files = sorted(os.listdir(ckpt))
         assert not [f for f in files if f.startswith(".tmp-")], files  # leftovers of the kills are gone
         assert loadable(ckpt / "model.pt")
-        assert [f for f in files if f.startswith("last_checkpoint_")] == ["last_checkpoint_iteration=120.pt"], files
+        assert [f for f in files if f.startswith("last_checkpoint_")] == ["last_checkpoint_iteration=300.pt"], files
     finally:
         cli.close()
     return log
