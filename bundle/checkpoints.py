@@ -28,7 +28,7 @@ from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint, DiskSaver
 from monai.handlers import CheckpointSaver
 
-from bundle.data.io import TMP_PREFIX, tmp_path_beside
+from bundle.data.io import atomic_output, remove_leftovers
 from bundle.errors import InputError, RunError
 from bundle.networks import metadata_of, safe_load, with_metadata
 
@@ -54,17 +54,10 @@ class KeepUntilReplaced(DiskSaver):
         if isinstance(meta, dict) and isinstance(meta.get("score"), dict) and metadata and metadata.get("score_name"):
             meta["score"] = {k: float(metadata["priority"]) for k in meta["score"]}  # the key metric it was saved for
             checkpoint = with_metadata(checkpoint, meta)
-        path = os.path.join(self.dirname, filename)
-        tmp = tmp_path_beside(path, ".pt")
-        try:
-            with open(tmp, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        with atomic_output(os.path.join(self.dirname, filename), ".pt") as tmp, open(tmp, "wb") as f:
+            torch.save(checkpoint, f)
+            f.flush()
+            os.fsync(f.fileno())  # on disk before the rename, so the new name never points at nothing
         _fsync_dir(str(self.dirname))
         for old in self.pending:
             if old != filename and os.path.exists(os.path.join(self.dirname, old)):
@@ -241,16 +234,11 @@ class ResumeFromCheckpoint:
         self.saver = saver
 
     def attach(self, engine: Engine) -> None:
-        remove_temporary_files(self.ckpt_dir)
+        remove_leftovers(self.ckpt_dir, logger)
         if not self.enabled:
             return
-        path = self.path or latest_checkpoint(self.ckpt_dir, self.prefix)
-        if path is None:
-            raise InputError(f"resume: no {self.prefix}_checkpoint_*.pt in {self.ckpt_dir} to resume from")
-        self.path = path
-        self.state = safe_load(path)
-        if not isinstance(self.state, dict):
-            raise InputError(f"checkpoint {path}: not a resumable checkpoint")
+        self.path, self.state = resumable_state(self.ckpt_dir, self.prefix, self.path)
+        path = self.path
         missing = [k for k in self.load_dict if k not in self.state and k not in OPTIONAL_ENTRIES]
         if missing:
             raise InputError(f"checkpoint {path}: not a resumable checkpoint (no {', '.join(missing)})")
@@ -313,13 +301,21 @@ def check_resume(resume, ckpt_dir: str, prefix: str) -> None:
     tensors and plain containers (`weights_only`: a pickle that would run code is refused here)."""
     from bundle.errors import as_bool
 
-    if not as_bool(resume, "resume"):
-        return
-    path = latest_checkpoint(ckpt_dir, prefix)
+    if as_bool(resume, "resume"):
+        resumable_state(ckpt_dir, prefix)
+
+
+def resumable_state(ckpt_dir: str, prefix: str, path: str | None = None) -> tuple[str, dict]:
+    """The checkpoint to resume from (`path`, else the newest `<prefix>_checkpoint_*.pt` in
+    `ckpt_dir`) and its content, loaded `weights_only`; an `InputError` if there is none or it
+    is not a dict of entries."""
+    path = path or latest_checkpoint(ckpt_dir, prefix)
     if path is None:
         raise InputError(f"resume: no {prefix}_checkpoint_*.pt in {ckpt_dir} to resume from")
-    if not isinstance(safe_load(path), dict):
+    state = safe_load(path)
+    if not isinstance(state, dict):
         raise InputError(f"checkpoint {path}: not a resumable checkpoint")
+    return path, state
 
 
 def saved_score(path: str) -> float | None:
@@ -335,14 +331,6 @@ def saved_score(path: str) -> float | None:
     return float(next(iter(score.values()))) if isinstance(score, dict) and score else None
 
 
-def remove_temporary_files(folder: str) -> None:
-    """Remove the `.tmp-*` files a killed run left in `folder` (a finished save leaves none)."""
-    if not os.path.isdir(folder):
-        return
-    for name in os.listdir(folder):
-        if name.startswith(TMP_PREFIX) and os.path.isfile(os.path.join(folder, name)):
-            os.remove(os.path.join(folder, name))
-            logger.warning("removed %s, left by an interrupted run", os.path.join(folder, name))
 
 
 class ScalerState:

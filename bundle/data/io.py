@@ -73,6 +73,19 @@ def atomic_output(path: str, suffix: str = "", folder: bool = False) -> Iterator
             os.remove(tmp)
 
 
+def remove_leftovers(folder: str, logger=None) -> None:
+    """Remove the temporary files and folders (`.tmp-*`, the bundle's own prefix) that a killed run
+    left in `folder`; a finished write leaves none. Each removal is logged as a warning."""
+    if not os.path.isdir(folder):
+        return
+    for name in os.listdir(folder):
+        if name.startswith(TMP_PREFIX):
+            path = os.path.join(folder, name)
+            shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.remove(path)
+            if logger is not None:
+                logger.warning("removed %s, left by an interrupted run", path)
+
+
 def write_text_atomic(path: str, text: str) -> None:
     """Write `text` to `path` atomically."""
     with atomic_output(path, ".txt") as tmp, open(tmp, "w") as f:
@@ -158,26 +171,40 @@ def check_volume_array(path: str, data: np.ndarray) -> np.ndarray:
     return np.asarray(data, dtype=np.float32)
 
 
-def save_nifti_like(data: np.ndarray, reference: nib.Nifti1Image, path: str) -> None:
-    """Write `data` (same shape as `reference`) as float32 NIfTI with the reference's affine and
-    header (qform, sform, units, description), atomically."""
+def nifti_like(data: np.ndarray, reference: nib.Nifti1Image) -> nib.Nifti1Image:
+    """`data` (same shape as `reference`) as a float32 NIfTI image with the reference's affine and
+    header (qform, sform, units, description)."""
     if tuple(data.shape) != tuple(reference.shape):
-        raise ValueError(f"{path}: data shape {data.shape} differs from the reference {reference.shape}")
+        raise ValueError(f"data shape {data.shape} differs from the reference {reference.shape}")
     header = reference.header.copy()
     header.set_data_dtype(np.float32)
     img = nib.Nifti1Image(np.asarray(data, dtype=np.float32), reference.affine, header)
     img.header.set_slope_inter(None, None)
-    save_nifti_atomic(img, path)
+    return img
 
 
-def save_nifti_array(data: np.ndarray, affine: np.ndarray, path: str) -> None:
-    """Write an array (float32, or complex64 for complex data) with `affine` in mm, atomically."""
+def nifti_array(data: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image:
+    """An array (float32, or complex64 for complex data) as a NIfTI image with `affine` in mm."""
     data = np.asarray(data)
     dtype = np.complex64 if np.iscomplexobj(data) else np.float32
     img = nib.Nifti1Image(np.ascontiguousarray(data, dtype=dtype), np.asarray(affine, dtype=np.float64))
     img.header.set_xyzt_units("mm", "sec")
     img.header.set_slope_inter(None, None)
+    return img
+
+
+def save_nifti_like(data: np.ndarray, reference: nib.Nifti1Image, path: str) -> None:
+    """Write `nifti_like(data, reference)` to `path`, atomically."""
+    try:
+        img = nifti_like(data, reference)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
     save_nifti_atomic(img, path)
+
+
+def save_nifti_array(data: np.ndarray, affine: np.ndarray, path: str) -> None:
+    """Write `nifti_array(data, affine)` to `path`, atomically."""
+    save_nifti_atomic(nifti_array(data, affine), path)
 
 
 def save_nifti_atomic(img: nib.Nifti1Image, path: str) -> None:

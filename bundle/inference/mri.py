@@ -74,6 +74,10 @@ class SliceReconstructionInferer(Inferer):
         self.amp = bool(amp)
         self.cpu_batch_pixels = check_cpu_batch_pixels(cpu_batch_pixels)
 
+    def mask_key(self, content: str) -> str:
+        """What the masks are seeded by: the data's `content_key` and the configured seed."""
+        return f"{content}:{self.seed}" if self.seed else content
+
     @torch.no_grad()
     def reconstruct_slices(self, network: nn.Module, slices: torch.Tensor, name: str) -> dict[str, torch.Tensor]:
         """(S, H, W) normalised slices -> "recon", "zero_filled", "mask" (S, H, W) on the CPU."""
@@ -110,10 +114,8 @@ class SliceReconstructionInferer(Inferer):
             # masks seeded by content: the key ScaleByPercentiled computed from the volume before
             # normalising (as MRIReconstructor does), else the normalised volume's own
             keys = meta.get("content_key")
-            key = (keys if isinstance(keys, str) else keys[b]) if keys else content_key(inputs[b, 0], self.seed)
-            if keys and self.seed:
-                key = f"{key}:{self.seed}"
-            out[b, 0] = self.reconstruct_slices(network, vol, key)["recon"].movedim(0, self.axis)
+            key = (keys if isinstance(keys, str) else keys[b]) if keys else content_key(inputs[b, 0])
+            out[b, 0] = self.reconstruct_slices(network, vol, self.mask_key(key))["recon"].movedim(0, self.axis)
         return out
 
 
@@ -194,9 +196,7 @@ class MRIReconstructor(Reconstructor):
             return self._reconstruct_prospective(kspace_grid, name)
         axis = self.inferer.axis
         vol, scale = self._normalised_slices(volume, axis, name)
-        key = content_key(volume)  # the masks: seeded by the data and the seed, never by the file name
-        if self.inferer.seed:
-            key = f"{key}:{self.inferer.seed}"
+        key = self.inferer.mask_key(content_key(volume))  # by the data and the seed, never by the file name
         outputs = self.inferer.reconstruct_slices(self.network.to(self.device), vol, key)
         return {key: np.moveaxis(value.numpy() * (scale if key != "mask" else 1.0), 0, axis)
                 for key, value in outputs.items()}

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from bundle.data.ctraw import measured_ct_kind, read_measured_ct
 from bundle.data.dicom import write_dicom_series
-from bundle.data.io import TMP_PREFIX, save_nifti_array, save_nifti_like, tmp_path_beside
+from bundle.data.io import TMP_PREFIX, nifti_array, nifti_like, remove_leftovers, tmp_path_beside
 from bundle.data.rawkspace import is_ismrmrd, read_raw
 from bundle.data.readers import InputVolume, input_kind, list_inputs, load_input, output_stem
 from bundle.errors import InputError
@@ -222,7 +222,7 @@ class InferenceRunner:
                              "use --overwrite true to replace them, or another output_dir")
         needed = sum(self._bytes_needed(p, len(planned[p.stem])) for p in prepared)
         check_output_dir(output_dir, needed)
-        remove_leftovers(output_dir)
+        remove_leftovers(output_dir, logger)
         if existing:
             logger.warning("replacing %d earlier output(s) in %s: %s", len(existing), output_dir, ", ".join(existing))
         if incomplete:
@@ -245,9 +245,7 @@ class InferenceRunner:
         assert p.item is not None and p.from_ras is not None
         result = self.reconstructor.reconstruct(p.volume, p.spacing, p.stem, **p.extra)
         result = {key: apply_orientation(value, p.from_ras) for key, value in result.items()}
-        check_finite(result, p.item.path)
-        outputs = {os.path.join(output_dir, f"{p.stem}_{key}.nii.gz"): value for key, value in result.items()}
-        written = write_set(outputs, p.item.reference)
+        written = write_set(result, p.stem, output_dir, p.item.reference, p.item.path)
         if self.output_dicom and p.item.series is not None:
             for key in self.reconstructor.dicom_outputs:
                 out = os.path.join(output_dir, f"{p.stem}_{key}_dicom")
@@ -266,8 +264,7 @@ class InferenceRunner:
         raw = read_raw(p.raw_path)  # checked in `prepare`
         result = rec.reconstruct_raw(raw, p.stem, **extra)
         affine = np.diag([*p.spacing, 1.0])
-        check_finite(result, raw.path)
-        written = write_set({os.path.join(output_dir, f"{p.stem}_{key}.nii.gz"): v for key, v in result.items()}, affine)
+        written = write_set(result, p.stem, output_dir, affine, raw.path)
         logger.info("%s -> %s_{%s}.nii.gz", raw.path, os.path.join(output_dir, p.stem), ",".join(result))
         return written
 
@@ -279,8 +276,7 @@ class InferenceRunner:
         rec = p.extra.get("scan_reconstructor", self.measured)
         result = rec.reconstruct_scan(scan, p.stem)
         affine = rec.affine(scan)
-        check_finite(result, scan.path)
-        written = write_set({os.path.join(output_dir, f"{p.stem}_{key}.nii.gz"): v for key, v in result.items()}, affine)
+        written = write_set(result, p.stem, output_dir, affine, scan.path)
         logger.info("%s -> %s_{%s}.nii.gz%s", scan.path, os.path.join(output_dir, p.stem), ",".join(result),
                     f" ({scan.notes})" if scan.notes else "")
         return written
@@ -331,16 +327,6 @@ def _undo(output_dir: str, probe: str | None, remove_dir: bool) -> None:
         pass
 
 
-def remove_leftovers(output_dir: str) -> None:
-    """Remove temporary files and folders that a killed run left in `output_dir` (`.tmp-*`: the
-    bundle's own prefix; a finished run leaves none)."""
-    for name in os.listdir(output_dir):
-        if name.startswith(TMP_PREFIX):
-            path = os.path.join(output_dir, name)
-            shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.remove(path)
-            logger.warning("removed %s, left by an interrupted run", path)
-
-
 def check_finite(result: dict, source: str) -> None:
     """Refuse to write non-finite reconstructions (a wrong output must never look like a result)."""
     for key, value in result.items():
@@ -349,19 +335,20 @@ def check_finite(result: dict, source: str) -> None:
                              "for this input")
 
 
-def write_set(outputs: dict[str, np.ndarray], reference) -> list[str]:
-    """Write the outputs of one input as a set: each to a temporary file first, then all renamed
-    in a row, so an interruption while writing leaves the previous set (or none), not a mix.
-    `reference`: the input's NIfTI image (its header and affine) or a 4x4 affine."""
+def write_set(result: dict[str, np.ndarray], stem: str, output_dir: str, reference, source: str) -> list[str]:
+    """Write the outputs of one input (`<stem>_<output>.nii.gz`) as a set, once they are all
+    finite: each to a temporary file first, then all renamed in a row, so an interruption while
+    writing leaves the previous set (or none), not a mix. `reference`: the input's NIfTI image
+    (its header and affine) or a 4x4 affine; `source`: the input, for the message."""
+    check_finite(result, source)
+    outputs = {os.path.join(output_dir, f"{stem}_{key}.nii.gz"): value for key, value in result.items()}
     temps: dict[str, str] = {}
     try:
         for path, value in outputs.items():
             tmp = tmp_path_beside(path, ".nii.gz")
             temps[path] = tmp
-            if isinstance(reference, nib.Nifti1Image):
-                save_nifti_like(value, reference, tmp)
-            else:
-                save_nifti_array(value, reference, tmp)
+            is_image = isinstance(reference, nib.Nifti1Image)
+            nib.save(nifti_like(value, reference) if is_image else nifti_array(value, reference), tmp)
         for path, tmp in temps.items():
             os.replace(tmp, path)
     finally:
