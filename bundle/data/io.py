@@ -120,7 +120,8 @@ def load_nifti_volume(path: str) -> tuple[nib.Nifti1Image, np.ndarray]:
 
 # Beyond this, float32 sums and squares in FFTs, projections and losses overflow (3.4e38) and the
 # outputs would be wrong without any error. Real data stay far below: scanner images are 16- or
-# 32-bit integers, HU or Bq/ml; the largest here, the RSS of a raw k-space file, is 2.8e12.
+# 32-bit integers, HU or Bq/ml; the largest here, the RSS of a raw k-space file, is 2.8e12
+# (the SigPy 8-coil brain of ../shared, via tests/data/test_fastmri.py).
 MAX_ABS_VALUE = 1e18
 
 
