@@ -193,6 +193,9 @@ def check_metadata(path: str, metadata: dict, network: nn.Module, modality: str 
     does not fit `network` (its `architecture()`) or `modality`."""
     found_modality = metadata.get("modality")
     found = dict(metadata.get("architecture") or {})
+    if found.get("network") == "VarNet":  # written before 0.12, when every VarNet learned its maps
+        found.setdefault("sensitivities", "learned")
+        found.setdefault("sense_iterations", 0)
     describe = getattr(network, "architecture", None)
     expected = dict(describe()) if callable(describe) else {}
     keys = [k for k in expected if k in found]
@@ -202,6 +205,8 @@ def check_metadata(path: str, metadata: dict, network: nn.Module, modality: str 
         if found.get("network") == "ResidualUNet" and "features" in wrong_arch and \
                 variant_name(found.get("features", [])) != "custom":
             hint = f"; for these weights use --model_variant {variant_name(found['features'])} (or auto)"
+        if found.get("network") == "VarNet" and found.get("sensitivities") == "learned" and "sensitivities" in wrong_arch:
+            hint = "; for these weights (learned maps, before 0.12) use --varnet_variant learned-cpu"
         raise InputError(f"checkpoint {path}: expected {_describe(modality or found_modality, expected)}, found "
                          f"{_describe(found_modality, found)} weights{hint}")
 

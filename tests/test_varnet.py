@@ -100,3 +100,65 @@ def test_bad_network_inputs():
     with pytest.raises(InputError, match="unknown varnet variant"):
         varnet_variant("huge")
     assert varnet_variant("gpu")["cascades"] > varnet_variant("cpu")["cascades"]
+
+
+def test_the_cg_sense_start_with_true_maps_recovers_the_unacquired_lines():
+    """With given (true) maps, the start of the cascades is CG-SENSE with its acquired samples
+    kept: at R = 2 on a noise-free phantom with 8 birdcage coils it recovers the k-space lines
+    that were not acquired (the zero-filled start has none of them), and keeps the acquired ones."""
+    full, _ = acquisition(coils=8, acc=2)
+    mask = torch.zeros(32, dtype=torch.bool)
+    mask[::2] = True
+    mask[12:20] = True
+    net = VarNet(cascades=1, features=TINY["features"], sensitivities="espirit", sense_iterations=30,
+                 sense_weight=1e-6)
+    y = (full * mask)[None]
+    m = mask.view(1, 1, 1, -1)
+    maps = birdcage_maps(8, (32, 32))[None]
+    with torch.no_grad():
+        start = net.sense_start(y, m, maps)[0]
+    missing = ~mask
+    error = (start - full)[..., missing].abs().norm() / full[..., missing].abs().norm()
+    assert error < 0.02
+    torch.testing.assert_close(start[..., mask], full[..., mask])
+
+
+def test_a_network_that_takes_maps_refuses_none_or_the_wrong_coil_count():
+    net = VarNet(cascades=1, features=TINY["features"], sensitivities="espirit", sense_iterations=2)
+    assert net.takes_maps and net.sensitivity is None
+    full, mask = acquisition(coils=4)
+    y = (full * mask)[None]
+    with pytest.raises(InputError, match="none were given"):
+        net(y, mask.view(1, 1, 1, -1))
+    with pytest.raises(InputError, match="coil sensitivities are"):
+        net(y, mask.view(1, 1, 1, -1), birdcage_maps(3, (32, 32))[None])
+    out = net(y, mask.view(1, 1, 1, -1), birdcage_maps(4, (32, 32))[None])
+    assert out.shape == (1, 1, 32, 32) and torch.isfinite(out).all()
+    out.sum().backward()  # the learned CG-SENSE weight is trained through the CG steps
+    assert net.log_sense_weight is not None and net.log_sense_weight.grad is not None
+    assert torch.isfinite(net.log_sense_weight.grad)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"sensitivities": "guess"}, "sensitivities must be"),
+    ({"sense_iterations": 3}, "needs sensitivities: espirit"),
+    ({"sensitivities": "espirit", "sense_iterations": -1}, "sense_iterations"),
+    ({"sensitivities": "espirit", "sense_iterations": 2, "sense_weight": 0}, "sense_weight"),
+])
+def test_bad_map_options_are_refused(kwargs, message):
+    with pytest.raises(InputError, match=message):
+        VarNet(cascades=1, features=TINY["features"], **kwargs)
+
+
+def test_weights_from_before_012_name_the_variant_that_reads_them(tmp_path):
+    """A 0.11 checkpoint (learned maps; its metadata has no `sensitivities`) in the 0.12 network
+    stops with one line that says what was found and which variant reads it; that variant does."""
+    from bundle.networks import load_checkpoint, with_metadata
+
+    old = VarNet(**varnet_variant("learned-cpu"))
+    arch = {k: v for k, v in old.architecture().items() if k not in ("sensitivities", "sense_iterations")}
+    path = tmp_path / "old.pt"
+    torch.save(with_metadata(old.state_dict(), {"modality": "mri_multicoil", "architecture": arch}), path)
+    with pytest.raises(InputError, match="sensitivities learned.*use --varnet_variant learned-cpu"):
+        load_checkpoint(VarNet(**varnet_variant("cpu")), str(path), modality="mri_multicoil")
+    load_checkpoint(VarNet(**varnet_variant("learned-cpu")), str(path), modality="mri_multicoil")

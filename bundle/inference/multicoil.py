@@ -8,8 +8,8 @@ Outputs, arrays (H, W, slices) in the axes of the k-space (H readout, W phase en
 RSS scale of the data, cropped only to the header's reconstruction size:
 `recon`, `zero_filled` (RSS of the acquired data), `mask` ((H, W, 1) acquired samples on the whole
 k-space grid, not cropped) and, with
-`write_maps`, `maps` ((H, W, slices, coils) complex sensitivities the network learned, or the
-ESPIRiT / given maps of a classical method).
+`write_maps`, `maps` ((H, W, slices, coils) complex sensitivities: the ESPIRiT or given maps the
+network or a classical method used, or those a learned-maps network made).
 """
 
 from __future__ import annotations
@@ -110,7 +110,11 @@ class MultiCoilReconstructor:
             if self.method == "varnet":
                 assert network is not None
                 mask_in = m[None, None] if mask.ndim == 2 else m[:1][None, None]
-                image, learned = network.reconstruct(acquired[None].to(self.device), mask_in.to(self.device))
+                maps_in = None
+                if network.takes_maps:  # the file's maps, else ESPIRiT from the calibration region
+                    maps_in = torch.from_numpy(raw.maps[min(i, raw.maps.shape[0] - 1)] if raw.maps is not None
+                                               else sensitivities(acquired.numpy(), mask))[None].to(self.device)
+                image, learned = network.reconstruct(acquired[None].to(self.device), mask_in.to(self.device), maps_in)
                 recon[i] = image[0, 0].float().cpu().numpy()
                 if maps is not None:
                     maps[i] = learned[0].cpu().numpy()

@@ -33,7 +33,7 @@ def check_regularisation(
 
 
 def regularised_least_squares(
-    op: LinearOperator, y: torch.Tensor, x0: torch.Tensor, lam: float, iterations: int
+    op: LinearOperator, y: torch.Tensor, x0: torch.Tensor, lam: float | torch.Tensor, iterations: int
 ) -> torch.Tensor:
     """argmin_x ||A x - y||^2 + lam ||x - x0||^2 by `iterations` conjugate-gradient steps from x0 on
     the normal equations (A^H A + lam I) x = A^H y + lam x0, each item of the leading (batch)

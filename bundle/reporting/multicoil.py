@@ -82,14 +82,18 @@ def file_mask(name: str, width: int, acceleration: float, mask_type: str = "equi
 Method = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (acquired k-space (C, H, W), mask (W,)) -> (H, W)
 
 
-def varnet_method(network: torch.nn.Module, device: str | torch.device = "cpu") -> Method:
+def varnet_method(network: torch.nn.Module, device: str | torch.device = "cpu", cache: MapsCache | None = None) -> Method:
+    """The multi-coil network as a method; one that takes maps gets ESPIRiT's (as at inference;
+    their time counts in the network's seconds unless `cache` already holds them)."""
     network = network.eval().to(device)
+    cache = cache or MapsCache()
 
     @torch.no_grad()
     def run(kspace: np.ndarray, mask: np.ndarray) -> np.ndarray:
         k = torch.from_numpy(kspace)[None].to(device)
         m = torch.from_numpy(mask).view(1, 1, 1, -1).to(device)
-        return network(k, m)[0, 0].cpu().numpy()
+        maps = torch.from_numpy(cache("espirit", kspace, mask))[None].to(device) if getattr(network, "takes_maps", False) else None
+        return network(k, m, maps)[0, 0].cpu().numpy()
 
     return run
 

@@ -29,13 +29,13 @@ from bundle.transforms.ct import (
     unit_to_hu,
 )
 from bundle.transforms.mri import UndersampleKspaced, check_acquisition
-from bundle.transforms.multicoil import AugmentCoilKspaced, SimulateMultiCoild, UndersampleMultiCoild
+from bundle.transforms.multicoil import AugmentCoilKspaced, EspiritMapsd, SimulateMultiCoild, UndersampleMultiCoild
 from bundle.transforms.pet import PETAcquisition, PETScanBatch, activity_scale
 from bundle.transforms.xray import LowDoseRadiographd
 
 __all__ = (
     "AugmentCoilKspaced", "DISPLAY_WINDOWS", "HU_CHECKS", "HU_WINDOW", "CTAcquisition", "CTDataConsistency", "CheckVolumed",
     "HounsfieldWindowd", "LowDoseRadiographd", "PETAcquisition", "PETScanBatch", "activity_scale", "RestoreScaled", "ScaleByPercentiled", "SimulateCTd",
-    "SimulateMultiCoild", "SliceSeededTransform", "UndersampleKspaced", "UndersampleMultiCoild", "check_acquisition", "check_hu", "check_hu_mode", "check_hu_window",
+    "EspiritMapsd", "SimulateMultiCoild", "SliceSeededTransform", "UndersampleKspaced", "UndersampleMultiCoild", "check_acquisition", "check_hu", "check_hu_mode", "check_hu_window",
     "hu_problem", "hu_to_unit", "normalisation_scale", "percentile_scale", "slice_seed", "source_name", "unit_to_hu",
 )

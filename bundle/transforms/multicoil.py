@@ -73,6 +73,8 @@ class SimulateMultiCoild(UndersampleMultiCoild):
         max_phase: the smooth phase spans at most about this many radians.
         accelerations, center_fractions, mask_type, deterministic, seed_key, label_key: as
             `UndersampleKspaced` (deterministic: coils, phase and noise are seeded by the slice too).
+        maps_key: also write the true sensitivities ((C, H, W) complex, unit RSS) under this key
+            (None: not written), for a network that takes maps.
     """
 
     def __init__(
@@ -87,10 +89,12 @@ class SimulateMultiCoild(UndersampleMultiCoild):
         deterministic: bool = False,
         seed_key: str = "slice_id",
         label_key: str = "label",
+        maps_key: str | None = None,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, accelerations, center_fractions, mask_type, deterministic, seed_key, label_key,
                          allow_missing_keys)
+        self.maps_key = maps_key
         low, high = _check_range(coils, "coils", 1)
         self.coils = (int(low), int(high))
         self.snr = _check_range(snr, "snr", 0.0)
@@ -100,12 +104,17 @@ class SimulateMultiCoild(UndersampleMultiCoild):
 
     def coil_kspace(self, image: torch.Tensor, seed: int) -> torch.Tensor:
         """(H, W) magnitude -> (C, H, W) noisy complex coil k-space, all draws from `seed`."""
+        return self.coil_data(image, seed)[0]
+
+    def coil_data(self, image: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(H, W) magnitude -> (C, H, W) noisy complex coil k-space and the (C, H, W) maps."""
         gen = torch.Generator().manual_seed(seed)
         h, w = int(image.shape[-2]), int(image.shape[-1])
         coils = int(torch.randint(self.coils[0], self.coils[1] + 1, (1,), generator=gen))
         phase = smooth_phase((h, w), gen, self.max_phase)
         x = torch.polar(image.float(), phase)
-        k = fft2c(random_coil_maps(coils, (h, w), gen) * x)
+        maps = random_coil_maps(coils, (h, w), gen)
+        k = fft2c(maps * x)
         snr = math.exp(math.log(max(self.snr[0], 1e-6)) + float(torch.rand(1, generator=gen))
                        * (math.log(max(self.snr[1], 1e-6)) - math.log(max(self.snr[0], 1e-6))))
         if self.snr[1] > 0:
@@ -113,7 +122,7 @@ class SimulateMultiCoild(UndersampleMultiCoild):
             sigma = float(obj.mean()) / snr if obj.numel() else 0.0
             noise = torch.randn(k.shape, generator=gen, dtype=k.dtype)  # complex: unit variance in total
             k = k + sigma * noise
-        return k
+        return k, maps
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict:
         d = dict(data)
@@ -122,15 +131,62 @@ class SimulateMultiCoild(UndersampleMultiCoild):
             if image.ndim != 3 or image.shape[0] != 1:
                 raise InputError(f"expected a (1, H, W) magnitude slice, got shape {tuple(image.shape)}")
             seed = self.seed(d, "coils", self.coils, self.snr, self.max_phase)
-            d[key] = self.coil_kspace(image[0], seed)
+            d[key], maps = self.coil_data(image[0], seed)
             d = super().__call__(d)
+            if self.maps_key is not None:
+                d[self.maps_key] = maps.to(torch.complex64)
+        return d
+
+
+class EspiritMapsd(MapTransform):
+    """ESPIRiT coil sensitivities of acquired multi-coil k-space ("kspace" (C, H, W) and "mask",
+    as `UndersampleMultiCoild` writes them), under `maps_key`: what a network that takes maps
+    gets at inference (`bundle.parallel_imaging.sensitivities`: SigPy's ESPIRiT, all pixels kept,
+    or the calibration lines' maps when the region is under 4 lines).
+
+    ESPIRiT costs about a second a slice on a CPU; the maps depend only on the calibration region,
+    so they are cached by the slice ("slice_id"), the flips `AugmentCoilKspaced` made (it leaves
+    them under "augmentation", which this transform removes) and the calibration region's bounds;
+    a global phase changes ESPIRiT's maps by that phase only (which a SENSE reconstruction
+    absorbs), so it is not part of the key. Items without a "slice_id" are not cached, nor is
+    anything with `cache_size=0` (simulated coils drawn afresh at every access).
+    """
+
+    def __init__(self, keys: KeysCollection = ("kspace",), mask_key: str = "mask", maps_key: str = "maps",
+                 cache_size: int = 512, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.mask_key, self.maps_key, self.cache_size = mask_key, maps_key, int(cache_size)
+        self.cache: dict[tuple, torch.Tensor] = {}
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict:
+        from bundle.parallel_imaging import sensitivities
+        from bundle.physics.mri_sense import acs_window
+
+        d = dict(data)
+        flips = d.pop("augmentation", "")
+        for key in self.key_iterator(d):
+            k = convert_to_tensor(d[key], track_meta=False).to(torch.complex64)
+            mask = convert_to_tensor(d[self.mask_key], track_meta=False).reshape(-1, k.shape[-1])
+            mask = mask[0] if mask.shape[0] == 1 else mask
+            window = acs_window(mask, (int(k.shape[-2]), int(k.shape[-1])))
+            rows, cols = torch.nonzero(window.any(1)).flatten(), torch.nonzero(window.any(0)).flatten()
+            ident = (d.get("slice_id"), str(key), flips, tuple(k.shape), int(rows[0]), int(rows[-1]), int(cols[0]), int(cols[-1]))
+            if d.get("slice_id") is None or self.cache_size <= 0:
+                d[self.maps_key] = torch.from_numpy(sensitivities(k.numpy(), mask.numpy()))
+                continue
+            if ident not in self.cache:
+                if len(self.cache) >= self.cache_size:
+                    self.cache.pop(next(iter(self.cache)))
+                self.cache[ident] = torch.from_numpy(sensitivities(k.numpy(), mask.numpy()))
+            d[self.maps_key] = self.cache[ident]
         return d
 
 
 class AugmentCoilKspaced(MapTransform, RandomizableTransform):
     """Random flips of the coil images (both axes, each with probability `flip_prob`) and one
     random global phase, applied to fully sampled (C, H, W) coil k-space in the image domain: new
-    real examples that keep the acquisition's physics (coils, noise, sampling grid)."""
+    real examples that keep the acquisition's physics (coils, noise, sampling grid). The flips are
+    noted under "augmentation" (`EspiritMapsd` caches maps by them and removes the note)."""
 
     def __init__(self, keys: KeysCollection, flip_prob: float = 0.5, allow_missing_keys: bool = False) -> None:
         MapTransform.__init__(self, keys, allow_missing_keys)
@@ -146,6 +202,7 @@ class AugmentCoilKspaced(MapTransform, RandomizableTransform):
             dims = [dim for dim in (-2, -1) if self.R.rand() < self.flip_prob]
             if dims:
                 images = images.flip(dims)
+            d["augmentation"] = f"{d.get('augmentation', '')}{key}:flip{dims};"  # for EspiritMapsd's cache
             phase = torch.tensor(float(self.R.uniform(-math.pi, math.pi)))
             d[key] = fft2c(images * torch.polar(torch.ones(()), phase))
         return d

@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bart", default=os.path.join(SHARED_KSPACE, "bart_pics_brain_img"), help="BART PICS image (cfl stem)")
     p.add_argument("--ckpt", default=os.path.join(ROOT, "models", "model.pt"))
     p.add_argument("--multicoil-ckpt", default=os.path.join(ROOT, "models", "model_multicoil.pt"))
-    p.add_argument("--pics-weight", type=float, default=0.01,
+    p.add_argument("--pics-weight", type=float, default=0.03,
                    help="SigPy PICS weight (default: the one compare.py --multicoil tuned on the real phantoms at 8x)")
     p.add_argument("--out-dir", default=os.path.join(ROOT, "eval", "kspace"))
     p.add_argument("--figure", default=os.path.join(ROOT, "docs", "figures", "kspace_sigpy_brain.png"))
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     from bundle.networks import ResidualUNet, load_checkpoint
     from bundle.parallel_imaging import classical, espirit_maps
     from bundle.reporting.figures import save_figure
-    from bundle.varnet import VarNet
+    from bundle.varnet import VarNet, varnet_variant
 
     os.makedirs(args.out_dir, exist_ok=True)
     h5 = convert(args.kspace, os.path.join(args.out_dir, "sigpy_brain_8coil.h5"))
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     single = MRIReconstructor(load_checkpoint(ResidualUNet(), args.ckpt), device=device)
     InferenceRunner(single).run([h5], args.out_dir)  # no multi-coil model: the single-coil emulation
     multi_dir = os.path.join(args.out_dir, "multicoil")
-    varnet = load_checkpoint(VarNet(), args.multicoil_ckpt)
+    varnet = load_checkpoint(VarNet(**varnet_variant("cpu")), args.multicoil_ckpt)
     t = time.perf_counter()
     InferenceRunner(single, multicoil=MultiCoilReconstructor(varnet, device=device)).run([h5], multi_dir)
     seconds = {"varnet": time.perf_counter() - t}
