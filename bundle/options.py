@@ -79,6 +79,13 @@ def each(rule: Callable[[str, object], None]) -> Callable[[str, object], None]:
     return check
 
 
+def one_of(*choices: str) -> Callable[[str, object], None]:
+    def check(name: str, value) -> None:
+        if value not in choices:
+            raise InputError(f"{name}: expected one of {', '.join(choices)}, got {value!r}")
+    return check
+
+
 def window(name: str, value) -> None:
     """A [low, high] intensity window (e.g. CT's hu_window) with low < high."""
     if not isinstance(value, (list, tuple)) or len(value) != 2:
@@ -139,6 +146,7 @@ RULES: Mapping[str, Callable[[str, object], None]] = MappingProxyType({
     "electronic_noise": at_least(0.0),
     "dc_iterations": whole(0),
     "dc_weight": at_least(0.0),
+    "simulated_maps": one_of("espirit", "true"),
     "amp": boolean,
     "output_dicom": boolean,
     "overwrite": boolean,

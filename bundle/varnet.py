@@ -170,7 +170,7 @@ class VarNet(nn.Module):
         assert self.log_sense_weight is not None
         op = CartesianSense(maps, m.to(y.real.dtype))
         x0 = torch.zeros(y.shape[0], *y.shape[-2:], dtype=y.dtype, device=y.device)
-        x = regularised_least_squares(op, y * m, x0, self.log_sense_weight.exp(), self.sense_iterations)
+        x = regularised_least_squares(op, y, x0, self.log_sense_weight.exp(), self.sense_iterations)  # A^H masks y
         return torch.where(m, y, fft2c(x.unsqueeze(1) * maps))
 
     def reconstruct(self, kspace: torch.Tensor, mask: torch.Tensor,
@@ -209,8 +209,8 @@ class VarNet(nn.Module):
 class PrepareMultiCoilBatch:
     """Ignite/MONAI `prepare_batch` for `VarNet`: the network input is the batch's "kspace"
     (complex, masked), the target its "label" (RSS of the fully sampled coils), the "mask" the
-    second argument and the "maps" (when the batch has them) the third. The zero-filled RSS stays in the batch as "zero_filled" for the
-    baseline's metrics."""
+    second argument and the "maps" (when the batch has them) the third. The zero-filled RSS stays
+    in the batch as "zero_filled" for the baseline's metrics."""
 
     def __call__(self, batchdata: dict, device: torch.device | str | None = None, non_blocking: bool = False,
                  **kwargs) -> tuple:

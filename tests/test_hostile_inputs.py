@@ -338,6 +338,14 @@ case("training learning_rate negative", r"learning_rate: must be > 0, got -0\.00
 case("training max_epochs 0", r"max_epochs: expected a whole number >= 1, got 0")(lambda tmp: _train(tmp, "--max_epochs", "0"))
 case("training accelerations below 1", r"acceleration.*>= 1, got 0\.5")(
     lambda tmp: _train(tmp, "--accelerations", "[4,0.5]"))
+@case("multi-coil training simulated_maps misspelt", r"simulated_maps: expected one of espirit, true, got 'ture'")
+def _(tmp):
+    argv, out, options = _train(tmp, "--simulated_maps", "ture")
+    i = argv.index("--config_file")
+    argv[i + 1] = "['configs/train.yaml','configs/train_multicoil.yaml']"
+    return argv, out, options
+
+
 case("training resume with nothing to resume", r"resume: no last_checkpoint_\*\.pt in .*ckpt")(
     lambda tmp: _train(tmp, "--resume", "true"))
 @case("training resume from a malicious pickle", r"checkpoint .*last_checkpoint_epoch=1\.pt: corrupt or not a PyTorch")

@@ -107,22 +107,24 @@ class MultiCoilReconstructor:
         for i in tqdm(range(s), desc=f"{name}: slices", unit="slice", disable=not self.progress or s < 4, leave=False):
             acquired = torch.from_numpy(raw.kspace[i]) * m
             zero_filled[i] = rss(ifft2c(acquired), 0).numpy()
+            # the sensitivities: the file's own, else ESPIRiT from the calibration region; none
+            # for zero-filled, and a learned-maps network makes its own
+            if self.method == "varnet":
+                needs_maps = network is not None and network.takes_maps
+            else:
+                needs_maps = self.method != "zero_filled"
+            given = None
+            if needs_maps:
+                given = raw.maps[min(i, raw.maps.shape[0] - 1)] if raw.maps is not None else sensitivities(acquired.numpy(), mask)
             if self.method == "varnet":
                 assert network is not None
                 mask_in = m[None, None] if mask.ndim == 2 else m[:1][None, None]
-                maps_in = None
-                if network.takes_maps:  # the file's maps, else ESPIRiT from the calibration region
-                    maps_in = torch.from_numpy(raw.maps[min(i, raw.maps.shape[0] - 1)] if raw.maps is not None
-                                               else sensitivities(acquired.numpy(), mask))[None].to(self.device)
-                image, learned = network.reconstruct(acquired[None].to(self.device), mask_in.to(self.device), maps_in)
+                maps_in = torch.from_numpy(given)[None].to(self.device) if given is not None else None
+                image, used = network.reconstruct(acquired[None].to(self.device), mask_in.to(self.device), maps_in)
                 recon[i] = image[0, 0].float().cpu().numpy()
-                if maps is not None:
-                    maps[i] = learned[0].cpu().numpy()
-                continue
-            given = raw.maps[min(i, raw.maps.shape[0] - 1)] if raw.maps is not None else None
-            if given is None and self.method != "zero_filled":
-                given = sensitivities(acquired.numpy(), mask)
-            recon[i] = classical(self.method, acquired.numpy(), mask, given, self.weight)
+                given = used[0].cpu().numpy()
+            else:
+                recon[i] = classical(self.method, acquired.numpy(), mask, given, self.weight)
             if maps is not None and given is not None:
                 maps[i] = given
         out = {"recon": recon, "zero_filled": zero_filled}

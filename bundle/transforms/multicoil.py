@@ -164,21 +164,25 @@ class EspiritMapsd(MapTransform):
 
         d = dict(data)
         flips = d.pop("augmentation", "")
+        cached = d.get("slice_id") is not None and self.cache_size > 0
         for key in self.key_iterator(d):
             k = convert_to_tensor(d[key], track_meta=False).to(torch.complex64)
             mask = convert_to_tensor(d[self.mask_key], track_meta=False).reshape(-1, k.shape[-1])
             mask = mask[0] if mask.shape[0] == 1 else mask
-            window = acs_window(mask, (int(k.shape[-2]), int(k.shape[-1])))
-            rows, cols = torch.nonzero(window.any(1)).flatten(), torch.nonzero(window.any(0)).flatten()
-            ident = (d.get("slice_id"), str(key), flips, tuple(k.shape), int(rows[0]), int(rows[-1]), int(cols[0]), int(cols[-1]))
-            if d.get("slice_id") is None or self.cache_size <= 0:
-                d[self.maps_key] = torch.from_numpy(sensitivities(k.numpy(), mask.numpy()))
-                continue
-            if ident not in self.cache:
-                if len(self.cache) >= self.cache_size:
-                    self.cache.pop(next(iter(self.cache)))
-                self.cache[ident] = torch.from_numpy(sensitivities(k.numpy(), mask.numpy()))
-            d[self.maps_key] = self.cache[ident]
+            ident: tuple | None = None
+            if cached:
+                window = acs_window(mask, (int(k.shape[-2]), int(k.shape[-1])))
+                rows, cols = torch.nonzero(window.any(1)).flatten(), torch.nonzero(window.any(0)).flatten()
+                ident = (d["slice_id"], str(key), flips, tuple(k.shape), int(rows[0]), int(rows[-1]),
+                         int(cols[0]), int(cols[-1]))
+            maps = self.cache.get(ident) if ident is not None else None
+            if maps is None:
+                maps = torch.from_numpy(sensitivities(k.numpy(), mask.numpy()))
+                if ident is not None:
+                    if len(self.cache) >= self.cache_size:
+                        self.cache.pop(next(iter(self.cache)))
+                    self.cache[ident] = maps
+            d[self.maps_key] = maps
         return d
 
 
