@@ -196,6 +196,7 @@ def check_metadata(path: str, metadata: dict, network: nn.Module, modality: str 
     if found.get("network") == "VarNet":  # written before 0.12, when every VarNet learned its maps
         found.setdefault("sensitivities", "learned")
         found.setdefault("sense_iterations", 0)
+        found.setdefault("final_dc", False)  # written before 0.13
     describe = getattr(network, "architecture", None)
     expected = dict(describe()) if callable(describe) else {}
     keys = [k for k in expected if k in found]
@@ -207,6 +208,9 @@ def check_metadata(path: str, metadata: dict, network: nn.Module, modality: str 
             hint = f"; for these weights use --model_variant {variant_name(found['features'])} (or auto)"
         if found.get("network") == "VarNet" and found.get("sensitivities") == "learned" and "sensitivities" in wrong_arch:
             hint = "; for these weights (learned maps, before 0.12) use --varnet_variant learned-cpu"
+        elif found.get("network") == "VarNet" and wrong_arch == ["final_dc"]:
+            hint = (f"; for these weights add --multicoil_final_dc {str(found['final_dc']).lower()} (inference) "
+                    f"or --final_dc {str(found['final_dc']).lower()} (training)")
         raise InputError(f"checkpoint {path}: expected {_describe(modality or found_modality, expected)}, found "
                          f"{_describe(found_modality, found)} weights{hint}")
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from bundle.errors import InputError
-from bundle.physics.mri import cartesian_mask, fft2c
+from bundle.physics.mri import cartesian_mask, fft2c, ifft2c
 from bundle.physics.mri_sense import birdcage_maps, rss
 from bundle.varnet import VarNet, varnet_variant
 
@@ -156,9 +156,44 @@ def test_weights_from_before_012_name_the_variant_that_reads_them(tmp_path):
     from bundle.networks import load_checkpoint, with_metadata
 
     old = VarNet(**varnet_variant("learned-cpu"))
-    arch = {k: v for k, v in old.architecture().items() if k not in ("sensitivities", "sense_iterations")}
+    arch = {k: v for k, v in old.architecture().items() if k not in ("sensitivities", "sense_iterations", "final_dc")}
     path = tmp_path / "old.pt"
     torch.save(with_metadata(old.state_dict(), {"modality": "mri_multicoil", "architecture": arch}), path)
     with pytest.raises(InputError, match="sensitivities learned.*use --varnet_variant learned-cpu"):
         load_checkpoint(VarNet(**varnet_variant("cpu")), str(path), modality="mri_multicoil")
     load_checkpoint(VarNet(**varnet_variant("learned-cpu")), str(path), modality="mri_multicoil")
+
+
+@pytest.mark.parametrize("final_dc", [True, False])
+def test_the_final_data_consistency_keeps_the_measured_samples(final_dc):
+    """With `final_dc` the final coil k-space equals the measured samples where they were
+    acquired (exactly, on the data's scale) and is filled in elsewhere; without it the cascades'
+    soft data consistency leaves it near them but not on them."""
+    torch.manual_seed(0)
+    net = VarNet(cascades=2, features=TINY["features"], sensitivities="espirit", sense_iterations=3,
+                 final_dc=final_dc).eval()
+    full, mask = acquisition(coils=4)
+    y = (full * mask)[None] * 1e-3  # a scanner's scale: the network divides it out and back
+    with torch.no_grad():
+        k, _ = net.final_kspace(y, mask.view(1, 1, 1, -1), birdcage_maps(4, (32, 32))[None])
+        image = net(y, mask.view(1, 1, 1, -1), birdcage_maps(4, (32, 32))[None])
+    acquired = mask.bool()
+    gap = (k[..., acquired] - y[..., acquired]).abs().max() / y.abs().max()
+    assert (gap < 1e-6) == final_dc
+    assert k[..., ~acquired].abs().max() > 1e-3 * y.abs().max()
+    torch.testing.assert_close(image[0, 0], (ifft2c(k[0]).abs() ** 2).sum(0).sqrt())
+
+
+def test_weights_without_the_final_data_consistency_name_the_option_that_reads_them(tmp_path):
+    """0.12 weights (ESPIRiT maps, no `final_dc` in their metadata) in the 0.13 network stop with
+    one line naming the option; with that option they load."""
+    from bundle.networks import load_checkpoint, with_metadata
+
+    settings = dict(varnet_variant("cpu"), final_dc=False)
+    old = VarNet(**settings)
+    arch = {k: v for k, v in old.architecture().items() if k != "final_dc"}
+    path = tmp_path / "v012.pt"
+    torch.save(with_metadata(old.state_dict(), {"modality": "mri_multicoil", "architecture": arch}), path)
+    with pytest.raises(InputError, match="final_dc False.*--multicoil_final_dc false"):
+        load_checkpoint(VarNet(**varnet_variant("cpu")), str(path), modality="mri_multicoil")
+    load_checkpoint(VarNet(**settings), str(path), modality="mri_multicoil")
