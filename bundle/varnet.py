@@ -20,12 +20,14 @@ With `sensitivities="espirit"` the network does not learn its sensitivities: it 
 (ESPIRiT from the calibration lines, `bundle.parallel_imaging.sensitivities`, or maps given with
 the data; the true maps of simulated coils in training), and with `sense_iterations` > 0 it starts
 the cascades from CG-SENSE with those maps (Tikhonov weight learned), its k-space filled in where
-nothing was acquired, instead of from the zero-filled k-space. With `final_dc` the measured samples
-replace the final k-space's where they were acquired (0.13: on the real validation phantoms the
-0.12 output was 2 to 4 % too dark in bright regions and 2 dB below PICS's PSNR at 4x). Why: on the real coils the maps a
+nothing was acquired, instead of from the zero-filled k-space. Why: on the real coils the maps a
 network learned from 10 calibration lines unfold badly (CG-SENSE with them: 20.9 dB on the
 in-vivo brain at 4x, with ESPIRiT's 25.7 dB), and 4 small cascades cannot undo 4x aliasing alone;
 the CG steps do the unfolding a physicist's SENSE does, the UNets what SENSE leaves.
+
+With `final_dc` the measured samples replace the final k-space's where they were acquired. Why
+(0.13): on the real validation phantoms at 4x the 0.12 output was about 3 % too dark and 2 dB
+below PICS's PSNR (`scripts/studies/multicoil_validation.py`).
 
 Tensors are complex: k-space (B, C, H, W), mask (B, 1, 1, W) or (B, 1, H, W) (bool or 0/1);
 MONAI's blocks use the real view (B, C, H, W, 2) inside.
