@@ -23,6 +23,49 @@ from bundle.physics.solvers import regularised_least_squares
 
 METHODS = ("zero_filled", "cg_sense", "pics")
 ESPIRIT_MIN_CALIBRATION = 4  # lines: a kernel of 3 fits in them
+# The shipped multi-coil reconstruction is (1 - PICS_BLEND) x network + PICS_BLEND x PICS: the
+# blend weight with the best worst-setting target ratio on validation (real phantoms and simulated
+# coils, 4x and 8x; scripts/studies/multicoil_pics_blend.py: -0.38 for the network alone, +0.26 at
+# 0.3). The two make different errors (the network's are texture, PICS's are wavelet blocks and
+# residual aliasing), so their average is closer to the truth than either.
+PICS_BLEND = 0.3
+# PICS weights tuned on the real validation phantoms (scripts/compare.py --multicoil): 0.01 at 4x,
+# 0.03 at 8x; the step falls at the geometric middle of the two, an effective acceleration (all
+# k-space samples over the acquired ones, the centre included; a fastMRI mask's is its nominal one)
+# of sqrt(32) = 5.66
+PICS_WEIGHTS_BY_ACCELERATION = ((32 ** 0.5, 0.01), (float("inf"), 0.03))
+
+
+def pics_weight_for(mask: np.ndarray) -> float:
+    """The PICS weight tuned on validation for the effective acceleration of `mask` ((W,) or (H, W))."""
+    m = np.asarray(mask, dtype=bool)
+    fraction = float(m.mean()) if m.any() else 1.0
+    effective = 1.0 / fraction
+    return next(w for limit, w in PICS_WEIGHTS_BY_ACCELERATION if effective < limit)
+
+
+def check_blend(value, name: str = "multicoil_pics_blend") -> float:
+    """A blend weight in [0, 1] (0: the network alone, 1: PICS alone), or an `InputError`."""
+    try:
+        a = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{name}: expected a number in [0, 1], got {value!r}") from None
+    if not 0.0 <= a <= 1.0:
+        raise InputError(f"{name}: expected a number in [0, 1], got {value!r}")
+    return a
+
+
+def check_pics_weight(value, name: str = "multicoil_pics_weight") -> float | None:
+    """"auto" (None: `pics_weight_for` the mask) or a weight >= 0, or an `InputError`."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return None
+    try:
+        w = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{name}: expected auto or a number >= 0, got {value!r}") from None
+    if not w >= 0:
+        raise InputError(f"{name}: expected auto or a number >= 0, got {value!r}")
+    return w
 
 
 def scale_of(kspace: np.ndarray) -> float:
@@ -77,6 +120,17 @@ def pics(kspace: np.ndarray, mask: np.ndarray, maps: np.ndarray, lam: float, ite
     x = mr.app.L1WaveletRecon(k, maps, lamda=float(lam), weights=weights, max_iter=int(iterations),
                               show_pbar=False).run()
     return np.asarray(x, dtype=np.complex64) * s
+
+
+def blend_with_pics(network_image: np.ndarray, kspace: np.ndarray, mask: np.ndarray, maps: np.ndarray,
+                    blend: float = PICS_BLEND, weight: float | None = None) -> np.ndarray:
+    """(1 - blend) x the network's magnitude + blend x PICS's (ESPIRiT `maps`, `weight` None:
+    `pics_weight_for(mask)`) of one slice of acquired k-space: the (H, W) image."""
+    if blend <= 0:
+        return np.asarray(network_image, dtype=np.float32)
+    w = pics_weight_for(mask) if weight is None else float(weight)
+    p = np.abs(pics(kspace, mask, maps, w)).astype(np.float32)
+    return ((1.0 - blend) * np.asarray(network_image, dtype=np.float32) + blend * p).astype(np.float32)
 
 
 def sense(kspace: np.ndarray, mask: np.ndarray, maps: np.ndarray, weight: float, iterations: int = 20) -> np.ndarray:

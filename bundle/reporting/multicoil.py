@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from bundle.data.rawkspace import read_raw
 from bundle.errors import InputError
-from bundle.parallel_imaging import classical, sensitivities
+from bundle.parallel_imaging import blend_with_pics, classical, sensitivities
 from bundle.physics.mri import cartesian_mask, default_center_fraction, ifft2c
 from bundle.physics.mri_sense import estimate_sensitivities, rss
 from bundle.transforms.base import slice_seed
@@ -82,9 +82,12 @@ def file_mask(name: str, width: int, acceleration: float, mask_type: str = "equi
 Method = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (acquired k-space (C, H, W), mask (W,)) -> (H, W)
 
 
-def varnet_method(network: torch.nn.Module, device: str | torch.device = "cpu", cache: MapsCache | None = None) -> Method:
+def varnet_method(network: torch.nn.Module, device: str | torch.device = "cpu", cache: MapsCache | None = None,
+                  pics_blend: float = 0.0, pics_weight: float | None = None) -> Method:
     """The multi-coil network as a method; one that takes maps gets ESPIRiT's (as at inference;
-    their time counts in the network's seconds unless `cache` already holds them)."""
+    their time counts in the network's seconds unless `cache` already holds them). `pics_blend` > 0:
+    the inference's hybrid, (1 - pics_blend) x network + pics_blend x PICS (`pics_weight`, None:
+    `pics_weight_for` the mask) with the same ESPIRiT maps, PICS's time included."""
     network = network.eval().to(device)
     cache = cache or MapsCache()
 
@@ -93,7 +96,10 @@ def varnet_method(network: torch.nn.Module, device: str | torch.device = "cpu", 
         k = torch.from_numpy(kspace)[None].to(device)
         m = torch.from_numpy(mask).view(1, 1, 1, -1).to(device)
         maps = torch.from_numpy(cache("espirit", kspace, mask))[None].to(device) if getattr(network, "takes_maps", False) else None
-        return network(k, m, maps)[0, 0].cpu().numpy()
+        image = network(k, m, maps)[0, 0].cpu().numpy()
+        if pics_blend > 0:
+            image = blend_with_pics(image, kspace, mask, cache("espirit", kspace, mask), pics_blend, pics_weight)
+        return image
 
     return run
 

@@ -7,7 +7,7 @@ sampled on a 2D variable-density pattern; the k-space of BART's PICS image, in i
 as a fastMRI-format HDF5 file with its mask, then reconstructed
 by the bundle's inference path twice: the single-coil emulation (`MRIReconstructor`, models/model.pt,
 on the zero-filled RSS image) and the multi-coil network (`MultiCoilReconstructor`,
-models/model_multicoil.pt, on the coil k-space), beside SigPy's L1-wavelet PICS with ESPIRiT maps
+models/model_multicoil.pt, on the coil k-space; alone and as shipped, averaged with PICS), beside SigPy's L1-wavelet PICS with ESPIRiT maps
 and BART's PICS reconstruction of the same data, the pseudo-reference. There is no fully sampled
 reference: the figure, and each image's SSIM against BART's PICS (after a least-squares scaling,
 since the methods' intensity scales differ), are the result.
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     from bundle.data.rawkspace import read_raw
     from bundle.inference import InferenceRunner, MRIReconstructor, MultiCoilReconstructor
     from bundle.networks import ResidualUNet, load_checkpoint
-    from bundle.parallel_imaging import classical, espirit_maps
+    from bundle.parallel_imaging import PICS_BLEND, classical, espirit_maps
     from bundle.reporting.figures import save_figure
     from bundle.varnet import VarNet, varnet_variant
 
@@ -89,17 +89,23 @@ def main(argv: list[str] | None = None) -> int:
     t = time.perf_counter()
     InferenceRunner(single, multicoil=MultiCoilReconstructor(varnet, device=device)).run([h5], multi_dir)
     seconds = {"varnet": time.perf_counter() - t}
+    hybrid_dir = os.path.join(args.out_dir, "hybrid")  # what configs/inference.yaml ships
+    t = time.perf_counter()
+    InferenceRunner(single, multicoil=MultiCoilReconstructor(varnet, device=device, pics_blend=PICS_BLEND)).run([h5], hybrid_dir)
+    seconds["hybrid"] = time.perf_counter() - t
 
     def load(folder: str, kind: str) -> np.ndarray:
         return nib.load(os.path.join(folder, f"sigpy_brain_8coil_{kind}.nii.gz")).get_fdata()[:, :, 0]
 
     zf, single_recon, multi_recon = load(args.out_dir, "zero_filled"), load(args.out_dir, "recon"), load(multi_dir, "recon")
+    hybrid = load(hybrid_dir, "recon")
     raw = read_raw(h5)
     t = time.perf_counter()
     ours_pics = classical("pics", raw.kspace[0], raw.mask, espirit_maps(raw.kspace[0], raw.mask, crop=0.0), args.pics_weight)
     seconds["pics"] = time.perf_counter() - t
     panels = [("zero-filled RSS (12.5 % sampled)", zf), ("single-coil network (model.pt)", single_recon),
-              ("multi-coil network (model_multicoil.pt)", multi_recon), (f"SigPy PICS, ESPIRiT, weight {args.pics_weight:g}", ours_pics)]
+              ("multi-coil network (model_multicoil.pt)", multi_recon),
+              (f"shipped: {1 - PICS_BLEND:g} network + {PICS_BLEND:g} PICS", hybrid), (f"SigPy PICS, ESPIRiT, weight {args.pics_weight:g}", ours_pics)]
     lines = []
     if os.path.exists(args.bart + ".cfl"):
         bart = read_cfl(args.bart)
@@ -125,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     save_figure(fig, args.figure)
     if lines:
         print("| method | SSIM against BART's PICS (scaled by least squares) |\n|---|---|\n" + "\n".join(lines))
-    print(f"seconds for the slice (this machine): multi-coil network {seconds['varnet']:.2f}, SigPy PICS {seconds['pics']:.2f}")
+    print(f"seconds for the slice (this machine): multi-coil network {seconds['varnet']:.2f}, "
+          f"network + PICS (shipped) {seconds['hybrid']:.2f}, SigPy PICS {seconds['pics']:.2f}")
     print(f"wrote {h5}, the reconstructions in {args.out_dir} and {args.figure}")
     return 0
 

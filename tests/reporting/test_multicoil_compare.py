@@ -60,7 +60,7 @@ def test_compare_multicoil_writes_the_tables(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     text = (out / "compare_multicoil_4x.md").read_text()
     assert "### real coils" in text and "### simulated coils" in text
-    for method in ("zero_filled", "cg_sense", "pics", "varnet"):
+    for method in ("zero_filled", "cg_sense", "pics", "varnet", "hybrid"):
         assert f"| {method} |" in text
     assert (out / "tuning_multicoil_4x.json").is_file() and (out / "per_case_multicoil_4x.csv").is_file()
     res = subprocess.run([*cmd[:-6], "--real-test", files[0], "--real-validation", files[0]], cwd=ROOT,
