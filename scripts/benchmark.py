@@ -21,6 +21,9 @@ Measures, on the same data (the demo subjects, or synthetic phantoms with --synt
   per volume; with --ct-volume, a CT volume's 60-view scan simulation, and its reconstruction
   (FBP + network, then + data consistency) from the simulation and from the scan alone, and the
   build of the sparse system matrix that data consistency runs on (once per geometry);
+- multi-coil raw k-space (--multicoil-slice H,W,coils, default fastMRI brain's 640 x 320 x 16):
+  seconds per slice through the inference path of zero-filled RSS, CG-SENSE, PICS, the network
+  alone and the shipped network + PICS average, and the ratios shipped / PICS and shipped / network;
 - parameters and FLOPs per slice of each model variant; inference and training-step throughput of
   each variant against image size and batch size (plot); AMP on and off (CUDA) with its SSIM; peak
   memory (CUDA allocator, or the process' peak resident set on CPU).
@@ -41,11 +44,11 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench import data, inference, model, scaling, training, volume  # noqa: E402
+from bench import data, inference, model, multicoil, scaling, training, volume  # noqa: E402
 from bench.common import device_name, train_parser  # noqa: E402
 from bundle.networks import VARIANTS  # noqa: E402
 
-SECTIONS = ("model", "data", "training", "inference", "volume", "scaling")
+SECTIONS = ("model", "data", "training", "inference", "volume", "multicoil", "scaling")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="further CS iteration counts timed on the same slices (empty: none)")
     p.add_argument("--volume", default="256,256,200", help="X,Y,Z of the 3D volume timed end to end")
     p.add_argument("--ct-volume", default="", help="X,Y,Z of a CT volume timed end to end (e.g. 512,512,300)")
+    p.add_argument("--multicoil-slice", default="640,320,16", help="H,W,coils of the multi-coil scan timed")
+    p.add_argument("--multicoil-slices", type=int, default=2, help="slices of that scan timed (after one warm-up)")
     p.add_argument("--sizes", default="64,128,256,384")
     p.add_argument("--batches", default="1,4,16,32")
     p.add_argument("--synthetic", help="a folder with a datalist (training, test) of phantoms instead of the demo data")
@@ -84,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         args.cs_sweep = "2" if args.cs_sweep else ""
         args.volume, args.sizes, args.batches, args.patch, args.batch = "32,32,4", "32,64", "1,2", 32, 2
         args.ct_volume = "32,32,2" if args.ct_volume else ""
+        args.multicoil_slice, args.multicoil_slices = "32,32,4", 1
     if args.rounds < 1 or args.iterations <= args.warmup + 1:
         p.error("--rounds must be at least 1 and --iterations larger than --warmup + 1")
     try:
@@ -113,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
         inference.rows(add, args, parser, device)
     if "volume" in sections:
         volume.rows(add, args, device)
+    if "multicoil" in sections:
+        multicoil.rows(add, args, device)
     curves: dict[str, list] = {"size": [], "batch": [], "train_size": [], "train_batch": []}
     if "scaling" in sections:
         scaling.rows(add, args, device, curves)

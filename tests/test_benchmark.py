@@ -27,7 +27,11 @@ def test_benchmark_quick_run(tmp_path):
     assert len(ct_rows) == 6 and sum("from its scan" in n for n in ct_rows) == 2
     matrix = {r["unit"]: float(r["value"]) for r in rows if "system matrix" in r["name"]}
     assert set(matrix) == {"s", "MiB"} and matrix["s"] > 0 and matrix["MiB"] > 0
-    assert {r["section"] for r in rows} == {"model", "data", "training", "inference", "volume", "scaling"}
+    assert {r["section"] for r in rows} == {"model", "data", "training", "inference", "volume", "multicoil", "scaling"}
+    multicoil = [r for r in rows if r["section"] == "multicoil"]
+    # five methods, the peak memory and two ratios, all positive
+    assert len(multicoil) == 8 and all(float(r["value"]) > 0 for r in multicoil)
+    assert sum(r["unit"] == "s/slice" for r in multicoil) == 5
     cache_rows = [r for r in rows if r["section"] == "data" and " cached " in r["name"]]
     assert len(cache_rows) == 4 and all(float(r["value"]) > 0 and r["unit"] == "s" for r in cache_rows)
     transform_rows = [r for r in rows if r["section"] == "data" and "slice transforms" in r["name"]]
