@@ -79,12 +79,41 @@ def _calibration_width(mask: np.ndarray, shape: tuple[int, int]) -> int:
     return int(min(rows.size, cols.size))
 
 
+# ESPIRiT's cost grows with the image grid (per pixel, a coils x coils matrix from every kernel,
+# then power iterations): about 30 s per 640 x 320 x 16-coil slice on 2 CPU cores. Its matrix field
+# is band-limited by the kernel (6 k-space samples wide), so a grid of ESPIRIT_GRID samples across
+# the field of view samples it exactly; only the eigenvectors are interpolated to the full grid.
+# Why not SigPy as it is: it works on the full grid only. scripts/studies/espirit_grid.py measures
+# what the coarse grid changes on validation scans.
+ESPIRIT_GRID = 128
+
+
+def fft_grid_resample(x: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Periodic linear interpolation of (..., h, w) samples on a centred FFT grid to (..., H, W) on
+    the same field of view (pixel j of n sits at (j - n // 2) / n of it, as after `ifft2c`)."""
+    out = np.asarray(x)
+    for axis, big in zip((-2, -1), shape):
+        n = out.shape[axis]
+        if n == big:
+            continue
+        pos = (np.arange(big) - big // 2) * n / big + n // 2
+        lower = np.floor(pos)
+        t = (pos - lower).astype(np.float32)
+        i0, i1 = lower.astype(int) % n, (lower.astype(int) + 1) % n
+        t = t.reshape((-1, 1) if axis == -2 else (-1,))
+        out = np.take(out, i0, axis=axis) * (1 - t) + np.take(out, i1, axis=axis) * t
+    return out
+
+
 def espirit_maps(kspace: np.ndarray, mask: np.ndarray, threshold: float = 0.02, kernel_width: int = 6,
-                 crop: float = 0.95) -> np.ndarray:
+                 crop: float = 0.95, grid: int | None = ESPIRIT_GRID) -> np.ndarray:
     """ESPIRiT sensitivities (Uecker et al., MRM 2014) of one slice, from SigPy: (C, H, W) complex64.
     The calibration region is the fully sampled centre of `mask` (`acs_window`), its width passed
     as `calib_width` (the kernel narrowed to fit it); pixels whose eigenvalue is below `crop` get
-    zero maps (SigPy's default 0.95; 0 keeps every pixel, as the RSS reference does)."""
+    zero maps (SigPy's default 0.95; 0 keeps every pixel, as the RSS reference does). With crop 0
+    and a side longer than `grid`, the maps are computed on a grid of at most `grid` x `grid`
+    samples of the same field of view (the centre of k-space, the calibration region in it), then
+    interpolated (`fft_grid_resample`) and normalised to unit RSS; None: the full grid."""
     import sigpy.mri as mr
 
     h, w = kspace.shape[-2:]
@@ -94,9 +123,17 @@ def espirit_maps(kspace: np.ndarray, mask: np.ndarray, threshold: float = 0.02, 
                          f"(at least {ESPIRIT_MIN_CALIBRATION})")
     kernel_width = min(int(kernel_width), calib - 1)  # 8x on 128 lines leaves 5 calibration lines
     k = np.asarray(kspace, dtype=np.complex64) / scale_of(kspace)
-    maps = mr.app.EspiritCalib(k, calib_width=calib, thresh=threshold, kernel_width=kernel_width, crop=crop,
-                               show_pbar=False).run()
-    return np.asarray(maps, dtype=np.complex64)
+    small = (h, w) if grid is None or crop > 0 else (min(h, max(int(grid), calib)), min(w, max(int(grid), calib)))
+    if small != (h, w):
+        top, left = h // 2 - small[0] // 2, w // 2 - small[1] // 2
+        k = k[..., top:top + small[0], left:left + small[1]]
+    maps = np.asarray(mr.app.EspiritCalib(k, calib_width=calib, thresh=threshold, kernel_width=kernel_width,
+                                          crop=crop, show_pbar=False).run(), dtype=np.complex64)
+    if small != (h, w):
+        maps = fft_grid_resample(maps, (h, w))
+        norm = np.sqrt((np.abs(maps) ** 2).sum(0, keepdims=True))
+        maps = np.where(norm > 0, maps / np.maximum(norm, 1e-12), 0).astype(np.complex64)
+    return maps
 
 
 def sensitivities(kspace: np.ndarray, mask: np.ndarray, crop: float = 0.0) -> np.ndarray:
