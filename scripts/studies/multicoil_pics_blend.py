@@ -26,35 +26,17 @@ from bundle.errors import install_excepthook  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    from monai.bundle import ConfigParser
-    from multicoil_validation import PICS_WEIGHTS, REAL_VALIDATION
+    from multicoil_validation import PICS_WEIGHTS, validation_sets
 
-    from bundle.data import load_datalist
-    from bundle.data.demo import ensure_datalist
     from bundle.networks import load_checkpoint
-    from bundle.reporting.multicoil import (
-        MapsCache,
-        baseline_method,
-        evaluate,
-        real_cases,
-        score,
-        simulated_cases,
-        varnet_method,
-    )
+    from bundle.reporting.multicoil import MapsCache, baseline_method, evaluate, score, varnet_method
     from bundle.varnet import VarNet, varnet_variant
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("ckpt", help="multi-coil weights (the cpu variant)")
     ap.add_argument("--shared", default=os.path.join(ROOT, "..", "shared", "data", "kspace", "multicoil"))
     args = ap.parse_args(argv)
-    parser = ConfigParser()
-    parser.read_config([os.path.join(ROOT, "configs", "train.yaml"), os.path.join(ROOT, "configs", "train_multicoil.yaml")])
-    parser["bundle_root"] = ROOT
-    datalist, dataset_dir = parser.get_parsed_content("datalist"), parser.get_parsed_content("dataset_dir")
-    ensure_datalist(datalist, dataset_dir)
-    items = load_datalist(datalist, dataset_dir, "validation")
-    sets = {"real": real_cases([os.path.join(args.shared, f) for f in REAL_VALIDATION]),
-            "simulated": simulated_cases(parser, items)}
+    sets = validation_sets(args.shared)
     net = load_checkpoint(VarNet(**varnet_variant("cpu")), args.ckpt)
     cache = MapsCache()
     alphas = np.round(np.linspace(0, 1, 11), 2)

@@ -38,18 +38,30 @@ def _mean(per_case: dict) -> tuple[float, float]:
             float(np.mean([v["psnr"] for v in per_case.values()])))
 
 
-def main(argv: list[str] | None = None) -> int:
+def validation_sets(shared: str) -> dict:
+    """{"real": the real validation phantoms, "simulated": IXI048 with validation's simulated coils}."""
     from monai.bundle import ConfigParser
 
     from bundle.data import load_datalist
     from bundle.data.demo import ensure_datalist
+    from bundle.reporting.multicoil import real_cases, simulated_cases
+
+    parser = ConfigParser()
+    parser.read_config([os.path.join(ROOT, "configs", "train.yaml"), os.path.join(ROOT, "configs", "train_multicoil.yaml")])
+    parser["bundle_root"] = ROOT
+    datalist, dataset_dir = parser.get_parsed_content("datalist"), parser.get_parsed_content("dataset_dir")
+    ensure_datalist(datalist, dataset_dir)
+    items = load_datalist(datalist, dataset_dir, "validation")
+    return {"real": real_cases([os.path.join(shared, f) for f in REAL_VALIDATION]),
+            "simulated": simulated_cases(parser, items)}
+
+
+def main(argv: list[str] | None = None) -> int:
     from bundle.networks import load_checkpoint, metadata_of, safe_load
     from bundle.reporting.multicoil import (
         MapsCache,
         baseline_method,
         evaluate,
-        real_cases,
-        simulated_cases,
         varnet_method,
     )
     from bundle.varnet import VarNet, varnet_variant
@@ -63,14 +75,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="score (1 - a) x network + a x PICS (the PICS of this table) instead of the network alone")
     ap.add_argument("--shared", default=os.path.join(ROOT, "..", "shared", "data", "kspace", "multicoil"))
     args = ap.parse_args(argv)
-    parser = ConfigParser()
-    parser.read_config([os.path.join(ROOT, "configs", "train.yaml"), os.path.join(ROOT, "configs", "train_multicoil.yaml")])
-    parser["bundle_root"] = ROOT
-    datalist, dataset_dir = parser.get_parsed_content("datalist"), parser.get_parsed_content("dataset_dir")
-    ensure_datalist(datalist, dataset_dir)
-    items = load_datalist(datalist, dataset_dir, "validation")
-    sets = {"real": real_cases([os.path.join(args.shared, f) for f in REAL_VALIDATION]),
-            "simulated": simulated_cases(parser, items)}
+    sets = validation_sets(args.shared)
     cache = MapsCache()
     baselines: dict = {}
     for acc in (4.0, 8.0):
