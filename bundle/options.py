@@ -69,6 +69,11 @@ def optional(rule: Callable[[str, object], None]) -> Callable[[str, object], Non
     return lambda name, value: None if value is None else rule(name, value)
 
 
+def auto_or(rule: Callable[[str, object], None]) -> Callable[[str, object], None]:
+    """The word auto (the value chosen from the data), or a value that `rule` accepts."""
+    return lambda name, value: None if isinstance(value, str) and value.strip().lower() == "auto" else rule(name, value)
+
+
 def each(rule: Callable[[str, object], None]) -> Callable[[str, object], None]:
     def check(name: str, value) -> None:
         values = value if isinstance(value, (list, tuple)) else [value]
@@ -147,6 +152,8 @@ RULES: Mapping[str, Callable[[str, object], None]] = MappingProxyType({
     "dc_iterations": whole(0),
     "dc_weight": at_least(0.0),
     "simulated_maps": one_of("espirit", "true"),
+    "multicoil_pics_blend": between(0.0, 1.0, False, False),
+    "multicoil_pics_weight": auto_or(at_least(0.0)),
     "amp": boolean,
     "output_dicom": boolean,
     "overwrite": boolean,

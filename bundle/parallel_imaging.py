@@ -44,30 +44,6 @@ def pics_weight_for(mask: np.ndarray) -> float:
     return next(w for limit, w in PICS_WEIGHTS_BY_ACCELERATION if effective < limit)
 
 
-def check_blend(value, name: str = "multicoil_pics_blend") -> float:
-    """A blend weight in [0, 1] (0: the network alone, 1: PICS alone), or an `InputError`."""
-    try:
-        a = float(value)
-    except (TypeError, ValueError):
-        raise InputError(f"{name}: expected a number in [0, 1], got {value!r}") from None
-    if not 0.0 <= a <= 1.0:
-        raise InputError(f"{name}: expected a number in [0, 1], got {value!r}")
-    return a
-
-
-def check_pics_weight(value, name: str = "multicoil_pics_weight") -> float | None:
-    """"auto" (None: `pics_weight_for` the mask) or a weight >= 0, or an `InputError`."""
-    if isinstance(value, str) and value.strip().lower() == "auto":
-        return None
-    try:
-        w = float(value)
-    except (TypeError, ValueError):
-        raise InputError(f"{name}: expected auto or a number >= 0, got {value!r}") from None
-    if not w >= 0:
-        raise InputError(f"{name}: expected auto or a number >= 0, got {value!r}")
-    return w
-
-
 def scale_of(kspace: np.ndarray) -> float:
     """The k-space norm per pixel of one slice (C, H, W) (> 0; `norm_per_pixel`)."""
     return float(norm_per_pixel(torch.from_numpy(np.asarray(kspace, dtype=np.complex64))))

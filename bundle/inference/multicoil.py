@@ -22,7 +22,8 @@ from tqdm import tqdm
 from bundle.data.fastmri import center_crop
 from bundle.data.rawkspace import RawKspace
 from bundle.errors import InputError
-from bundle.parallel_imaging import METHODS, blend_with_pics, check_blend, check_pics_weight, classical, sensitivities
+from bundle.options import check_options
+from bundle.parallel_imaging import METHODS, blend_with_pics, classical, sensitivities
 from bundle.physics.mri import cartesian_mask, check_acceleration, check_mask_type, default_center_fraction, ifft2c
 from bundle.physics.mri_sense import acs_window, rss
 from bundle.transforms.base import content_key, slice_seed
@@ -44,8 +45,8 @@ class MultiCoilReconstructor:
         pics_blend: for "varnet", the reconstruction is (1 - pics_blend) x the network +
             pics_blend x L1-wavelet PICS with the same maps (`bundle.parallel_imaging.PICS_BLEND`,
             chosen on validation, is the shipped setting; 0: the network alone).
-        pics_weight: that PICS's weight, None for the one tuned on validation for the mask's
-            acceleration (`bundle.parallel_imaging.pics_weight_for`).
+        pics_weight: that PICS's weight, None or "auto" for the one tuned on validation for the
+            mask's acceleration (`bundle.parallel_imaging.pics_weight_for`).
         write_maps: also write the sensitivities as `<name>_maps.nii.gz`.
         device: torch device of the network.
         progress: a progress bar over the slices of each file.
@@ -55,7 +56,8 @@ class MultiCoilReconstructor:
 
     def __init__(self, network: VarNet | None = None, acceleration: float = 4, center_fraction: float | None = None,
                  mask_type: str = "equispaced", method: str = "varnet", weight: float = 0.01,
-                 pics_blend: float | str = 0.0, pics_weight: float | str | None = None, write_maps: bool = False, device: str | torch.device = "cpu", progress: bool = True) -> None:
+                 pics_blend: float | str = 0.0, pics_weight: float | str | None = None, write_maps: bool = False,
+                 device: str | torch.device = "cpu", progress: bool = True) -> None:
         try:
             check_acceleration(float(acceleration))
             check_mask_type(mask_type)
@@ -73,8 +75,9 @@ class MultiCoilReconstructor:
             raise InputError(f"center_fraction must be in (0, 1], got {center_fraction!r}")
         self.mask_type = mask_type
         self.method, self.weight = method, float(weight)
-        self.pics_blend = check_blend(pics_blend)
-        self.pics_weight = None if pics_weight is None else check_pics_weight(pics_weight)
+        check_options(multicoil_pics_blend=pics_blend, multicoil_pics_weight="auto" if pics_weight is None else pics_weight)
+        self.pics_blend = float(pics_blend)
+        self.pics_weight = None if pics_weight is None or str(pics_weight).strip().lower() == "auto" else float(pics_weight)
         self.network = network.eval() if network is not None else None
         self.device = torch.device(device)
         self.write_maps = bool(write_maps)
@@ -127,9 +130,8 @@ class MultiCoilReconstructor:
             if self.method == "varnet":
                 assert network is not None
                 mask_in = m[None, None] if mask.ndim == 2 else m[:1][None, None]
-                maps_in = torch.from_numpy(given)[None].to(self.device) if given is not None else None
-                if not network.takes_maps:
-                    maps_in = None  # a learned-maps network makes its own; PICS gets ESPIRiT's
+                # a learned-maps network makes its own maps; PICS gets ESPIRiT's (or the file's)
+                maps_in = torch.from_numpy(given)[None].to(self.device) if network.takes_maps else None
                 image, used = network.reconstruct(acquired[None].to(self.device), mask_in.to(self.device), maps_in)
                 recon[i] = image[0, 0].float().cpu().numpy()
                 if self.pics_blend > 0:

@@ -95,10 +95,12 @@ def varnet_method(network: torch.nn.Module, device: str | torch.device = "cpu", 
     def run(kspace: np.ndarray, mask: np.ndarray) -> np.ndarray:
         k = torch.from_numpy(kspace)[None].to(device)
         m = torch.from_numpy(mask).view(1, 1, 1, -1).to(device)
-        maps = torch.from_numpy(cache("espirit", kspace, mask))[None].to(device) if getattr(network, "takes_maps", False) else None
+        takes_maps = getattr(network, "takes_maps", False)
+        espirit = cache("espirit", kspace, mask) if takes_maps or pics_blend > 0 else None
+        maps = torch.from_numpy(espirit)[None].to(device) if takes_maps else None
         image = network(k, m, maps)[0, 0].cpu().numpy()
-        if pics_blend > 0:
-            image = blend_with_pics(image, kspace, mask, cache("espirit", kspace, mask), pics_blend, pics_weight)
+        if espirit is not None and pics_blend > 0:
+            image = blend_with_pics(image, kspace, mask, espirit, pics_blend, pics_weight)
         return image
 
     return run

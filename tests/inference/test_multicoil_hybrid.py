@@ -9,7 +9,9 @@ import pytest
 from conftest import ROOT, run_inference
 
 from bundle.errors import InputError
-from bundle.parallel_imaging import PICS_BLEND, check_blend, check_pics_weight, pics_weight_for
+from bundle.inference import MultiCoilReconstructor
+from bundle.options import check_options
+from bundle.parallel_imaging import PICS_BLEND, pics_weight_for
 from bundle.physics.mri import cartesian_mask, default_center_fraction
 
 DEMO_PHANTOM = ROOT / "bundle" / "demo_data" / "multicoil" / "pulseq_phantom_32ch_64.h5"
@@ -28,14 +30,21 @@ def test_pics_weight_follows_the_acceleration_it_was_tuned_for(width):
 
 
 def test_blend_and_weight_options_are_checked():
-    assert check_blend("0.3") == 0.3 and check_blend(0) == 0.0 and check_blend(1) == 1.0
-    assert check_pics_weight("auto") is None and check_pics_weight("0.02") == 0.02
+    def settings(blend, weight):
+        rec = MultiCoilReconstructor(None, method="zero_filled", pics_blend=blend, pics_weight=weight)
+        return rec.pics_blend, rec.pics_weight
+
+    assert settings("0.3", "auto") == (0.3, None) and settings(0, "0.02") == (0.0, 0.02) and settings(1, None) == (1.0, None)
     for bad in ("-0.1", "1.5", "nan", "half", None):
         with pytest.raises(InputError, match="multicoil_pics_blend"):
-            check_blend(bad)
+            check_options(multicoil_pics_blend=bad)
+        with pytest.raises(InputError, match="multicoil_pics_blend"):
+            MultiCoilReconstructor(None, method="zero_filled", pics_blend=bad)
     for bad in ("-1", "nan", "strong"):
         with pytest.raises(InputError, match="multicoil_pics_weight"):
-            check_pics_weight(bad)
+            check_options(multicoil_pics_weight=bad)
+        with pytest.raises(InputError, match="multicoil_pics_weight"):
+            MultiCoilReconstructor(None, method="zero_filled", pics_weight=bad)
 
 
 def test_hybrid_is_the_stated_average_of_the_network_and_pics(tmp_path):
