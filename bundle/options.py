@@ -154,6 +154,7 @@ RULES: Mapping[str, Callable[[str, object], None]] = MappingProxyType({
     "simulated_maps": one_of("espirit", "true"),
     "multicoil_pics_blend": between(0.0, 1.0, False, False),
     "multicoil_pics_weight": auto_or(at_least(0.0)),
+    "multicoil_pics_region": one_of("object", "all"),
     "amp": boolean,
     "output_dicom": boolean,
     "overwrite": boolean,

@@ -38,3 +38,38 @@ def test_coarse_grid_espirit_matches_the_full_grid():
     inside = img > 0
     # ESPIRiT's per-pixel phase is relative to coil 0 in both, so the maps compare directly
     assert np.linalg.norm((coarse - full)[:, inside]) / np.linalg.norm(full[:, inside]) < 0.05
+
+
+def test_object_support_covers_the_object_and_not_the_background():
+    from bundle.parallel_imaging import object_support
+
+    yy, xx = np.mgrid[:96, :96]
+    disc = ((yy - 48) ** 2 + (xx - 40) ** 2 < 20 ** 2).astype(np.float32)
+    rng = np.random.default_rng(0)
+    image = disc + 0.03 * np.abs(rng.standard_normal(disc.shape)).astype(np.float32)  # a noise floor
+    support = object_support(image)
+    assert support.shape == image.shape and support.min() >= 0 and support.max() <= 1
+    assert support[disc > 0][((yy - 48) ** 2 + (xx - 40) ** 2 < 16 ** 2)[disc > 0]].min() > 0.99  # inside
+    assert support[(yy - 48) ** 2 + (xx - 40) ** 2 > 28 ** 2].max() < 0.01  # 8 pixels outside the edge
+
+
+def test_blend_on_the_object_keeps_the_network_in_the_background():
+    import pytest
+
+    from bundle.errors import InputError
+    from bundle.parallel_imaging import blend_images, object_support
+
+    rng = np.random.default_rng(1)
+    net = np.zeros((64, 64), np.float32)
+    net[16:48, 16:48] = 1.0
+    net += 0.02 * rng.random(net.shape).astype(np.float32)
+    pics = net + 0.1 * rng.standard_normal(net.shape).astype(np.float32)
+    everywhere = blend_images(net, pics, 0.3, "all")
+    np.testing.assert_allclose(everywhere, 0.7 * net + 0.3 * pics, rtol=1e-6, atol=1e-7)
+    on_object = blend_images(net, pics, 0.3, "object")
+    a = 0.3 * object_support(net)
+    np.testing.assert_allclose(on_object, (1 - a) * net + a * pics, rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(on_object[:4, :4], net[:4, :4])  # background: the network alone
+    np.testing.assert_allclose(on_object[28:36, 28:36], everywhere[28:36, 28:36], rtol=1e-5)
+    with pytest.raises(InputError, match="region"):
+        blend_images(net, pics, 0.3, "edges")

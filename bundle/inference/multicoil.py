@@ -1,6 +1,7 @@
 """Multi-coil MRI inference: raw k-space (fastMRI, ISMRMRD, TWIX, BART) reconstructed on its whole
-grid by the unrolled network averaged with L1-wavelet PICS (`pics_blend`; the shipped 0.3 was
-chosen on validation), or by a classical baseline alone, slice by slice.
+grid by the unrolled network averaged with L1-wavelet PICS on the object (`pics_blend`,
+`pics_region`; the shipped 0.3 on the object was chosen on validation), or by a classical baseline
+alone, slice by slice.
 
 A fully sampled file is undersampled retrospectively with one Cartesian mask for the whole file
 (every coil and slice, as a scanner does; seeded by the k-space itself, so reruns and renamed copies agree); a file with
@@ -23,7 +24,7 @@ from bundle.data.fastmri import center_crop
 from bundle.data.rawkspace import RawKspace
 from bundle.errors import InputError
 from bundle.options import check_options
-from bundle.parallel_imaging import METHODS, blend_with_pics, classical, sensitivities
+from bundle.parallel_imaging import METHODS, PICS_REGION, blend_with_pics, classical, sensitivities
 from bundle.physics.mri import cartesian_mask, check_acceleration, check_mask_type, default_center_fraction, ifft2c
 from bundle.physics.mri_sense import acs_window, rss
 from bundle.transforms.base import content_key, slice_seed
@@ -47,6 +48,9 @@ class MultiCoilReconstructor:
             chosen on validation, is the shipped setting; 0: the network alone).
         pics_weight: that PICS's weight, None or "auto" for the one tuned on validation for the
             mask's acceleration (`bundle.parallel_imaging.pics_weight_for`).
+        pics_region: "object" (shipped): the average only where the object is
+            (`bundle.parallel_imaging.object_support` of the network's image), the network alone in
+            the background; "all": everywhere (0.14).
         write_maps: also write the sensitivities as `<name>_maps.nii.gz`.
         device: torch device of the network.
         progress: a progress bar over the slices of each file.
@@ -56,7 +60,8 @@ class MultiCoilReconstructor:
 
     def __init__(self, network: VarNet | None = None, acceleration: float = 4, center_fraction: float | None = None,
                  mask_type: str = "equispaced", method: str = "varnet", weight: float = 0.01,
-                 pics_blend: float | str = 0.0, pics_weight: float | str | None = None, write_maps: bool = False,
+                 pics_blend: float | str = 0.0, pics_weight: float | str | None = None, pics_region: str = PICS_REGION,
+                 write_maps: bool = False,
                  device: str | torch.device = "cpu", progress: bool = True) -> None:
         try:
             check_acceleration(float(acceleration))
@@ -75,7 +80,9 @@ class MultiCoilReconstructor:
             raise InputError(f"center_fraction must be in (0, 1], got {center_fraction!r}")
         self.mask_type = mask_type
         self.method, self.weight = method, float(weight)
-        check_options(multicoil_pics_blend=pics_blend, multicoil_pics_weight="auto" if pics_weight is None else pics_weight)
+        check_options(multicoil_pics_blend=pics_blend, multicoil_pics_weight="auto" if pics_weight is None else pics_weight,
+                      multicoil_pics_region=pics_region)
+        self.pics_region = str(pics_region)
         self.pics_blend = float(pics_blend)
         self.pics_weight = None if pics_weight is None or str(pics_weight).strip().lower() == "auto" else float(pics_weight)
         self.network = network.eval() if network is not None else None
@@ -136,7 +143,8 @@ class MultiCoilReconstructor:
                 recon[i] = image[0, 0].float().cpu().numpy()
                 if self.pics_blend > 0:
                     assert given is not None
-                    recon[i] = blend_with_pics(recon[i], acquired.numpy(), mask, given, self.pics_blend, self.pics_weight)
+                    recon[i] = blend_with_pics(recon[i], acquired.numpy(), mask, given, self.pics_blend, self.pics_weight,
+                                               self.pics_region)
                 given = used[0].cpu().numpy()
             else:
                 recon[i] = classical(self.method, acquired.numpy(), mask, given, self.weight)

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from bundle.data.rawkspace import read_raw
 from bundle.errors import InputError
-from bundle.parallel_imaging import blend_with_pics, classical, sensitivities
+from bundle.parallel_imaging import PICS_REGION, blend_with_pics, classical, sensitivities
 from bundle.physics.mri import cartesian_mask, default_center_fraction, ifft2c
 from bundle.physics.mri_sense import estimate_sensitivities, rss
 from bundle.transforms.base import slice_seed
@@ -83,11 +83,12 @@ Method = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (acquired k-space (C,
 
 
 def varnet_method(network: torch.nn.Module, device: str | torch.device = "cpu", cache: MapsCache | None = None,
-                  pics_blend: float = 0.0, pics_weight: float | None = None) -> Method:
+                  pics_blend: float = 0.0, pics_weight: float | None = None, pics_region: str = PICS_REGION) -> Method:
     """The multi-coil network as a method; one that takes maps gets ESPIRiT's (as at inference;
     their time counts in the network's seconds unless `cache` already holds them). `pics_blend` > 0:
     the inference's hybrid, (1 - pics_blend) x network + pics_blend x PICS (`pics_weight`, None:
-    `pics_weight_for` the mask) with the same ESPIRiT maps, PICS's time included."""
+    `pics_weight_for` the mask; on the object or everywhere, `pics_region`) with the same ESPIRiT
+    maps, PICS's time included."""
     network = network.eval().to(device)
     cache = cache or MapsCache()
 
@@ -100,7 +101,7 @@ def varnet_method(network: torch.nn.Module, device: str | torch.device = "cpu", 
         maps = torch.from_numpy(espirit)[None].to(device) if takes_maps else None
         image = network(k, m, maps)[0, 0].cpu().numpy()
         if espirit is not None and pics_blend > 0:
-            image = blend_with_pics(image, kspace, mask, espirit, pics_blend, pics_weight)
+            image = blend_with_pics(image, kspace, mask, espirit, pics_blend, pics_weight, pics_region)
         return image
 
     return run

@@ -11,7 +11,7 @@ from conftest import ROOT, run_inference
 from bundle.errors import InputError
 from bundle.inference import MultiCoilReconstructor
 from bundle.options import check_options
-from bundle.parallel_imaging import PICS_BLEND, pics_weight_for
+from bundle.parallel_imaging import PICS_BLEND, object_support, pics_weight_for
 from bundle.physics.mri import cartesian_mask, default_center_fraction
 
 DEMO_PHANTOM = ROOT / "bundle" / "demo_data" / "multicoil" / "pulseq_phantom_32ch_64.h5"
@@ -49,8 +49,10 @@ def test_blend_and_weight_options_are_checked():
 
 def test_hybrid_is_the_stated_average_of_the_network_and_pics(tmp_path):
     """Through the bundle command with the shipped weights on the committed real phantom: the
-    default recon equals (1 - 0.3) x the network alone (--multicoil_pics_blend 0) + 0.3 x the
-    classical PICS path (--multicoil_method pics at the auto weight, 0.01 at 4x)."""
+    default recon equals (1 - a) x the network alone (--multicoil_pics_blend 0) + a x the
+    classical PICS path (--multicoil_method pics at the auto weight, 0.01 at 4x), a = 0.3 on the
+    object (`object_support` of the network's image) and 0 in the background; with
+    --multicoil_pics_region all, a = 0.3 everywhere."""
     import shutil
 
     import nibabel as nib
@@ -59,19 +61,26 @@ def test_hybrid_is_the_stated_average_of_the_network_and_pics(tmp_path):
     inputs.mkdir()
     shutil.copy(DEMO_PHANTOM, inputs / "p.h5")
     runs = {"default": (), "network": ("--multicoil_pics_blend", "0"),
-            "pics": ("--multicoil_method", "pics", "--multicoil_weight", "0.01")}
+            "pics": ("--multicoil_method", "pics", "--multicoil_weight", "0.01"),
+            "everywhere": ("--multicoil_pics_region", "all")}
     images = {}
     for name, extra in runs.items():
         res = run_inference("configs/inference.yaml", inputs, tmp_path / name, *extra)
         assert res.returncode == 0, res.stderr[-3000:]
         images[name] = nib.load(str(tmp_path / name / "p_recon.nii.gz")).get_fdata()
-    expected = (1 - PICS_BLEND) * images["network"] + PICS_BLEND * images["pics"]
-    assert np.abs(images["default"] - expected).max() <= 1e-5 * images["pics"].max()
+    everywhere = (1 - PICS_BLEND) * images["network"] + PICS_BLEND * images["pics"]
+    assert np.abs(images["everywhere"] - everywhere).max() <= 1e-5 * images["pics"].max()
+    a = np.stack([PICS_BLEND * object_support(images["network"][..., s]) for s in range(images["network"].shape[-1])], -1)
+    on_object = (1 - a) * images["network"] + a * images["pics"]
+    assert np.abs(images["default"] - on_object).max() <= 1e-5 * images["pics"].max()
+    # the phantom fills most of its 64 x 64 grid: the weight still goes from ~0 to 0.3
+    assert a.min() < 0.1 * PICS_BLEND and a.max() > 0.99 * PICS_BLEND
     # not a tautology: the three differ
     assert np.abs(images["network"] - images["pics"]).max() > 0.01 * images["pics"].max()
 
 
-@pytest.mark.parametrize("option,value", [("multicoil_pics_blend", "1.5"), ("multicoil_pics_weight", "-1")])
+@pytest.mark.parametrize("option,value", [("multicoil_pics_blend", "1.5"), ("multicoil_pics_weight", "-1"),
+                                          ("multicoil_pics_region", "edges")])
 def test_bad_blend_options_stop_with_one_line(tmp_path, option, value):
     import shutil
 
