@@ -11,7 +11,7 @@ import os
 from bundle.data import load_datalist
 from bundle.data.io import write_text_atomic
 from bundle.errors import InputError
-from bundle.parallel_imaging import PICS_BLEND
+from bundle.parallel_imaging import PICS_BLEND, PICS_REGION
 from bundle.reporting.comparison import parse_weights, shared_files
 from bundle.reporting.multicoil import (
     Case,
@@ -92,8 +92,8 @@ def run_multicoil(args, root: str) -> int:
             "cg_sense": baseline_method("cg_sense", chosen[kind]["cg_sense"], cache=cache),
             "pics": baseline_method("pics", chosen[kind]["pics"], cache=cache),
             "varnet": varnet_method(network),  # own maps cache: ESPIRiT's time counts in the network's
-            # what configs/inference.yaml ships: the network averaged with this table's PICS (its
-            # own ESPIRiT and PICS time included)
+            # what configs/inference.yaml ships: the network averaged with this table's PICS on the
+            # object (its own ESPIRiT and PICS time included)
             "hybrid": varnet_method(network, pics_blend=PICS_BLEND, pics_weight=chosen[kind]["pics"]),
         }
         per_case, seconds, _ = evaluate(cases, methods, acc, desc=f"{kind} test cases")
@@ -103,7 +103,7 @@ def run_multicoil(args, root: str) -> int:
                   f"({', '.join(f'{n} ({coils[n]} coils)' for n in names)}); weights tuned on "
                   f"{', '.join(tuning[f'{kind}/pics']['validation_cases'])}: CG-SENSE {chosen[kind]['cg_sense']:g}, "
                   f"PICS {chosen[kind]['pics']:g}; hybrid = {1 - PICS_BLEND:g} x varnet + {PICS_BLEND:g} x "
-                  "that PICS (the shipped inference)\n\n")
+                  f"that PICS on the {PICS_REGION} (the shipped inference)\n\n")
         sections.append(header + table(per_case, seconds, names))
         for method, cs in per_case.items():
             for case, v in cs.items():

@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     seconds["pics"] = time.perf_counter() - t
     panels = [("zero-filled RSS (12.5 % sampled)", zf), ("single-coil network (model.pt)", single_recon),
               ("multi-coil network (model_multicoil.pt)", multi_recon),
-              (f"shipped: {1 - PICS_BLEND:g} network + {PICS_BLEND:g} PICS", hybrid), (f"SigPy PICS, ESPIRiT, weight {args.pics_weight:g}", ours_pics)]
+              (f"shipped: {1 - PICS_BLEND:g} network + {PICS_BLEND:g} PICS on the object", hybrid), (f"SigPy PICS, ESPIRiT, weight {args.pics_weight:g}", ours_pics)]
     lines = []
     if os.path.exists(args.bart + ".cfl"):
         bart = read_cfl(args.bart)

@@ -11,7 +11,8 @@ setting's target ratio.
     python scripts/studies/multicoil_validation.py models/model_multicoil.pt
     python scripts/studies/multicoil_validation.py /tmp/mc012.pt --final-dc false   # 0.12 weights
     python scripts/studies/multicoil_validation.py /tmp/mc011.pt --variant learned-cpu
-    python scripts/studies/multicoil_validation.py models/model_multicoil.pt --pics-blend 0.3  # as shipped (0.14)
+    python scripts/studies/multicoil_validation.py models/model_multicoil.pt --pics-blend 0.3  # 0.14's average
+    python scripts/studies/multicoil_validation.py models/model_multicoil.pt --pics-blend 0.3 --pics-region object  # 0.15
 """
 
 from __future__ import annotations
@@ -73,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="switch the final hard data consistency on or off for these weights (default: the variant's)")
     ap.add_argument("--pics-blend", type=float, default=0.0,
                     help="score (1 - a) x network + a x PICS (the PICS of this table) instead of the network alone")
+    ap.add_argument("--pics-region", choices=("all", "object"), default="all",
+                    help="average everywhere (0.14, the model card's step 4) or on the object only (0.15, as shipped)")
     ap.add_argument("--shared", default=os.path.join(ROOT, "..", "shared", "data", "kspace", "multicoil"))
     args = ap.parse_args(argv)
     sets = validation_sets(args.shared)
@@ -93,11 +96,12 @@ def main(argv: list[str] | None = None) -> int:
         final_dc = trained if args.final_dc is None else args.final_dc == "true"
         net.final_dc = final_dc
         name = f"{os.path.basename(ckpt)} (final DC {'on' if final_dc else 'off'}" + (
-            f", {1 - args.pics_blend:g} x network + {args.pics_blend:g} x PICS)" if args.pics_blend > 0 else ")")
+            f", {1 - args.pics_blend:g} x network + {args.pics_blend:g} x PICS on {args.pics_region})" if args.pics_blend > 0 else ")")
         scores, ratios = [], []
         for acc in (4.0, 8.0):
             for kind, cases in sets.items():
-                method = varnet_method(net, cache=cache, pics_blend=args.pics_blend, pics_weight=PICS_WEIGHTS[(kind, acc)])
+                method = varnet_method(net, cache=cache, pics_blend=args.pics_blend, pics_weight=PICS_WEIGHTS[(kind, acc)],
+                                        pics_region=args.pics_region)
                 per_case, _, kept = evaluate(cases, {"net": method}, acc,
                                              desc=f"{kind} {acc:g}x", keep=lambda case, i: True)
                 s, p = _mean(per_case["net"])
