@@ -143,14 +143,28 @@ def pics(kspace: np.ndarray, mask: np.ndarray, maps: np.ndarray, lam: float, ite
     return np.asarray(x, dtype=np.complex64) * s
 
 
+def gaussian_smooth(image: np.ndarray, sigma: float) -> np.ndarray:
+    """A 2D Gaussian of `sigma` pixels on (H, W), edges mirrored (d c b a | a b c d), taps to 4
+    sigma: SciPy's `ndimage.gaussian_filter` (tested against it), written here because the bundle's
+    run-time code does not import SciPy (tests/test_architecture.py)."""
+    radius = int(4.0 * float(sigma) + 0.5)
+    taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / float(sigma)) ** 2)
+    taps = (taps / taps.sum()).astype(np.float32)
+    out = np.asarray(image, dtype=np.float32)
+    for axis in (0, 1):
+        n = out.shape[axis]
+        index = np.mod(np.arange(-radius, n + radius), 2 * n)  # mirrored as often as the kernel needs
+        padded = np.take(out, np.where(index >= n, 2 * n - 1 - index, index), axis=axis)
+        out = sum(t * np.take(padded, np.arange(i, i + n), axis=axis) for i, t in enumerate(taps))
+    return np.asarray(out, dtype=np.float32)
+
+
 def object_support(image: np.ndarray, threshold: float = 0.1, sigma: float = 2.0) -> np.ndarray:
     """A soft (H, W) map in [0, 1] of where the object is: the magnitude smoothed by a Gaussian of
     `sigma` pixels, above `threshold` x its maximum, the edge smoothed by the same Gaussian."""
-    from scipy import ndimage as ndi
-
-    smooth = ndi.gaussian_filter(np.asarray(image, dtype=np.float32), sigma)
+    smooth = gaussian_smooth(image, sigma)
     inside = (smooth > threshold * float(smooth.max())).astype(np.float32)
-    return np.clip(ndi.gaussian_filter(inside, sigma), 0.0, 1.0)
+    return np.clip(gaussian_smooth(inside, sigma), 0.0, 1.0)
 
 
 def blend_with_pics(network_image: np.ndarray, kspace: np.ndarray, mask: np.ndarray, maps: np.ndarray,

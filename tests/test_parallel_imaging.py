@@ -73,3 +73,14 @@ def test_blend_on_the_object_keeps_the_network_in_the_background():
     np.testing.assert_allclose(on_object[28:36, 28:36], everywhere[28:36, 28:36], rtol=1e-5)
     with pytest.raises(InputError, match="region"):
         blend_images(net, pics, 0.3, "edges")
+
+
+def test_gaussian_smooth_is_scipys_gaussian_filter():
+    from scipy import ndimage as ndi
+
+    from bundle.parallel_imaging import gaussian_smooth
+
+    rng = np.random.default_rng(2)
+    for shape, sigma in (((40, 31), 2.0), ((64, 64), 1.3), ((5, 12), 2.0), ((3, 3), 1.0)):
+        x = rng.random(shape).astype(np.float32)
+        np.testing.assert_allclose(gaussian_smooth(x, sigma), ndi.gaussian_filter(x, sigma), rtol=1e-5, atol=1e-6)
