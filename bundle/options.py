@@ -152,7 +152,7 @@ RULES: Mapping[str, Callable[[str, object], None]] = MappingProxyType({
     "dc_iterations": whole(0),
     "dc_weight": at_least(0.0),
     "simulated_maps": one_of("espirit", "true"),
-    "multicoil_pics_blend": between(0.0, 1.0, False, False),
+    "multicoil_pics_blend": auto_or(between(0.0, 1.0, False, False)),
     "multicoil_pics_weight": auto_or(at_least(0.0)),
     "multicoil_pics_region": one_of("object", "all"),
     "amp": boolean,

@@ -23,18 +23,19 @@ from bundle.physics.solvers import regularised_least_squares
 
 METHODS = ("zero_filled", "cg_sense", "pics")
 ESPIRIT_MIN_CALIBRATION = 4  # lines: a kernel of 3 fits in them
-# The shipped multi-coil reconstruction is (1 - PICS_BLEND) x network + PICS_BLEND x PICS: the
-# blend weight with the best worst-setting target ratio on validation (real phantoms and simulated
-# coils, 4x and 8x; scripts/studies/multicoil_pics_blend.py: -0.38 for the network alone, +0.26 at
-# 0.3). The two make different errors (the network's are texture, PICS's are wavelet blocks and
-# residual aliasing), so their average is closer to the truth than either.
-PICS_BLEND = 0.3
-# ... and only on the object (0.15): on grids oversampled along the readout (as scanners and
-# fastMRI's brain files acquire them) PICS's background is not the RSS reference's noise floor,
-# and averaging it in everywhere cost 0.02-0.03 SSIM; where `object_support` of the network's
-# image is, the average, elsewhere the network alone. Chosen by the worst target ratio over eight
-# validation settings (scripts/studies/multicoil_oversampled_blend.py: -0.04 everywhere, +0.11 on
-# the object).
+# The shipped multi-coil reconstruction is (1 - a) x network + a x PICS: the two make different
+# errors (the network's are texture, PICS's are wavelet blocks and residual aliasing), so their
+# average is closer to the truth than either. 0.14: a = 0.3, the best worst-setting target ratio
+# on validation (real phantoms and simulated coils, 4x and 8x; scripts/studies/
+# multicoil_pics_blend.py: -0.38 for the network alone, +0.26 at 0.3). 0.15: only on the object:
+# on grids oversampled along the readout (as scanners and fastMRI's brain files acquire them)
+# PICS's background is not the RSS reference's noise floor, and averaging it in everywhere cost
+# 0.02-0.03 SSIM; where `object_support` of the network's image is, the average, elsewhere the
+# network alone (worst target ratio over eight validation settings, scripts/studies/
+# multicoil_oversampled_blend.py: -0.04 everywhere, +0.11 on the object). Since 0.15 too, a by the
+# band of effective acceleration, as PICS's weight: 0.4 up to 5.66x, 0.2 above (the same study
+# with --by-acceleration: +0.22; 0.4 / 0.2 is the tied pair nearest to 0.3 / 0.3).
+PICS_BLEND_BY_ACCELERATION = ((32 ** 0.5, 0.4), (float("inf"), 0.2))
 PICS_REGIONS = ("object", "all")
 PICS_REGION = "object"
 # PICS weights tuned on the real validation phantoms (scripts/compare.py --multicoil): 0.01 at 4x,
@@ -44,12 +45,21 @@ PICS_REGION = "object"
 PICS_WEIGHTS_BY_ACCELERATION = ((32 ** 0.5, 0.01), (float("inf"), 0.03))
 
 
-def pics_weight_for(mask: np.ndarray) -> float:
-    """The PICS weight tuned on validation for the effective acceleration of `mask` ((W,) or (H, W))."""
+def _by_acceleration(mask: np.ndarray, table: tuple[tuple[float, float], ...]) -> float:
     m = np.asarray(mask, dtype=bool)
     fraction = float(m.mean()) if m.any() else 1.0
     effective = 1.0 / fraction
-    return next(w for limit, w in PICS_WEIGHTS_BY_ACCELERATION if effective < limit)
+    return next(v for limit, v in table if effective < limit)
+
+
+def pics_weight_for(mask: np.ndarray) -> float:
+    """The PICS weight tuned on validation for the effective acceleration of `mask` ((W,) or (H, W))."""
+    return _by_acceleration(mask, PICS_WEIGHTS_BY_ACCELERATION)
+
+
+def pics_blend_for(mask: np.ndarray) -> float:
+    """PICS's share of the shipped average for the effective acceleration of `mask` (chosen on validation)."""
+    return _by_acceleration(mask, PICS_BLEND_BY_ACCELERATION)
 
 
 def scale_of(kspace: np.ndarray) -> float:
@@ -168,10 +178,12 @@ def object_support(image: np.ndarray, threshold: float = 0.1, sigma: float = 2.0
 
 
 def blend_with_pics(network_image: np.ndarray, kspace: np.ndarray, mask: np.ndarray, maps: np.ndarray,
-                    blend: float = PICS_BLEND, weight: float | None = None, region: str = PICS_REGION) -> np.ndarray:
+                    blend: float | None = None, weight: float | None = None, region: str = PICS_REGION) -> np.ndarray:
     """(1 - blend) x the network's magnitude + blend x PICS's (ESPIRiT `maps`, `weight` None:
-    `pics_weight_for(mask)`) of one slice of acquired k-space: the (H, W) image. `region` "object":
-    the blend only where `object_support` of the network's image is, the network alone elsewhere."""
+    `pics_weight_for(mask)`) of one slice of acquired k-space: the (H, W) image. `blend` None:
+    `pics_blend_for(mask)`. `region` "object": the blend only where `object_support` of the
+    network's image is, the network alone elsewhere."""
+    blend = pics_blend_for(mask) if blend is None else float(blend)
     if blend <= 0:
         return np.asarray(network_image, dtype=np.float32)
     w = pics_weight_for(mask) if weight is None else float(weight)

@@ -44,8 +44,9 @@ class MultiCoilReconstructor:
             "pics" (L1-wavelet, SigPy), with ESPIRiT maps unless the file gives maps.
         weight: the baseline's regularisation weight (on k-space divided by its norm per pixel).
         pics_blend: for "varnet", the reconstruction is (1 - pics_blend) x the network +
-            pics_blend x L1-wavelet PICS with the same maps (`bundle.parallel_imaging.PICS_BLEND`,
-            chosen on validation, is the shipped setting; 0: the network alone).
+            pics_blend x L1-wavelet PICS with the same maps; "auto" (shipped): by the mask's
+            effective acceleration as chosen on validation (`bundle.parallel_imaging.pics_blend_for`:
+            0.4 up to 5.66x, 0.2 above); 0: the network alone.
         pics_weight: that PICS's weight, None or "auto" for the one tuned on validation for the
             mask's acceleration (`bundle.parallel_imaging.pics_weight_for`).
         pics_region: "object" (shipped): the average only where the object is
@@ -60,7 +61,7 @@ class MultiCoilReconstructor:
 
     def __init__(self, network: VarNet | None = None, acceleration: float = 4, center_fraction: float | None = None,
                  mask_type: str = "equispaced", method: str = "varnet", weight: float = 0.01,
-                 pics_blend: float | str = 0.0, pics_weight: float | str | None = None, pics_region: str = PICS_REGION,
+                 pics_blend: float | str | None = 0.0, pics_weight: float | str | None = None, pics_region: str = PICS_REGION,
                  write_maps: bool = False,
                  device: str | torch.device = "cpu", progress: bool = True) -> None:
         try:
@@ -80,10 +81,13 @@ class MultiCoilReconstructor:
             raise InputError(f"center_fraction must be in (0, 1], got {center_fraction!r}")
         self.mask_type = mask_type
         self.method, self.weight = method, float(weight)
-        check_options(multicoil_pics_blend=pics_blend, multicoil_pics_weight="auto" if pics_weight is None else pics_weight,
+        check_options(multicoil_pics_blend="auto" if pics_blend is None else pics_blend, multicoil_pics_weight="auto" if pics_weight is None else pics_weight,
                       multicoil_pics_region=pics_region)
         self.pics_region = str(pics_region)
-        self.pics_blend = float(pics_blend)
+        # None: PICS's share by the mask's acceleration (`pics_blend_for`)
+        self.pics_blend: float | None = (None if pics_blend is None or str(pics_blend).strip().lower() == "auto"
+                                         else float(pics_blend))
+        self.blends = self.pics_blend is None or self.pics_blend > 0
         self.pics_weight = None if pics_weight is None or str(pics_weight).strip().lower() == "auto" else float(pics_weight)
         self.network = network.eval() if network is not None else None
         self.device = torch.device(device)
@@ -128,7 +132,7 @@ class MultiCoilReconstructor:
             # the sensitivities: the file's own, else ESPIRiT from the calibration region; none
             # for zero-filled, and a learned-maps network makes its own
             if self.method == "varnet":
-                needs_maps = network is not None and (network.takes_maps or self.pics_blend > 0)
+                needs_maps = network is not None and (network.takes_maps or self.blends)
             else:
                 needs_maps = self.method != "zero_filled"
             given = None
@@ -141,7 +145,7 @@ class MultiCoilReconstructor:
                 maps_in = torch.from_numpy(given)[None].to(self.device) if network.takes_maps else None
                 image, used = network.reconstruct(acquired[None].to(self.device), mask_in.to(self.device), maps_in)
                 recon[i] = image[0, 0].float().cpu().numpy()
-                if self.pics_blend > 0:
+                if self.blends:
                     assert given is not None
                     recon[i] = blend_with_pics(recon[i], acquired.numpy(), mask, given, self.pics_blend, self.pics_weight,
                                                self.pics_region)

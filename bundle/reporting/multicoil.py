@@ -83,24 +83,26 @@ Method = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (acquired k-space (C,
 
 
 def varnet_method(network: torch.nn.Module, device: str | torch.device = "cpu", cache: MapsCache | None = None,
-                  pics_blend: float = 0.0, pics_weight: float | None = None, pics_region: str = PICS_REGION) -> Method:
+                  pics_blend: float | None = 0.0, pics_weight: float | None = None, pics_region: str = PICS_REGION) -> Method:
     """The multi-coil network as a method; one that takes maps gets ESPIRiT's (as at inference;
-    their time counts in the network's seconds unless `cache` already holds them). `pics_blend` > 0:
+    their time counts in the network's seconds unless `cache` already holds them). `pics_blend` > 0
+    (None: `pics_blend_for` the mask, as shipped):
     the inference's hybrid, (1 - pics_blend) x network + pics_blend x PICS (`pics_weight`, None:
     `pics_weight_for` the mask; on the object or everywhere, `pics_region`) with the same ESPIRiT
     maps, PICS's time included."""
     network = network.eval().to(device)
     cache = cache or MapsCache()
+    blends = pics_blend is None or pics_blend > 0
 
     @torch.no_grad()
     def run(kspace: np.ndarray, mask: np.ndarray) -> np.ndarray:
         k = torch.from_numpy(kspace)[None].to(device)
         m = torch.from_numpy(mask).view(1, 1, 1, -1).to(device)
         takes_maps = getattr(network, "takes_maps", False)
-        espirit = cache("espirit", kspace, mask) if takes_maps or pics_blend > 0 else None
+        espirit = cache("espirit", kspace, mask) if takes_maps or blends else None
         maps = torch.from_numpy(espirit)[None].to(device) if takes_maps else None
         image = network(k, m, maps)[0, 0].cpu().numpy()
-        if espirit is not None and pics_blend > 0:
+        if espirit is not None and blends:
             image = blend_with_pics(image, kspace, mask, espirit, pics_blend, pics_weight, pics_region)
         return image
 

@@ -11,7 +11,7 @@ from conftest import ROOT, run_inference
 from bundle.errors import InputError
 from bundle.inference import MultiCoilReconstructor
 from bundle.options import check_options
-from bundle.parallel_imaging import PICS_BLEND, object_support, pics_weight_for
+from bundle.parallel_imaging import object_support, pics_blend_for, pics_weight_for
 from bundle.physics.mri import cartesian_mask, default_center_fraction
 
 DEMO_PHANTOM = ROOT / "bundle" / "demo_data" / "multicoil" / "pulseq_phantom_32ch_64.h5"
@@ -27,6 +27,10 @@ def test_pics_weight_follows_the_acceleration_it_was_tuned_for(width):
     line = np.zeros(width, bool)
     line[::8] = True
     assert pics_weight_for(np.broadcast_to(line, (48, width))) == pics_weight_for(line) == 0.03  # 2D masks too
+    # PICS's share of the shipped average: 0.4 up to 5.66x, 0.2 above (chosen on validation)
+    shares = {acc: pics_blend_for(cartesian_mask(width, acc, default_center_fraction(acc), "equispaced", rng).numpy())
+              for acc in (2, 4, 5, 6, 8, 12)}
+    assert shares == {2: 0.4, 4: 0.4, 5: 0.4, 6: 0.2, 8: 0.2, 12: 0.2}
 
 
 def test_blend_and_weight_options_are_checked():
@@ -35,7 +39,9 @@ def test_blend_and_weight_options_are_checked():
         return rec.pics_blend, rec.pics_weight
 
     assert settings("0.3", "auto") == (0.3, None) and settings(0, "0.02") == (0.0, 0.02) and settings(1, None) == (1.0, None)
-    for bad in ("-0.1", "1.5", "nan", "half", None):
+    assert settings("auto", "auto") == (None, None) and settings(None, None) == (None, None)  # by acceleration
+    check_options(multicoil_pics_blend="auto")
+    for bad in ("-0.1", "1.5", "nan", "half", ""):
         with pytest.raises(InputError, match="multicoil_pics_blend"):
             check_options(multicoil_pics_blend=bad)
         with pytest.raises(InputError, match="multicoil_pics_blend"):
@@ -50,9 +56,9 @@ def test_blend_and_weight_options_are_checked():
 def test_hybrid_is_the_stated_average_of_the_network_and_pics(tmp_path):
     """Through the bundle command with the shipped weights on the committed real phantom: the
     default recon equals (1 - a) x the network alone (--multicoil_pics_blend 0) + a x the
-    classical PICS path (--multicoil_method pics at the auto weight, 0.01 at 4x), a = 0.3 on the
-    object (`object_support` of the network's image) and 0 in the background; with
-    --multicoil_pics_region all, a = 0.3 everywhere."""
+    classical PICS path (--multicoil_method pics at the auto weight, 0.01 at 4x), a = 0.4 (the
+    auto share at 4x) on the object (`object_support` of the network's image) and 0 in the
+    background; with --multicoil_pics_region all, a = 0.4 everywhere."""
     import shutil
 
     import nibabel as nib
@@ -68,13 +74,14 @@ def test_hybrid_is_the_stated_average_of_the_network_and_pics(tmp_path):
         res = run_inference("configs/inference.yaml", inputs, tmp_path / name, *extra)
         assert res.returncode == 0, res.stderr[-3000:]
         images[name] = nib.load(str(tmp_path / name / "p_recon.nii.gz")).get_fdata()
-    everywhere = (1 - PICS_BLEND) * images["network"] + PICS_BLEND * images["pics"]
+    share = 0.4  # PICS's share at 4x (auto)
+    everywhere = (1 - share) * images["network"] + share * images["pics"]
     assert np.abs(images["everywhere"] - everywhere).max() <= 1e-5 * images["pics"].max()
-    a = np.stack([PICS_BLEND * object_support(images["network"][..., s]) for s in range(images["network"].shape[-1])], -1)
+    a = np.stack([share * object_support(images["network"][..., s]) for s in range(images["network"].shape[-1])], -1)
     on_object = (1 - a) * images["network"] + a * images["pics"]
     assert np.abs(images["default"] - on_object).max() <= 1e-5 * images["pics"].max()
     # the phantom fills most of its 64 x 64 grid: the weight still goes from ~0 to 0.3
-    assert a.min() < 0.1 * PICS_BLEND and a.max() > 0.99 * PICS_BLEND
+    assert a.min() < 0.1 * share and a.max() > 0.99 * share
     # not a tautology: the three differ
     assert np.abs(images["network"] - images["pics"]).max() > 0.01 * images["pics"].max()
 
