@@ -1,6 +1,6 @@
 """Multi-coil MRI inference: raw k-space (fastMRI, ISMRMRD, TWIX, BART) reconstructed on its whole
 grid by the unrolled network averaged with L1-wavelet PICS on the object (`pics_blend`,
-`pics_region`; the shipped 0.3 on the object was chosen on validation), or by a classical baseline
+`pics_region`; the shipped share by acceleration on the object was chosen on validation), or by a classical baseline
 alone, slice by slice.
 
 A fully sampled file is undersampled retrospectively with one Cartesian mask for the whole file
