@@ -73,6 +73,9 @@ def test_blend_on_the_object_keeps_the_network_in_the_background():
     np.testing.assert_allclose(on_object[28:36, 28:36], everywhere[28:36, 28:36], rtol=1e-5)
     with pytest.raises(InputError, match="region"):
         blend_images(net, pics, 0.3, "edges")
+    # an empty image has no object: the network's (zero) image stays as it is
+    assert not object_support(np.zeros((16, 16), np.float32)).any()
+    np.testing.assert_array_equal(blend_images(np.zeros((16, 16), np.float32), pics[:16, :16], 0.3, "object"), 0)
 
 
 def test_gaussian_smooth_is_scipys_gaussian_filter():
