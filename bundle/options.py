@@ -69,9 +69,14 @@ def optional(rule: Callable[[str, object], None]) -> Callable[[str, object], Non
     return lambda name, value: None if value is None else rule(name, value)
 
 
+def is_auto(value) -> bool:
+    """Whether an option says auto (the value chosen from the data): the word, or None."""
+    return value is None or (isinstance(value, str) and value.strip().lower() == "auto")
+
+
 def auto_or(rule: Callable[[str, object], None]) -> Callable[[str, object], None]:
     """The word auto (the value chosen from the data), or a value that `rule` accepts."""
-    return lambda name, value: None if isinstance(value, str) and value.strip().lower() == "auto" else rule(name, value)
+    return lambda name, value: None if isinstance(value, str) and is_auto(value) else rule(name, value)
 
 
 def each(rule: Callable[[str, object], None]) -> Callable[[str, object], None]:

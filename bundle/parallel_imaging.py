@@ -45,21 +45,25 @@ PICS_REGION = "object"
 PICS_WEIGHTS_BY_ACCELERATION = ((32 ** 0.5, 0.01), (float("inf"), 0.03))
 
 
-def _by_acceleration(mask: np.ndarray, table: tuple[tuple[float, float], ...]) -> float:
+def effective_acceleration(mask: np.ndarray) -> float:
+    """All k-space samples over the acquired ones of `mask` ((W,) or (H, W)), the centre included."""
     m = np.asarray(mask, dtype=bool)
-    fraction = float(m.mean()) if m.any() else 1.0
-    effective = 1.0 / fraction
-    return next(v for limit, v in table if effective < limit)
+    return 1.0 / (float(m.mean()) if m.any() else 1.0)
+
+
+def by_acceleration(acceleration: float, table: tuple[tuple[float, float], ...]) -> float:
+    """The value of the first (limit, value) band of `table` whose limit is above `acceleration`."""
+    return next(v for limit, v in table if acceleration < limit)
 
 
 def pics_weight_for(mask: np.ndarray) -> float:
     """The PICS weight tuned on validation for the effective acceleration of `mask` ((W,) or (H, W))."""
-    return _by_acceleration(mask, PICS_WEIGHTS_BY_ACCELERATION)
+    return by_acceleration(effective_acceleration(mask), PICS_WEIGHTS_BY_ACCELERATION)
 
 
 def pics_blend_for(mask: np.ndarray) -> float:
     """PICS's share of the shipped average for the effective acceleration of `mask` (chosen on validation)."""
-    return _by_acceleration(mask, PICS_BLEND_BY_ACCELERATION)
+    return by_acceleration(effective_acceleration(mask), PICS_BLEND_BY_ACCELERATION)
 
 
 def scale_of(kspace: np.ndarray) -> float:

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from bundle.data.fastmri import center_crop
 from bundle.data.rawkspace import RawKspace
 from bundle.errors import InputError
-from bundle.options import check_options
+from bundle.options import check_options, is_auto
 from bundle.parallel_imaging import METHODS, PICS_REGION, blend_with_pics, classical, sensitivities
 from bundle.physics.mri import cartesian_mask, check_acceleration, check_mask_type, default_center_fraction, ifft2c
 from bundle.physics.mri_sense import acs_window, rss
@@ -81,14 +81,14 @@ class MultiCoilReconstructor:
             raise InputError(f"center_fraction must be in (0, 1], got {center_fraction!r}")
         self.mask_type = mask_type
         self.method, self.weight = method, float(weight)
-        check_options(multicoil_pics_blend="auto" if pics_blend is None else pics_blend, multicoil_pics_weight="auto" if pics_weight is None else pics_weight,
+        check_options(multicoil_pics_blend="auto" if pics_blend is None else pics_blend,
+                      multicoil_pics_weight="auto" if pics_weight is None else pics_weight,
                       multicoil_pics_region=pics_region)
         self.pics_region = str(pics_region)
-        # None: PICS's share by the mask's acceleration (`pics_blend_for`)
-        self.pics_blend: float | None = (None if pics_blend is None or str(pics_blend).strip().lower() == "auto"
-                                         else float(pics_blend))
+        # None: by the mask's acceleration (`pics_blend_for`, `pics_weight_for`)
+        self.pics_blend: float | None = None if is_auto(pics_blend) else float(pics_blend)  # type: ignore[arg-type]
         self.blends = self.pics_blend is None or self.pics_blend > 0
-        self.pics_weight = None if pics_weight is None or str(pics_weight).strip().lower() == "auto" else float(pics_weight)
+        self.pics_weight = None if is_auto(pics_weight) else float(pics_weight)  # type: ignore[arg-type]
         self.network = network.eval() if network is not None else None
         self.device = torch.device(device)
         self.write_maps = bool(write_maps)

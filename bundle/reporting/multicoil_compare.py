@@ -8,12 +8,10 @@ import io
 import json
 import os
 
-import numpy as np
-
 from bundle.data import load_datalist
 from bundle.data.io import write_text_atomic
 from bundle.errors import InputError
-from bundle.parallel_imaging import PICS_REGION, pics_blend_for
+from bundle.parallel_imaging import PICS_BLEND_BY_ACCELERATION, PICS_REGION, by_acceleration
 from bundle.reporting.comparison import parse_weights, shared_files
 from bundle.reporting.multicoil import (
     Case,
@@ -105,7 +103,7 @@ def run_multicoil(args, root: str) -> int:
                   f"({', '.join(f'{n} ({coils[n]} coils)' for n in names)}); weights tuned on "
                   f"{', '.join(tuning[f'{kind}/pics']['validation_cases'])}: CG-SENSE {chosen[kind]['cg_sense']:g}, "
                   f"PICS {chosen[kind]['pics']:g}; hybrid = (1 - a) x varnet + a x that PICS on the {PICS_REGION}, "
-                  f"a = {pics_blend_for(np.arange(64) % round(acc) == 0):g} "
+                  f"a = {by_acceleration(acc, PICS_BLEND_BY_ACCELERATION):g} "
                   "(the shipped inference)\n\n")
         sections.append(header + table(per_case, seconds, names))
         for method, cs in per_case.items():

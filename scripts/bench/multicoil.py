@@ -35,14 +35,15 @@ def rows(add, args, device) -> None:
 
     from bundle.inference import MultiCoilReconstructor
     from bundle.networks import load_checkpoint
-    from bundle.parallel_imaging import PICS_REGION
+    from bundle.parallel_imaging import PICS_BLEND_BY_ACCELERATION, PICS_REGION, by_acceleration
     from bundle.varnet import VarNet, varnet_variant
 
     h, w, c = (int(v) for v in args.multicoil_slice.split(","))
     raw = synthetic_scan(h, w, c, args.multicoil_slices)
     net = load_checkpoint(VarNet(**varnet_variant("cpu")), os.path.join(ROOT, "models", "model_multicoil.pt")).to(device)
     label = f"{h}x{w}, {c} coils, 4x"
-    shipped_name = f"shipped: 0.6 network + 0.4 PICS (4x) on the {PICS_REGION}"
+    share = by_acceleration(4.0, PICS_BLEND_BY_ACCELERATION)
+    shipped_name = f"shipped: {1 - share:g} network + {share:g} PICS on the {PICS_REGION}"
     methods = {
         "zero-filled RSS": dict(method="zero_filled"),
         "CG-SENSE (ESPIRiT maps, weight 0.1)": dict(method="cg_sense", weight=0.1),

@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     from bundle.data.rawkspace import read_raw
     from bundle.inference import InferenceRunner, MRIReconstructor, MultiCoilReconstructor
     from bundle.networks import ResidualUNet, load_checkpoint
-    from bundle.parallel_imaging import classical, espirit_maps
+    from bundle.parallel_imaging import classical, effective_acceleration, espirit_maps, pics_blend_for
     from bundle.reporting.figures import save_figure
     from bundle.varnet import VarNet, varnet_variant
 
@@ -105,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     seconds["pics"] = time.perf_counter() - t
     panels = [("zero-filled RSS (12.5 % sampled)", zf), ("single-coil network (model.pt)", single_recon),
               ("multi-coil network (model_multicoil.pt)", multi_recon),
-              ("shipped: network + PICS on the object (0.2 PICS: 8x effective)", hybrid), (f"SigPy PICS, ESPIRiT, weight {args.pics_weight:g}", ours_pics)]
+              (f"shipped: {1 - pics_blend_for(raw.mask):g} network + {pics_blend_for(raw.mask):g} PICS on the object "
+               f"({effective_acceleration(raw.mask):.0f}x effective)", hybrid), (f"SigPy PICS, ESPIRiT, weight {args.pics_weight:g}", ours_pics)]
     lines = []
     if os.path.exists(args.bart + ".cfl"):
         bart = read_cfl(args.bart)

@@ -83,12 +83,17 @@ def oversampled_cases(parser, items, oversampling: float = 2.0, slices: int = 6)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from monai.bundle import ConfigParser
-    from multicoil_validation import validation_sets
+    from multicoil_validation import validation_parser, validation_sets
 
     from bundle.data import load_datalist
     from bundle.networks import load_checkpoint
-    from bundle.parallel_imaging import PICS_WEIGHTS_BY_ACCELERATION, blend_images, pics_weight_for
+    from bundle.parallel_imaging import (
+        PICS_BLEND_BY_ACCELERATION,
+        blend_images,
+        by_acceleration,
+        effective_acceleration,
+        pics_weight_for,
+    )
     from bundle.reporting.multicoil import MapsCache, baseline_method, evaluate, score, varnet_method
     from bundle.varnet import VarNet, varnet_variant
 
@@ -99,10 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     candidates = CANDIDATES if not args.by_acceleration else {
         f"a4 {a4:g}, a8 {a8:g}": ((a4, a8), "object") for a4 in (0.2, 0.3, 0.4, 0.5, 0.6) for a8 in (0.1, 0.2, 0.3, 0.4)}
-    sets = validation_sets(os.path.join(args.shared, "kspace", "multicoil"))
-    parser = ConfigParser()
-    parser.read_config([os.path.join(ROOT, "configs", "train.yaml"), os.path.join(ROOT, "configs", "train_multicoil.yaml")])
-    parser["bundle_root"] = ROOT
+    parser = validation_parser()
+    sets = validation_sets(os.path.join(args.shared, "kspace", "multicoil"), parser)
     items = load_datalist(parser.get_parsed_content("datalist"), parser.get_parsed_content("dataset_dir"), "validation")
     items += [{"image": os.path.join(args.shared, p)} for p in OVERSAMPLED_SOURCES]
     sets["oversampled"] = oversampled_cases(parser, items)
@@ -121,8 +124,9 @@ def main(argv: list[str] | None = None) -> int:
                 for name in ["zf"] + [f"pics {w:g}" for w in BASELINE_WEIGHTS]:
                     row.setdefault(name, []).append(score(im[name], im["reference"]))
                 for name, (a, region) in candidates.items():
-                    if isinstance(a, tuple):  # (a4, a8): the band of the mask's effective acceleration
-                        a = a[0] if pics_weight_for(im["mask"][0]) == PICS_WEIGHTS_BY_ACCELERATION[0][1] else a[1]
+                    if isinstance(a, tuple):  # (a4, a8): the shipped bands of effective acceleration
+                        bands = tuple((limit, v) for (limit, _), v in zip(PICS_BLEND_BY_ACCELERATION, a))
+                        a = by_acceleration(effective_acceleration(im["mask"][0]), bands)
                     image = blend_images(im["net"], im[shipped], a, region)
                     row.setdefault(name, []).append(score(image, im["reference"]))
             means = {k: np.mean([np.mean(r[k], 0) for r in per_case.values()], 0) for k in next(iter(per_case.values()))}

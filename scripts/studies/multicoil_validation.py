@@ -39,26 +39,33 @@ def _mean(per_case: dict) -> tuple[float, float]:
             float(np.mean([v["psnr"] for v in per_case.values()])))
 
 
-def validation_sets(shared: str) -> dict:
-    """{"real": the real validation phantoms, "simulated": IXI048 with validation's simulated coils}."""
+def validation_parser():
+    """train.yaml + train_multicoil.yaml, parsed, with the demo datalist in place."""
     from monai.bundle import ConfigParser
 
-    from bundle.data import load_datalist
     from bundle.data.demo import ensure_datalist
-    from bundle.reporting.multicoil import real_cases, simulated_cases
 
     parser = ConfigParser()
     parser.read_config([os.path.join(ROOT, "configs", "train.yaml"), os.path.join(ROOT, "configs", "train_multicoil.yaml")])
     parser["bundle_root"] = ROOT
-    datalist, dataset_dir = parser.get_parsed_content("datalist"), parser.get_parsed_content("dataset_dir")
-    ensure_datalist(datalist, dataset_dir)
-    items = load_datalist(datalist, dataset_dir, "validation")
+    ensure_datalist(parser.get_parsed_content("datalist"), parser.get_parsed_content("dataset_dir"))
+    return parser
+
+
+def validation_sets(shared: str, parser=None) -> dict:
+    """{"real": the real validation phantoms, "simulated": IXI048 with validation's simulated coils}."""
+    from bundle.data import load_datalist
+    from bundle.reporting.multicoil import real_cases, simulated_cases
+
+    parser = parser or validation_parser()
+    items = load_datalist(parser.get_parsed_content("datalist"), parser.get_parsed_content("dataset_dir"), "validation")
     return {"real": real_cases([os.path.join(shared, f) for f in REAL_VALIDATION]),
             "simulated": simulated_cases(parser, items)}
 
 
 def main(argv: list[str] | None = None) -> int:
     from bundle.networks import load_checkpoint, metadata_of, safe_load
+    from bundle.parallel_imaging import PICS_REGIONS
     from bundle.reporting.multicoil import (
         MapsCache,
         baseline_method,
@@ -74,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="switch the final hard data consistency on or off for these weights (default: the variant's)")
     ap.add_argument("--pics-blend", type=float, default=0.0,
                     help="score (1 - a) x network + a x PICS (the PICS of this table) instead of the network alone")
-    ap.add_argument("--pics-region", choices=("all", "object"), default="all",
+    ap.add_argument("--pics-region", choices=PICS_REGIONS, default="all",
                     help="average everywhere (0.14, the model card's step 4) or on the object only (0.15, as shipped)")
     ap.add_argument("--shared", default=os.path.join(ROOT, "..", "shared", "data", "kspace", "multicoil"))
     args = ap.parse_args(argv)

@@ -80,7 +80,7 @@ def test_hybrid_is_the_stated_average_of_the_network_and_pics(tmp_path):
     a = np.stack([share * object_support(images["network"][..., s]) for s in range(images["network"].shape[-1])], -1)
     on_object = (1 - a) * images["network"] + a * images["pics"]
     assert np.abs(images["default"] - on_object).max() <= 1e-5 * images["pics"].max()
-    # the phantom fills most of its 64 x 64 grid: the weight still goes from ~0 to 0.3
+    # the phantom fills most of its 64 x 64 grid: the weight still goes from ~0 to the full share
     assert a.min() < 0.1 * share and a.max() > 0.99 * share
     # not a tautology: the three differ
     assert np.abs(images["network"] - images["pics"]).max() > 0.01 * images["pics"].max()
