@@ -63,8 +63,11 @@ class SimulateMultiCoild(UndersampleMultiCoild):
     sensitivities (`random_coil_maps`: a coil count drawn from `coils`, random placement and
     rotation), Fourier transformed, and complex Gaussian noise is added with a standard deviation
     of (mean magnitude of the object) / snr, snr drawn log-uniformly from `snr`: the coil
-    combination then has about that SNR in the object. Then `UndersampleMultiCoild` (outputs
-    there). Augment the magnitude slice before this transform.
+    combination then has about that SNR in the object. With `oversampling` above 1 the coil
+    images are first centred in a field of view that many times longer along H (the readout), as
+    scanners and fastMRI's brain files (640 x 320) acquire them: half such a grid is background
+    with noise only. Then `UndersampleMultiCoild` (outputs there, on the whole grid). Augment the
+    magnitude slice before this transform.
 
     Args:
         keys: the (1, H, W) magnitude slice.
@@ -75,6 +78,8 @@ class SimulateMultiCoild(UndersampleMultiCoild):
             `UndersampleKspaced` (deterministic: coils, phase and noise are seeded by the slice too).
         maps_key: also write the true sensitivities ((C, H, W) complex, unit RSS) under this key
             (None: not written), for a network that takes maps.
+        oversampling: [min, max] readout oversampling factor (drawn uniformly; the grid's H is
+            rounded to an even number), or one number; 1 = none (the default).
     """
 
     def __init__(
@@ -91,6 +96,7 @@ class SimulateMultiCoild(UndersampleMultiCoild):
         label_key: str = "label",
         maps_key: str | None = None,
         allow_missing_keys: bool = False,
+        oversampling: Sequence[float] | float = 1.0,
     ) -> None:
         super().__init__(keys, accelerations, center_fractions, mask_type, deterministic, seed_key, label_key,
                          allow_missing_keys)
@@ -101,6 +107,25 @@ class SimulateMultiCoild(UndersampleMultiCoild):
         if not 0 <= float(max_phase) <= 100:
             raise InputError(f"max_phase must be in [0, 100] radians, got {max_phase!r}")
         self.max_phase = float(max_phase)
+        self.oversampling = _check_range(oversampling, "oversampling", 1.0)
+        if self.oversampling[1] > 4:
+            raise InputError(f"oversampling must be at most 4, got {oversampling!r}")
+
+    def acquisition(self) -> tuple:
+        """What the deterministic seed depends on (oversampling only when used, so that the seeds,
+        and every simulated validation set, are those of earlier releases without it)."""
+        base: tuple = ("coils", self.coils, self.snr, self.max_phase)
+        return base + (("oversampling", self.oversampling),) if self.oversampling != (1.0, 1.0) else base
+
+    def readout_length(self, h: int, seed: int) -> int:
+        """The oversampled grid's H for an (h, W) slice: its own generator (seed + 1), so that the
+        coil, phase and noise draws are those of the grid without oversampling."""
+        if self.oversampling == (1.0, 1.0):
+            return h
+        gen = torch.Generator().manual_seed(seed + 1)
+        low, high = self.oversampling
+        factor = low + float(torch.rand(1, generator=gen)) * (high - low)
+        return max(h, int(round(h * factor / 2)) * 2)
 
     def coil_kspace(self, image: torch.Tensor, seed: int) -> torch.Tensor:
         """(H, W) magnitude -> (C, H, W) noisy complex coil k-space, all draws from `seed`."""
@@ -114,6 +139,11 @@ class SimulateMultiCoild(UndersampleMultiCoild):
         phase = smooth_phase((h, w), gen, self.max_phase)
         x = torch.polar(image.float(), phase)
         maps = random_coil_maps(coils, (h, w), gen)
+        length = self.readout_length(h, seed)
+        if length > h:  # the object in a longer field of view along the readout, nothing around it;
+            top = (length - h) // 2  # the smooth maps extend to the new rows by their edge values
+            x = torch.nn.functional.pad(x, (0, 0, top, length - h - top))
+            maps = maps[:, (torch.arange(length) - top).clamp(0, h - 1)]
         k = fft2c(maps * x)
         snr = math.exp(math.log(max(self.snr[0], 1e-6)) + float(torch.rand(1, generator=gen))
                        * (math.log(max(self.snr[1], 1e-6)) - math.log(max(self.snr[0], 1e-6))))
@@ -130,7 +160,7 @@ class SimulateMultiCoild(UndersampleMultiCoild):
             image = convert_to_tensor(d[key], track_meta=False).float()
             if image.ndim != 3 or image.shape[0] != 1:
                 raise InputError(f"expected a (1, H, W) magnitude slice, got shape {tuple(image.shape)}")
-            seed = self.seed(d, "coils", self.coils, self.snr, self.max_phase)
+            seed = self.seed(d, *self.acquisition())
             d[key], maps = self.coil_data(image[0], seed)
             d = super().__call__(d)
             if self.maps_key is not None:

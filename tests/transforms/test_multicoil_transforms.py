@@ -64,3 +64,41 @@ def test_espirit_maps_of_real_coils_are_unit_rss_and_cached_across_a_global_phas
     assert "augmentation" not in flipped
     assert flipped["maps"] is not maps and len(espirit.cache) == 2
     torch.testing.assert_close(rss(flipped["maps"], 0), torch.ones(full.shape[-2:]), atol=1e-3, rtol=0)
+
+
+def test_readout_oversampling_centres_the_object_in_a_longer_grid_with_the_same_draws():
+    """oversampling=2: a grid twice as long along H, the same coil images in its centre (the coil,
+    phase and noise draws of the grid without oversampling), nothing but noise around them, maps
+    of unit RSS everywhere; the default (1) keeps the seeds of earlier releases."""
+    image = torch.zeros(1, 32, 24)
+    image[0, 6:26, 4:20] = torch.linspace(0.3, 1.0, 16)
+    plain = SimulateMultiCoild(keys="image", coils=(4, 8), snr=0, accelerations=4, deterministic=True, maps_key="maps")
+    longer = SimulateMultiCoild(keys="image", coils=(4, 8), snr=0, accelerations=4, deterministic=True, maps_key="maps",
+                                oversampling=2)
+    assert plain.acquisition() == ("coils", plain.coils, plain.snr, plain.max_phase)
+    seed = 1234
+    k1, m1 = plain.coil_data(image[0], seed)
+    k2, m2 = longer.coil_data(image[0], seed)
+    assert k2.shape == (k1.shape[0], 64, 24) and m2.shape == k2.shape
+    coils1, coils2 = ifft2c(k1), ifft2c(k2)
+    torch.testing.assert_close(coils2[:, 16:48], coils1, atol=1e-5, rtol=1e-5)
+    assert coils2[:, :16].abs().max() < 1e-5 and coils2[:, 48:].abs().max() < 1e-5
+    torch.testing.assert_close(m2[:, 16:48], m1)
+    torch.testing.assert_close(rss(m2, 0), torch.ones(64, 24), atol=1e-5, rtol=0)
+    d = longer({"image": image, "slice_id": "s"})
+    assert d["label"].shape == (1, 64, 24) and d["kspace"].shape[-2:] == (64, 24) and d["mask"].shape == (1, 1, 24)
+    torch.testing.assert_close(d["label"][0, 16:48], image[0], atol=1e-5, rtol=1e-5)
+    # a range draws lengths between the limits, even, per seed
+    ranged = SimulateMultiCoild(keys="image", oversampling=(1, 2))
+    lengths = {ranged.readout_length(32, s) for s in range(40)}
+    assert min(lengths) >= 32 and max(lengths) <= 64 and len(lengths) > 5 and all(n % 2 == 0 for n in lengths)
+
+
+def test_oversampling_out_of_range_is_refused():
+    import pytest
+
+    from bundle.errors import InputError
+
+    for bad in (0.5, 5, (2, 1), float("nan")):
+        with pytest.raises(InputError, match="oversampling"):
+            SimulateMultiCoild(keys="image", oversampling=bad)
