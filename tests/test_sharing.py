@@ -95,8 +95,22 @@ def test_torchscript_and_onnx_exports_match_pytorch(tmp_path):
         sess = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
         x2 = torch.rand(3, 1, 64, 112)
         np.testing.assert_allclose(sess.run(None, {"image": x2.numpy()})[0], net(x2).numpy(), atol=1e-4)
-    # the shipped exports are those of the shipped weights
+
+
+def test_shipped_exports_are_those_of_the_shipped_weights():
+    """models/model.ts is the export of the committed models/model.pt. The README's main job
+    retrains and replaces model.pt in place (not the exports): in such a checkout this is skipped
+    with the reason, not failed (rerun scripts/export.py to refresh the exports)."""
+    changed = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "models/model.pt"], cwd=ROOT,
+                             capture_output=True)
+    if changed.returncode == 1:
+        pytest.skip("models/model.pt differs from the committed weights (retrained here, e.g. by the README's "
+                    "main job); the shipped exports belong to the committed ones")
+    from bundle.networks import ResidualUNet, load_checkpoint
+
+    net = load_checkpoint(ResidualUNet(), str(ROOT / "models" / "model.pt")).eval()
     shipped = torch.jit.load(str(ROOT / "models" / "model.ts"))
+    x = torch.rand(1, 1, 80, 96)
     with torch.no_grad():
         np.testing.assert_allclose(shipped(x).numpy(), net(x).numpy(), atol=1e-5)
 
