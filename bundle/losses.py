@@ -16,7 +16,9 @@ class SSIMWeightedLoss(nn.Module):
     the loss is independent of the intensity scale of the slice (MRI magnitudes); with a fixed
     `data_range` (CT: 1.0, the HU window on the [0, 1] scale) the images are compared on that
     scale instead, so air-only patches (maximum near 0) do not turn the SSIM into a noise detector.
-    The pixel loss is on the raw values.
+    The pixel loss is on the raw values. A target with one channel more than the prediction
+    carries, in that last channel, a per-pixel weight of the pixel loss (PET's lesion emphasis,
+    `bundle.transforms.PETScanBatch(lesion_weight=...)`); the SSIM term ignores it.
 
     Args:
         ssim_weight: w in [0, 1] (0.84 as in Zhao et al., "Loss functions for image restoration
@@ -48,7 +50,10 @@ class SSIMWeightedLoss(nn.Module):
         self.pixel = nn.L1Loss() if pixel_loss == "l1" else nn.MSELoss()
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """pred, target: (B, 1, H, W). Returns a scalar."""
+        """pred, target: (B, 1, H, W), or target (B, 2, H, W) with the pixel weights. Returns a scalar."""
+        weight = None
+        if target.ndim == pred.ndim and target.shape[1] == pred.shape[1] + 1:
+            target, weight = target[:, :-1], target[:, -1:].float()
         if pred.shape != target.shape:
             raise ValueError(f"prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape")
         pred, target = pred.float(), target.float()
@@ -57,4 +62,9 @@ class SSIMWeightedLoss(nn.Module):
         else:
             scale = target.flatten(1).amax(dim=1).clamp_min(1e-6).view(-1, *([1] * (target.ndim - 1)))
         ssim_term = self.ssim(pred / scale, target / scale)
-        return self.ssim_weight * ssim_term + (1.0 - self.ssim_weight) * self.pixel(pred, target)
+        if weight is None:
+            pixel = self.pixel(pred, target)
+        else:
+            diff = pred - target
+            pixel = (weight * (diff.abs() if isinstance(self.pixel, nn.L1Loss) else diff**2)).mean()
+        return self.ssim_weight * ssim_term + (1.0 - self.ssim_weight) * pixel

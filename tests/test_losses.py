@@ -68,3 +68,21 @@ def test_fixed_data_range_compares_on_that_scale():
     assert loss == pytest.approx(1 - float(np.mean(values)), abs=1e-4)
     with pytest.raises(InputError, match="data_range"):
         SSIMWeightedLoss(data_range=0.0)
+
+
+def test_pixel_weights_in_an_extra_target_channel():
+    """A target with one channel more carries the pixel loss's weights: all ones is the plain
+    loss; a weight of 11 on one pixel adds 10 x that pixel's error / N (hand-computed)."""
+    pred, target = _pair()
+    ones = torch.cat([target, torch.ones_like(target)], 1)
+    for kind in ("l1", "mse"):
+        loss = SSIMWeightedLoss(ssim_weight=0.3, pixel_loss=kind)
+        assert loss(pred, ones).item() == pytest.approx(loss(pred, target).item(), rel=1e-6)
+    w = torch.ones_like(target)
+    w[1, 0, 5, 7] = 11.0
+    weighted = SSIMWeightedLoss(ssim_weight=0.0)(pred, torch.cat([target, w], 1)).item()
+    extra = 10 * abs(float(pred[1, 0, 5, 7] - target[1, 0, 5, 7])) / target.numel()
+    assert weighted == pytest.approx((pred - target).abs().mean().item() + extra, rel=1e-6)
+    # the SSIM term ignores the weights
+    assert SSIMWeightedLoss(ssim_weight=1.0)(pred, torch.cat([target, w], 1)).item() == pytest.approx(
+        SSIMWeightedLoss(ssim_weight=1.0)(pred, target).item(), rel=1e-6)

@@ -159,7 +159,8 @@ def load_head(path: str) -> tuple[np.ndarray, tuple[float, float, float]]:
 
 class PETPhantomSlices(torch.utils.data.Dataset):
     """Axial slices of FDG phantoms made from T1 heads: items {"activity": (1, H, W) activity,
-    "mu": (1, H, W) 1/mm, "brain": (1, H, W) grey + white matter, "count_fraction", "seed",
+    "mu": (1, H, W) 1/mm, "brain": (1, H, W) grey + white matter, "lesion": (1, H, W) 1 in the
+    inserted lesions, "count_fraction", "seed",
     "filename", "slice_id", "volume_max"}, padded to `shape`. The scan itself is simulated per
     batch by `bundle.transforms.PETScanBatch` (fresh Poisson noise at every access when `seed` is
     -1; validation fixes the seed per slice).
@@ -220,10 +221,14 @@ class PETPhantomSlices(torch.utils.data.Dataset):
         n = int(torch.randint(self.lesions[0], self.lesions[1] + 1, (), generator=g))
         n_hot = int(torch.randint(0, n + 1, (), generator=g))
         r_px = [v / base["pixel_mm"] for v in self.radius_mm]
-        act, _ = insert_lesions(act, brain, n_hot, r_px, self.hot, g)
-        act, _ = insert_lesions(act, brain & (act < 1.5 * ACTIVITY[GM]), n - n_hot, r_px, self.cold, g)
+        act, hot = insert_lesions(act, brain, n_hot, r_px, self.hot, g)
+        act, cold = insert_lesions(act, brain & (act < 1.5 * ACTIVITY[GM]), n - n_hot, r_px, self.cold, g)
+        lesion = torch.zeros(cls.shape, dtype=torch.bool)
+        for les in hot + cold:
+            lesion |= disc(cls.shape, les["center"][0], les["center"][1], les["radius"])
         fraction = self.fractions[int(torch.randint(len(self.fractions), (), generator=g))] if self.random else self.fractions[0]
         item = {"activity": act[None], "mu": mu_from_classes(cls)[None], "brain": brain[None].float(),
+                "lesion": lesion[None].float(),
                 "count_fraction": fraction, "seed": -1 if self.random else 7919 * (i + 1),
                 "filename": base["filename"], "slice_id": base["slice_id"], "volume_max": float(act.max())}
         return self.transform(item) if self.transform is not None else item

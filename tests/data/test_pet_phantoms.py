@@ -98,6 +98,13 @@ def test_phantom_slices_dataset(tmp_path):
     assert item["activity"].shape == (1, 80, 80) and item["mu"].shape == (1, 80, 80)
     assert item["seed"] >= 0 and item["count_fraction"] == 0.1
     assert torch.equal(ds[0]["activity"], item["activity"])  # validation items repeat
+    # the lesion map marks exactly the pixels the lesions changed (the same slice without lesions)
+    plain = PETPhantomSlices([{"image": str(path)}], shape=(80, 80), min_brain=100, random=False, lesions=(0, 0))
+    many = PETPhantomSlices([{"image": str(path)}], shape=(80, 80), min_brain=100, random=False, lesions=(3, 3))
+    for i in range(len(many)):
+        changed = many[i]["activity"] != plain[i]["activity"]
+        assert torch.equal(many[i]["lesion"].bool(), changed) and not plain[i]["lesion"].any()
+    assert any(many[i]["lesion"].any() for i in range(len(many)))
     rnd = PETPhantomSlices([{"image": str(path)}], shape=(80, 80), min_brain=100, random=True)
     assert rnd[0]["seed"] == -1 and not torch.equal(rnd[0]["activity"], rnd[0]["activity"])
     with pytest.raises(InputError, match="count_fraction"):

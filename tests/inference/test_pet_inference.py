@@ -170,7 +170,8 @@ def test_two_iteration_training_then_inference(tmp_path):
     res = run_bundle("training", "--meta_file", "configs/metadata.json", "--config_file",
                      "['configs/train.yaml','configs/train_pet.yaml']", "--logging_file", "configs/logging.conf",
                      "--max_epochs", "1", "--epoch_length", "2", "--batch_size", "2", "--val_batch_size", "16",
-                     "--ckpt_dir", str(ckpt), "--output_dir", str(tmp_path / "eval"), timeout=600)
+                     "--ckpt_dir", str(ckpt), "--output_dir", str(tmp_path / "eval"), "--lesion_weight", "10",
+                     timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     assert (ckpt / "model_pet.pt").is_file()
     log = res.stderr + res.stdout
