@@ -169,13 +169,11 @@ def reconstruct_case(rec, case: dict, fraction: float, realisation: int, max_ite
     return nets
 
 
-def run_pet(args, root: str) -> int:
-    """Validation tuning, test metrics, lesion curves; report files into args.output_dir."""
+def pet_reconstructor(root: str, ckpt: str, option: str = "--pet-ckpt"):
+    """configs/inference_pet.yaml's reconstructor on the CPU with the weights `ckpt`."""
     from monai.bundle import ConfigParser
 
-    from bundle.data.demo import DEMO_DIR, DEMO_SPLIT
     from bundle.networks import load_checkpoint
-    from bundle.reporting.figures import save_figure
 
     parser = ConfigParser()
     parser.read_config(os.path.join(root, "configs", "inference_pet.yaml"))
@@ -183,10 +181,19 @@ def run_pet(args, root: str) -> int:
     parser["device"] = "$torch.device('cpu')"
     parser["amp"] = False
     rec = parser.get_parsed_content("reconstructor")
-    if not os.path.isfile(args.pet_ckpt):
-        raise InputError(f"--pet-ckpt {args.pet_ckpt}: no such file")
-    load_checkpoint(rec.network, args.pet_ckpt)
+    if not os.path.isfile(ckpt):
+        raise InputError(f"{option} {ckpt}: no such file")
+    load_checkpoint(rec.network, ckpt)
     rec.network.eval()
+    return rec
+
+
+def run_pet(args, root: str) -> int:
+    """Validation tuning, test metrics, lesion curves; report files into args.output_dir."""
+    from bundle.data.demo import DEMO_DIR, DEMO_SPLIT
+    from bundle.reporting.figures import save_figure
+
+    rec = pet_reconstructor(root, args.pet_ckpt)
     max_it = int(args.pet_max_iterations)
     if max_it < 1 or int(args.pet_realisations) < 2:
         raise InputError("--pet-max-iterations must be >= 1 and --pet-realisations >= 2")
