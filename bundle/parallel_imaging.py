@@ -31,7 +31,7 @@ ESPIRIT_MIN_CALIBRATION = 4  # lines: a kernel of 3 fits in them
 # on grids oversampled along the readout (as scanners and fastMRI's brain files acquire them)
 # PICS's background is not the RSS reference's noise floor, and averaging it in everywhere cost
 # 0.02-0.03 SSIM; where `object_support` of the network's image is, the average, elsewhere the
-# network alone (worst target ratio over eight validation settings, scripts/studies/
+# network alone (worst target ratio over six validation settings, scripts/studies/
 # multicoil_oversampled_blend.py: -0.04 everywhere, +0.11 on the object). Since 0.15 too, a by the
 # band of effective acceleration, as PICS's weight: 0.4 up to 5.66x, 0.2 above (the same study
 # with --by-acceleration: +0.22; 0.4 / 0.2 is the tied pair nearest to 0.3 / 0.3).

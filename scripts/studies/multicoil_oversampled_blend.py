@@ -15,21 +15,21 @@ the same average only on the object (`object_support` of the network's image), w
 0.5. Target ratio = min(dSSIM / 0.05, dPSNR / 2) over the baseline.
 
 Rule, written before any candidate was scored here: ship the candidate with the best worst target
-ratio over all eight settings.
+ratio over all six settings.
 
 `--by-acceleration` (a second rule, written after the first table and before this one was
 scored; the idea came from that table, where a = 0.5 on the object was better at 4x and worse at
 8x): candidates on the object with a = a4 up to an effective 5.66x (as `pics_weight_for` steps)
 and a8 above, a4 in 0.2 ... 0.6 and a8 in 0.1 ... 0.4; a pair ships only if its worst target ratio
-over the eight settings is at least 0.05 above the shipped 0.3 / 0.3.
+over the six settings is at least 0.05 above the shipped 0.3 / 0.3.
 
 `--shipped` (the third rule, for new WEIGHTS, written while the 0.16 candidate trained and before
 any of its scores were seen): only the network alone and the shipped average (PICS's share by
 acceleration, on the object). The candidate (`configs/train_multicoil_real.yaml` from the 0.15
 weights with `--oversampling "[1, 2]"`, 4 epochs, Adam 3e-4, the epoch of best in-training
 validation SSIM) replaces the shipped weights only if, with the shipped average, its worst target
-ratio over the eight settings is at least 0.05 above the 0.15 weights' (+0.22) and its mean SSIM
-over the eight is not lower. The blend policy is not re-tuned for it.
+ratio over the six settings is at least 0.05 above the 0.15 weights' (+0.22) and its mean SSIM
+over the six is not lower. The blend policy is not re-tuned for it.
 
     python scripts/studies/multicoil_oversampled_blend.py models/model_multicoil.pt
     python scripts/studies/multicoil_oversampled_blend.py models/model_multicoil.pt --by-acceleration
