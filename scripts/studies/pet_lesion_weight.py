@@ -76,14 +76,14 @@ def main(argv: list[str] | None = None) -> int:
         for f in (float(v) for v in args.fractions.split(",")):
             s = validation_scores(rec, case, f, args.realisations)
             rows[(ckpt, f)] = s
-            print(f"{os.path.basename(ckpt)} {100 * f:g} %: PSNR {s['psnr']:.2f} SSIM {s['ssim']:.4f} "
+            print(f"{ckpt} {100 * f:g} %: PSNR {s['psnr']:.2f} SSIM {s['ssim']:.4f} "
                   f"GM {100 * s['gm_bias']:+.1f} % WM {100 * s['wm_bias']:+.1f} % noise {100 * s['noise']:.1f} % "
                   f"CRC hot {s['net_hot']:.3f} (OSEM {s['osem_hot']:.3f}) cold {s['net_cold']:.3f} "
                   f"(OSEM {s['osem_cold']:.3f}), {s['lesions']} lesions", flush=True)
     print("\n| weights | count | PSNR dB | SSIM | GM / WM bias | noise | CRC hot: net / OSEM (gap) | CRC cold: net / OSEM (gap) |")
     print("|---|---|---|---|---|---|---|---|")
     for (ckpt, f), s in rows.items():
-        print(f"| {os.path.basename(ckpt)} | {100 * f:g} % | {s['psnr']:.2f} | {s['ssim']:.4f} | "
+        print(f"| {ckpt} | {100 * f:g} % | {s['psnr']:.2f} | {s['ssim']:.4f} | "
               f"{100 * s['gm_bias']:+.1f} % / {100 * s['wm_bias']:+.1f} % | {100 * s['noise']:.1f} % | "
               f"{s['net_hot']:.3f} / {s['osem_hot']:.3f} ({s['net_hot'] - s['osem_hot']:+.3f}) | "
               f"{s['net_cold']:.3f} / {s['osem_cold']:.3f} ({s['net_cold'] - s['osem_cold']:+.3f}) |")
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             hot = (c["net_hot"] - c["osem_hot"]) - (shipped["net_hot"] - shipped["osem_hot"])
             cold = (c["net_cold"] - c["osem_cold"]) - (shipped["net_cold"] - shipped["osem_cold"])
             ok = hot >= 0.05 and cold >= -0.02 and c["psnr"] >= shipped["psnr"] - 0.1 and c["ssim"] >= shipped["ssim"] - 0.005
-            print(f"\n{os.path.basename(ckpt)} at 10 %: hot gap {hot:+.3f}, cold gap {cold:+.3f}, PSNR "
+            print(f"\n{ckpt} at 10 %: hot gap {hot:+.3f}, cold gap {cold:+.3f}, PSNR "
                   f"{c['psnr'] - shipped['psnr']:+.2f} dB, SSIM {c['ssim'] - shipped['ssim']:+.4f}: "
                   f"{'ships' if ok else 'does not ship'} by the rule")
     return 0
