@@ -74,3 +74,19 @@ def test_lesion_study_script(tiny_dataset, tmp_path, ckpt):
     # zero-filled is linear in the image: the lesion's contrast passes through it exactly (up to aliasing
     # of the lesion itself, which spreads a fraction of it outside the disc)
     assert all(0.3 < float(r["recovered_mean"]) <= 1.05 for r in zf)
+
+
+@pytest.mark.slow
+def test_pet_lesion_weight_study_never_ships_the_same_weights(tmp_path):
+    """The PET study's rule on the validation phantom: a candidate identical to the shipped
+    weights (a copy) has a gap gain of exactly 0, so it does not ship (the rule asks for >= 0.03)."""
+    import shutil
+
+    copy = tmp_path / "candidate.pt"
+    shutil.copy(ROOT / "models" / "model_pet.pt", copy)
+    res = subprocess.run([sys.executable, "scripts/studies/pet_lesion_weight.py", "models/model_pet.pt",
+                          str(copy), "--fractions", "0.1", "--realisations", "2", "--hot-threshold", "0.03"],
+                         cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "hot gap +0.000, cold gap +0.000, PSNR +0.00 dB, SSIM +0.0000: does not ship" in res.stdout
+    assert "| models/model_pet.pt | 10 % |" in res.stdout and f"| {copy} | 10 % |" in res.stdout
