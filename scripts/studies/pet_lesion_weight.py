@@ -22,6 +22,7 @@ A second candidate (written before it was trained, after the first shipped): the
 fine-tuned 15 epochs more with `--lesion_weight 50 --learning_rate 0.0003`. It replaces them
 under the same rule, with the hot-gap threshold 0.03 instead of 0.05 (0.16's remaining gap on
 validation is 0.042): `--hot-threshold 0.03`, the 0.16 weights first.
+(It did not ship: hot gap +0.029, cold +0.009, PSNR -0.02 dB, SSIM -0.0007 at 10 %; the card.)
 
     python scripts/studies/pet_lesion_weight.py models/model_pet.pt CANDIDATE.pt
 """
