@@ -76,7 +76,14 @@ def is_auto(value) -> bool:
 
 def auto_or(rule: Callable[[str, object], None]) -> Callable[[str, object], None]:
     """The word auto (the value chosen from the data), or a value that `rule` accepts."""
-    return lambda name, value: None if isinstance(value, str) and is_auto(value) else rule(name, value)
+    def check(name: str, value) -> None:
+        if isinstance(value, str) and is_auto(value):
+            return
+        try:
+            rule(name, value)
+        except InputError as e:
+            raise InputError(f"{e} (or auto)") from None
+    return check
 
 
 def each(rule: Callable[[str, object], None]) -> Callable[[str, object], None]:
@@ -150,7 +157,8 @@ RULES: Mapping[str, Callable[[str, object], None]] = MappingProxyType({
     "psf_fwhm_mm": at_least(0.0),
     "osem_iterations": whole(1),
     "osem_subsets": whole(1),
-    "baseline_iterations": whole(1),
+    "baseline_iterations": auto_or(whole(1)),
+    "baseline_filter_mm": auto_or(at_least(0.0)),
     "em_iterations": whole(0),
     "incident_photons": optional(at_least(0.0, inclusive=False)),
     "electronic_noise": at_least(0.0),

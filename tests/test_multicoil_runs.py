@@ -178,6 +178,6 @@ def test_fine_tuning_on_real_coils_runs(tiny_multicoil_model, tmp_path):
                      "--output_dir", str(tmp_path / "e"), "--max_epochs", "1", "--epoch_length", "2",
                      "--pretrained", str(tiny_multicoil_model), "--cascades", "1", "--features", "[4,4,8,8,16,4]",
                      "--sens_features", "[2,2,4,4,8,2]", "--real_validation", "['pulseq_phantom_32ch_64.h5']",
-                     "--oversampling", "[1, 2]")  # as the 0.16 weights were trained
+                     "--oversampling", "[1, 2]")  # as the 0.16 candidate was trained (not shipped)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "val_ssim" in res.stdout + res.stderr and (tmp_path / "m" / "model_multicoil.pt").is_file()

@@ -3,6 +3,7 @@ list-mode files, reconstructed by post-filtered OSEM (the baseline) and by the n
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 
@@ -22,6 +23,8 @@ from bundle.inference.runner import Reconstructor
 from bundle.physics.pet import MU_SOFT_TISSUE, PETOperator, check_activity, check_mu, flat_background, osem
 from bundle.transforms.base import content_key, slice_seed
 from bundle.transforms.pet import PETAcquisition, activity_scale
+
+logger = logging.getLogger(__name__)
 
 
 def companion(path: str, suffix: str) -> str | None:
@@ -166,6 +169,13 @@ class PETReconstructor(Reconstructor):
         recon, base = torch.zeros_like(act), torch.zeros_like(act)
         todo = [z for z in range(act.shape[0]) if float(act[z].max()) > 0]
         key = content_key(volume)  # the Poisson noise: seeded by the data, never by the file name
+        # the baseline's count level: the simulated one, or a given sinogram's mean trues per slice
+        level = None if sinogram is None or not todo else float(
+            np.asarray(sinogram[todo], dtype=np.float64).sum((-2, -1)).mean()
+            / (1.0 + acq.background_fraction) / acq.full_counts)
+        setting = acq.baseline_setting(level)
+        logger.info("%s: OSEM baseline %d iterations, %g mm post-filter (count level %.3g)", name, *setting,
+                    acq.count_fraction if level is None else level)
         steps = range(0, len(todo), self.batch_size)
         for start in tqdm(steps, desc=f"{name}: PET slices", unit="batch", disable=not self.progress, leave=False):
             idx = todo[start:start + self.batch_size]
@@ -180,7 +190,7 @@ class PETReconstructor(Reconstructor):
                 bg = flat_background(acq.calibrate(op, a, trues), acq.background_fraction)
             with torch.no_grad():
                 image = acq.reconstruct(op, counts, bg)
-                base[idx] = acq.baseline(op, counts, bg).cpu()
+                base[idx] = acq.baseline(op, counts, bg, level=level).cpu()
             recon[idx] = self.finish(op, counts, bg, self.network_on(image, m > 0))
         return {"recon": self._unslice(recon), "osem": self._unslice(base)}
 
@@ -217,7 +227,10 @@ class PETReconstructor(Reconstructor):
         fov = ((yy**2 + xx**2).sqrt() * self.listmode_pixel_mm <= scan.radius_mm * 0.85).float()
         with torch.no_grad():
             image = acq.reconstruct(op, y, r, mask=fov)
-            base = acq.baseline(op, y, r, mask=fov)
+            level = float((y.sum() - r.sum()).clamp_min(0.0)) / acq.full_counts  # trues (+ scatter) in the one slice
+            logger.info("%s: OSEM baseline %d iterations, %g mm post-filter (count level %.3g)", name,
+                        *acq.baseline_setting(level), level)
+            base = acq.baseline(op, y, r, mask=fov, level=level)
         body = torch.from_numpy(body_outline(image[0].numpy()[..., None])[..., 0])[None]
         recon = self.finish(op, y, r, self.network_on(image, body), fov)
         return {"recon": recon[0].T.numpy()[..., None], "osem": base[0].T.numpy()[..., None]}

@@ -221,6 +221,13 @@ def run_pet(args, root: str) -> int:
         print(f"count fraction {f:g}: OSEM {chosen[f][0]} iterations, {chosen[f][1]:g} mm post-filter "
               f"(validation PSNR {scores[chosen[f]]:.2f} dB); network + 0 / 1 / 2 EM passes: "
               + " / ".join(f"{em_scores[k][-1]:.2f}" for k in EM_PASSES) + " dB", flush=True)
+    from bundle.transforms.pet import tuned_baseline
+
+    for f in fractions:  # the table that inference's `baseline_iterations: auto` reads
+        shipped = tuned_baseline(f)
+        agree = shipped == (int(chosen[f][0]), float(chosen[f][1]))
+        print(f"count fraction {f:g}: inference's OSEM baseline (OSEM_BASELINE_BY_LEVEL) {shipped[0]} iterations, "
+              f"{shipped[1]:g} mm: {'agrees' if agree else 'DIFFERS from this tuning'}", flush=True)
     em_best = max(EM_PASSES, key=lambda k: float(np.mean(em_scores[k])))
     print(f"EM passes after the network (best mean validation PSNR): {em_best}", flush=True)
 
@@ -329,7 +336,7 @@ def listmode_figure(rec, path: str, out: str, save) -> dict:
     axes[0].set_title(f"prompts, all {scan.sinograms} sinograms summed\n{scan.notes}")
     axes[1].imshow(gap_mask(scan), aspect="auto", cmap="gray")
     axes[1].set_title("LORs through gap crystals (0 prompts)")
-    for ax, key, title in ((axes[2], "osem", "OSEM + post-filter (no AC, no norm)"), (axes[3], "recon", f"network + {rec.em_iterations} EM pass(es)")):
+    for ax, key, title in ((axes[2], "osem", "OSEM baseline, tuned for its count level\n(no AC, no norm)"), (axes[3], "recon", f"network + {rec.em_iterations} EM pass(es)")):
         img = result[key][..., 0].T
         ax.imshow(img, cmap="gray_r", origin="lower", vmin=0, vmax=float(np.percentile(img, 99.8)))
         ax.set_title(title)

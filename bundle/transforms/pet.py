@@ -25,6 +25,30 @@ from bundle.physics.pet import (
     post_filter,
 )
 
+# The post-filtered OSEM baseline a physicist would run at each count level (fraction of the full
+# count): (level, iterations of 8 subsets, post-filter FWHM mm), the best validation PSNR in the head
+# over 1-10 iterations x 0-8 mm filters (`python scripts/compare.py --pet`, validation IXI048, which
+# prints whether its choice still agrees with this table). `baseline_iterations: auto` takes the
+# row of the level nearest the scan's (log scale).
+OSEM_BASELINE_BY_LEVEL = ((0.25, 10, 4.0), (0.1, 8, 4.0), (0.05, 7, 6.0))
+
+
+def tuned_baseline(level: float) -> tuple[int, float]:
+    """(iterations, post-filter mm) of the OSEM_BASELINE_BY_LEVEL row nearest `level` (log scale)."""
+    import math
+
+    lv = max(float(level), 1e-12)
+    _, it, flt = min(OSEM_BASELINE_BY_LEVEL, key=lambda row: abs(math.log(row[0] / lv)))
+    return int(it), float(flt)
+
+
+def _number(v) -> float:
+    """float(v), or NaN where v is not a number (so that every range check fails on it)."""
+    try:
+        return float("nan") if isinstance(v, bool) else float(v)
+    except (TypeError, ValueError):
+        return float("nan")
+
 
 class PETAcquisition:
     """A 2D PET scan per slice and its OSEM reconstruction.
@@ -38,13 +62,14 @@ class PETAcquisition:
         iterations, subsets: OSEM of the network's input.
         filter_mm: post-filter of the network's input (0: none).
         baseline_iterations, baseline_filter_mm: the post-filtered OSEM baseline written beside the
-            network (chosen on validation: docs/README.md).
+            network; "auto" (default): chosen on validation for the scan's count level
+            (`OSEM_BASELINE_BY_LEVEL`, `baseline_setting`).
     """
 
     def __init__(self, views: int = 96, count_fraction: float = 0.1, full_counts: float = FULL_COUNTS_PER_SLICE,
                  background_fraction: float = BACKGROUND_FRACTION, psf_fwhm_mm: float = PSF_FWHM_MM,
-                 iterations: int = 3, subsets: int = 8, filter_mm: float = 0.0, baseline_iterations: int = 3,
-                 baseline_filter_mm: float = 4.0) -> None:
+                 iterations: int = 3, subsets: int = 8, filter_mm: float = 0.0, baseline_iterations: int | str = "auto",
+                 baseline_filter_mm: float | str = "auto") -> None:
         self.views = int(views)
         if self.views < 2:
             raise InputError(f"views must be at least 2, got {views!r}")
@@ -56,16 +81,25 @@ class PETAcquisition:
         if not 0 <= self.background_fraction <= 10:
             raise InputError(f"background_fraction must be in [0, 10], got {background_fraction!r}")
         self.psf_fwhm_mm = float(psf_fwhm_mm)
+
+        def auto(v) -> bool:
+            return isinstance(v, str) and v.strip().lower() == "auto"
+
         for name, v in (("psf_fwhm_mm", psf_fwhm_mm), ("filter_mm", filter_mm), ("baseline_filter_mm", baseline_filter_mm)):
-            if not 0 <= float(v) <= 50:
-                raise InputError(f"{name} must be in [0, 50] mm, got {v!r}")
+            if name == "baseline_filter_mm" and auto(v):
+                continue
+            if not 0 <= _number(v) <= 50:
+                raise InputError(f"{name} must be in [0, 50] mm{' or auto' if name.startswith('baseline') else ''}, got {v!r}")
         for name, v in (("iterations", iterations), ("baseline_iterations", baseline_iterations)):
-            if not 1 <= int(v) <= 1000:
-                raise InputError(f"{name} must be in [1, 1000], got {v!r}")
+            if name == "baseline_iterations" and auto(v):
+                continue
+            if not (1 <= _number(v) <= 1000 and float(v) == int(float(v))):
+                raise InputError(f"{name} must be a whole number in [1, 1000]{' or auto' if name.startswith('baseline') else ''}, got {v!r}")
         if not 1 <= int(subsets) <= self.views:
             raise InputError(f"subsets must be in [1, {self.views}] (the views), got {subsets!r}")
-        self.iterations, self.subsets, self.filter_mm = int(iterations), int(subsets), float(filter_mm)
-        self.baseline_iterations, self.baseline_filter_mm = int(baseline_iterations), float(baseline_filter_mm)
+        self.iterations, self.subsets, self.filter_mm = int(float(iterations)), int(subsets), float(filter_mm)
+        self.baseline_iterations: int | None = None if auto(baseline_iterations) else int(baseline_iterations)
+        self.baseline_filter_mm: float | None = None if auto(baseline_filter_mm) else float(baseline_filter_mm)
         self._systems: dict[tuple, PETOperator] = {}
 
     def base_system(self, shape: Sequence[int], pixel_mm: float, views: int | None = None) -> PETOperator:
@@ -130,10 +164,19 @@ class PETAcquisition:
                  mask=mask, callback=callback)
         return post_filter(x, self.filter_mm if filter_mm is None else filter_mm, op.geom.pixel_spacing[0])
 
+    def baseline_setting(self, level: float | None = None) -> tuple[int, float]:
+        """(iterations, post-filter mm) of the baseline for a scan at `level` (a fraction of the full
+        count; None: `count_fraction`): the configured values, or where they are "auto" the row of
+        `OSEM_BASELINE_BY_LEVEL` nearest the level."""
+        it, flt = tuned_baseline(self.count_fraction if level is None else level)
+        return (it if self.baseline_iterations is None else self.baseline_iterations,
+                flt if self.baseline_filter_mm is None else self.baseline_filter_mm)
+
     def baseline(self, op: PETOperator, counts: torch.Tensor, background: torch.Tensor,
-                 mask: torch.Tensor | None = None) -> torch.Tensor:
-        """The post-filtered OSEM baseline (baseline_iterations, baseline_filter_mm)."""
-        return self.reconstruct(op, counts, background, self.baseline_iterations, self.baseline_filter_mm, mask=mask)
+                 mask: torch.Tensor | None = None, level: float | None = None) -> torch.Tensor:
+        """The post-filtered OSEM baseline (`baseline_setting(level)`)."""
+        it, flt = self.baseline_setting(level)
+        return self.reconstruct(op, counts, background, it, flt, mask=mask)
 
 
 def activity_scale(image: torch.Tensor, body: torch.Tensor) -> torch.Tensor:

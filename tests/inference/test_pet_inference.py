@@ -50,6 +50,8 @@ def test_activity_maps_end_to_end(tmp_path):
     out = tmp_path / "out"
     res = infer(inputs, out, "--count_fraction", "0.25")
     assert res.returncode == 0, res.stderr[-3000:]
+    # the written baseline is OSEM as tuned on validation for 25 % (OSEM_BASELINE_BY_LEVEL)
+    assert "head: OSEM baseline 10 iterations, 4 mm post-filter (count level 0.25)" in res.stdout + res.stderr
     assert sorted(p.name for p in out.iterdir()) == ["head_osem.nii.gz", "head_recon.nii.gz",
                                                      "nomu_osem.nii.gz", "nomu_recon.nii.gz"]
     for name in ("head", "nomu"):

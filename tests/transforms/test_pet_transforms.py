@@ -39,3 +39,33 @@ def test_lesion_weight_needs_lesion_maps_and_a_sane_value():
     for bad in (-1, 1e6, float("nan")):
         with pytest.raises(InputError, match="lesion_weight"):
             PETScanBatch(acq, lesion_weight=bad)
+
+
+def test_the_osem_baseline_is_the_one_tuned_for_the_count_level():
+    from bundle.transforms.pet import OSEM_BASELINE_BY_LEVEL, tuned_baseline
+
+    # the rows, and the nearest row in log scale between them (0.15 is nearer 0.1 than 0.25)
+    for level, it, flt in OSEM_BASELINE_BY_LEVEL:
+        assert tuned_baseline(level) == (it, flt)
+    assert tuned_baseline(0.15) == tuned_baseline(0.1) and tuned_baseline(0.17) == tuned_baseline(0.25)
+    assert tuned_baseline(1.0) == tuned_baseline(0.25) and tuned_baseline(0.001) == tuned_baseline(0.05)
+    assert PETAcquisition(count_fraction=0.25).baseline_setting() == tuned_baseline(0.25)
+    assert PETAcquisition(count_fraction=0.05).baseline_setting(level=0.1) == tuned_baseline(0.1)
+    # explicit values override either half of the row
+    assert PETAcquisition(baseline_iterations=3).baseline_setting() == (3, tuned_baseline(0.1)[1])
+    assert PETAcquisition(baseline_filter_mm=0).baseline_setting() == (tuned_baseline(0.1)[0], 0.0)
+    for kw in ({"baseline_iterations": "often"}, {"baseline_iterations": 0}, {"baseline_iterations": 2.5},
+               {"baseline_filter_mm": -1}, {"baseline_filter_mm": "wide"}, {"iterations": "auto"}):
+        with pytest.raises(InputError, match=next(iter(kw))):
+            PETAcquisition(**kw)
+
+
+def test_the_baseline_runs_the_setting_of_its_level():
+    acq = PETAcquisition(views=16, subsets=2)
+    b = _batch()
+    op, counts, bg = acq.simulate(b["activity"][:, 0], b["mu"][:, 0], 2.0,
+                                  generators=[torch.Generator().manual_seed(s) for s in (1, 2)])
+    for level in (0.25, 0.05):
+        it, flt = acq.baseline_setting(level)
+        torch.testing.assert_close(acq.baseline(op, counts, bg, level=level), acq.reconstruct(op, counts, bg, it, flt))
+    assert not torch.allclose(acq.baseline(op, counts, bg, level=0.25), acq.baseline(op, counts, bg, level=0.05))
