@@ -24,6 +24,11 @@ under the same rule, with the hot-gap threshold 0.03 instead of 0.05 (0.16's rem
 validation is 0.042): `--hot-threshold 0.03`, the 0.16 weights first.
 (It did not ship: hot gap +0.029, cold +0.009, PSNR -0.02 dB, SSIM -0.0007 at 10 %; the card.)
 
+A control (written before it was trained; never a candidate): the 0.15 weights
+(`git show ed98275:models/model_pet.pt`) fine-tuned exactly as the first candidate but with
+`--lesion_weight 0`. If its hot-gap gain over 0.15 is under half the first candidate's (+0.071),
+the lesion weight, not the extra epochs, closed the gap: `pet_lesion_weight.py 0.15.pt CONTROL.pt`.
+
     python scripts/studies/pet_lesion_weight.py models/model_pet.pt CANDIDATE.pt
 """
 
