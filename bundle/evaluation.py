@@ -25,7 +25,9 @@ METHODS = MappingProxyType({"network": "val", "zero_filled": "zf"})
 CT_METHODS = MappingProxyType({"fbp": "fbp", "network": "val"})
 CT_DC_METHODS = MappingProxyType({"network_dc": "val"})  # the same network output after data consistency with the scan
 XRAY_METHODS = MappingProxyType({"network": "val", "low_dose": "noisy"})
-PET_METHODS = MappingProxyType({"osem": "osem", "network": "val"})
+# PET's evaluation: the post-filtered OSEM tuned on validation for the count level (the baseline a
+# physicist runs; `PETScanBatch(baseline=True)`), the network's unfiltered OSEM input, the network
+PET_METHODS = MappingProxyType({"osem": "osemtuned", "osem_input": "osem", "network": "val"})
 REPORTED = ("ssim", "psnr", "nmse", "vif", "ssim_fastmri")  # those present in the evaluator's metrics
 LABELS = MappingProxyType({"ssim": "SSIM", "psnr": "PSNR (dB)", "nmse": "NMSE", "vif": "VIF", "ssim_fastmri": "SSIM (fastMRI)"})
 
@@ -113,7 +115,8 @@ def evaluate_doses(evaluator: SupervisedEvaluator, noise, doses: Sequence[float]
 
 def evaluate_counts(evaluator: SupervisedEvaluator, dataset, fractions: Sequence[float], output_dir: str) -> dict:
     """PET: run `evaluator` once per count fraction, changing the fraction of `dataset` (a
-    `PETPhantomSlices` with fixed noise seeds). Network vs its OSEM input."""
+    `PETPhantomSlices` with fixed noise seeds). The network beside the tuned post-filtered OSEM
+    and its own OSEM input (`PET_METHODS`)."""
     from bundle.physics.pet import check_count_fraction
 
     def apply(f: float) -> None:

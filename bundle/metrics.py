@@ -270,13 +270,16 @@ class VolumeReconMetric(Metric):
 
 
 def reconstruction_metrics(metrics: Sequence[str], baseline: str, clip: Sequence[float] | None = None,
-                           baseline_key: str = "image") -> dict:
+                           baseline_key: str = "image", more_baselines: dict[str, str] | None = None) -> dict:
     """The evaluator's additional metrics: `val_<m>` of the network's output ("pred") for each of
     `metrics`, and `<baseline>_<m>` of its input (the classical baseline: "zf" zero-filled, "fbp",
     "noisy") for SSIM and each of `metrics`; both images clipped to `clip` when given. The baseline
     image is the engine output's (or batch's) `baseline_key`: "image", the network's input, or
-    "zero_filled" for the multi-coil network, whose input is k-space."""
+    "zero_filled" for the multi-coil network, whose input is k-space. `more_baselines`: {prefix:
+    key} of further baselines scored the same way (PET's evaluation: the tuned post-filtered OSEM
+    beside the network's unfiltered OSEM input)."""
     out = {f"val_{m}": VolumeReconMetric(m, pred_key="pred", clip=clip) for m in metrics}
-    for m in ("ssim", *metrics):
-        out[f"{baseline}_{m}"] = VolumeReconMetric(m, pred_key=baseline_key, clip=clip)
+    for prefix, key in {baseline: baseline_key, **(more_baselines or {})}.items():
+        for m in ("ssim", *metrics):
+            out[f"{prefix}_{m}"] = VolumeReconMetric(m, pred_key=key, clip=clip)
     return out

@@ -199,11 +199,28 @@ class PETScanBatch:
     pixels of a slice, so an unweighted loss smooths them away with the noise (hot-lesion contrast
     recovery below OSEM's at matched noise, the model card)."""
 
-    def __init__(self, acquisition: PETAcquisition, pixel_mm: float = 2.0, lesion_weight: float = 0.0) -> None:
+    def __init__(self, acquisition: PETAcquisition, pixel_mm: float = 2.0, lesion_weight: float = 0.0,
+                 baseline: bool = False) -> None:
         self.acquisition, self.pixel_mm = acquisition, float(pixel_mm)
         if not 0 <= float(lesion_weight) <= 1000:
             raise InputError(f"lesion_weight must be in [0, 1000], got {lesion_weight!r}")
         self.lesion_weight = float(lesion_weight)
+        self.baseline = bool(baseline)
+
+    def _baseline(self, op: PETOperator, counts: torch.Tensor, bg: torch.Tensor, fractions) -> torch.Tensor:
+        """The post-filtered OSEM baseline of each slice at its own count level ((B, H, W)), slices
+        of one setting reconstructed together."""
+        acq = self.acquisition
+        levels = torch.as_tensor(fractions, dtype=torch.float64).reshape(-1).tolist()
+        if len(levels) == 1:
+            levels = levels * counts.shape[0]
+        out = torch.zeros(counts.shape[0], *op.geom.image_shape, device=counts.device)
+        for setting in sorted(set(acq.baseline_setting(lv) for lv in levels)):
+            idx = [i for i, lv in enumerate(levels) if acq.baseline_setting(lv) == setting]
+            f = op.factors  # per slice (B, V, D), or shared by the batch
+            sub = op.with_factors(f[idx] if f is not None and f.dim() >= 3 and f.shape[0] == counts.shape[0] else f)
+            out[idx] = acq.reconstruct(sub, counts[idx], bg[idx], *setting)
+        return out
 
     def __call__(self, batchdata: dict, device=None, non_blocking: bool = False, **kwargs):
         act = batchdata["activity"].to(device, non_blocking=non_blocking).float()
@@ -215,9 +232,12 @@ class PETScanBatch:
             op, counts, bg = self.acquisition.simulate(act[:, 0], mu[:, 0], self.pixel_mm,
                                                        batchdata["count_fraction"], gens)
             image = self.acquisition.reconstruct(op, counts, bg)[:, None]
+            base = self._baseline(op, counts, bg, batchdata["count_fraction"])[:, None] if self.baseline else None
         s = activity_scale(image, (mu > 0).float())
         label = act / s
         batchdata["volume_max"] = label.amax((-3, -2, -1)).cpu()
+        if base is not None:  # the evaluation's classical baseline, on the network's scale
+            batchdata["baseline"] = base / s
         if self.lesion_weight > 0:
             if "lesion" not in batchdata:
                 raise InputError("lesion_weight needs the batch's 'lesion' maps (PETPhantomSlices writes them)")

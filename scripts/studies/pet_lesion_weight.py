@@ -28,6 +28,7 @@ A control (written before it was trained; never a candidate): the 0.15 weights
 (`git show ed98275:models/model_pet.pt`) fine-tuned exactly as the first candidate but with
 `--lesion_weight 0`. If its hot-gap gain over 0.15 is under half the first candidate's (+0.071),
 the lesion weight, not the extra epochs, closed the gap: `pet_lesion_weight.py 0.15.pt CONTROL.pt`.
+(Result: hot gap -0.113 -> -0.116, a gain of -0.003; PSNR +0.02 dB, SSIM +0.0011: the weight did it.)
 
     python scripts/studies/pet_lesion_weight.py models/model_pet.pt CANDIDATE.pt
 """

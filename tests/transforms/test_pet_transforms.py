@@ -69,3 +69,23 @@ def test_the_baseline_runs_the_setting_of_its_level():
         it, flt = acq.baseline_setting(level)
         torch.testing.assert_close(acq.baseline(op, counts, bg, level=level), acq.reconstruct(op, counts, bg, it, flt))
     assert not torch.allclose(acq.baseline(op, counts, bg, level=0.25), acq.baseline(op, counts, bg, level=0.05))
+
+
+def test_the_evaluation_batch_carries_each_slices_tuned_baseline():
+    acq = PETAcquisition(views=16, iterations=2, subsets=2)
+    b = _batch()
+    b["count_fraction"] = torch.tensor([0.25, 0.05])  # two levels, two settings in one batch
+    image, label = PETScanBatch(acq, baseline=True)(b)
+    assert b["baseline"].shape == image.shape
+    # the same scans, one slice at a time, reconstructed with that slice's tuned setting
+    for i, level in enumerate((0.25, 0.05)):
+        one = {k: (v[i:i + 1] if torch.is_tensor(v) else v) for k, v in _batch().items()}
+        one["count_fraction"] = torch.tensor([level])
+        op, counts, bg = acq.simulate(one["activity"][:, 0], one["mu"][:, 0], 2.0, one["count_fraction"],
+                                      [torch.Generator().manual_seed(int(one["seed"][0]))])
+        s = label[i:i + 1].new_tensor(float(one["activity"].sum() / label[i].sum()))  # the batch's scale
+        expected = acq.baseline(op, counts, bg, level=level)[:, None] / s
+        torch.testing.assert_close(b["baseline"][i:i + 1], expected, rtol=1e-4, atol=1e-5)
+    plain = _batch()
+    PETScanBatch(acq)(plain)  # training and validation: no baseline computed
+    assert "baseline" not in plain
