@@ -161,6 +161,10 @@ class PETReconstructor(Reconstructor):
         total_in, total_out = x.sum((-2, -1), keepdim=True), out.sum((-2, -1), keepdim=True)
         return (out * total_in / total_out.clamp_min(1e-12))[:, 0].cpu()
 
+    def _log_baseline(self, name: str, level: float) -> None:
+        logger.info("%s: OSEM baseline %d iterations, %g mm post-filter (count level %.3g)", name,
+                    *self.acquisition.baseline_setting(level), level)
+
     def reconstruct(self, volume: np.ndarray, spacing: Sequence[float], name: str, mu: np.ndarray,
                     sinogram: np.ndarray | None = None) -> dict[str, np.ndarray]:
         acq = self.acquisition
@@ -173,9 +177,7 @@ class PETReconstructor(Reconstructor):
         level = None if sinogram is None or not todo else float(
             np.asarray(sinogram[todo], dtype=np.float64).sum((-2, -1)).mean()
             / (1.0 + acq.background_fraction) / acq.full_counts)
-        setting = acq.baseline_setting(level)
-        logger.info("%s: OSEM baseline %d iterations, %g mm post-filter (count level %.3g)", name, *setting,
-                    acq.count_fraction if level is None else level)
+        self._log_baseline(name, acq.count_fraction if level is None else level)
         steps = range(0, len(todo), self.batch_size)
         for start in tqdm(steps, desc=f"{name}: PET slices", unit="batch", disable=not self.progress, leave=False):
             idx = todo[start:start + self.batch_size]
@@ -228,8 +230,7 @@ class PETReconstructor(Reconstructor):
         with torch.no_grad():
             image = acq.reconstruct(op, y, r, mask=fov)
             level = float((y.sum() - r.sum()).clamp_min(0.0)) / acq.full_counts  # trues (+ scatter) in the one slice
-            logger.info("%s: OSEM baseline %d iterations, %g mm post-filter (count level %.3g)", name,
-                        *acq.baseline_setting(level), level)
+            self._log_baseline(name, level)
             base = acq.baseline(op, y, r, mask=fov, level=level)
         body = torch.from_numpy(body_outline(image[0].numpy()[..., None])[..., 0])[None]
         recon = self.finish(op, y, r, self.network_on(image, body), fov)

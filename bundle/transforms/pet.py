@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import torch
 
 from bundle.errors import InputError
+from bundle.options import is_auto
 from bundle.physics.ct import ParallelBeamProjector
 from bundle.physics.pet import (
     BACKGROUND_FRACTION,
@@ -82,8 +83,8 @@ class PETAcquisition:
             raise InputError(f"background_fraction must be in [0, 10], got {background_fraction!r}")
         self.psf_fwhm_mm = float(psf_fwhm_mm)
 
-        def auto(v) -> bool:
-            return isinstance(v, str) and v.strip().lower() == "auto"
+        def auto(v) -> bool:  # the word only (None is not a baseline setting here)
+            return isinstance(v, str) and is_auto(v)
 
         for name, v in (("psf_fwhm_mm", psf_fwhm_mm), ("filter_mm", filter_mm), ("baseline_filter_mm", baseline_filter_mm)):
             if name == "baseline_filter_mm" and auto(v):
@@ -214,9 +215,10 @@ class PETScanBatch:
         levels = torch.as_tensor(fractions, dtype=torch.float64).reshape(-1).tolist()
         if len(levels) == 1:
             levels = levels * counts.shape[0]
+        settings = [acq.baseline_setting(lv) for lv in levels]
         out = torch.zeros(counts.shape[0], *op.geom.image_shape, device=counts.device)
-        for setting in sorted(set(acq.baseline_setting(lv) for lv in levels)):
-            idx = [i for i, lv in enumerate(levels) if acq.baseline_setting(lv) == setting]
+        for setting in sorted(set(settings)):
+            idx = [i for i, s in enumerate(settings) if s == setting]
             f = op.factors  # per slice (B, V, D), or shared by the batch
             sub = op.with_factors(f[idx] if f is not None and f.dim() >= 3 and f.shape[0] == counts.shape[0] else f)
             out[idx] = acq.reconstruct(sub, counts[idx], bg[idx], *setting)
