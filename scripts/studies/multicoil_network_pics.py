@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
                                                 torch.from_numpy(maps)[None])
                     coils = ifft2c(k[0])
                     net_image = rss(coils, 0).numpy()
-                    prior = (coils.conj() * torch.from_numpy(maps)).sum(0).conj().numpy()  # sum_c conj(S_c) x_c
+                    prior = (coils * torch.from_numpy(maps).conj()).sum(0).numpy()  # sum_c conj(S_c) x_c
                     lam = pics_weight_for(mask)
                     images = {"zf": rss(ifft2c(torch.from_numpy(acquired)), 0).numpy(), "network alone": net_image}
                     for w in BASELINE_WEIGHTS:
