@@ -1,7 +1,7 @@
 """Multi-coil MRI inference: raw k-space (fastMRI, ISMRMRD, TWIX, BART) reconstructed on its whole
-grid by the unrolled network averaged with L1-wavelet PICS on the object (`pics_blend`,
-`pics_region`; the shipped share by acceleration on the object was chosen on validation), or by a classical baseline
-alone, slice by slice.
+grid by the unrolled network joined with L1-wavelet PICS on the object (`pics_mode`: PICS with the
+network's image as a second prior up to an effective 5.66x, an average above; `pics_blend`,
+`pics_region`; each chosen on validation), or by a classical baseline alone, slice by slice.
 
 A fully sampled file is undersampled retrospectively with one Cartesian mask for the whole file
 (every coil and slice, as a scanner does; seeded by the k-space itself, so reruns and renamed copies agree); a file with
@@ -24,7 +24,7 @@ from bundle.data.fastmri import center_crop
 from bundle.data.rawkspace import RawKspace
 from bundle.errors import InputError
 from bundle.options import check_options, is_auto
-from bundle.parallel_imaging import METHODS, PICS_REGION, blend_with_pics, classical, sensitivities
+from bundle.parallel_imaging import METHODS, PICS_REGION, classical, combine_with_pics, sensitivities
 from bundle.physics.mri import cartesian_mask, check_acceleration, check_mask_type, default_center_fraction, ifft2c
 from bundle.physics.mri_sense import acs_window, rss
 from bundle.transforms.base import content_key, slice_seed
@@ -43,13 +43,18 @@ class MultiCoilReconstructor:
         method: "varnet" (the network), or a classical baseline: "zero_filled", "cg_sense",
             "pics" (L1-wavelet, SigPy), with ESPIRiT maps unless the file gives maps.
         weight: the baseline's regularisation weight (on k-space divided by its norm per pixel).
-        pics_blend: for "varnet", the reconstruction is (1 - pics_blend) x the network +
-            pics_blend x L1-wavelet PICS with the same maps; "auto" (shipped): by the mask's
-            effective acceleration as chosen on validation (`bundle.parallel_imaging.pics_blend_for`:
-            0.4 up to 5.66x, 0.2 above); 0: the network alone.
-        pics_weight: that PICS's weight, None or "auto" for the one tuned on validation for the
+        pics_mode: for "varnet", how L1-wavelet PICS (SigPy, the same maps) joins the network:
+            "joint" (PICS with the network's image as a second prior, one data-consistent
+            solution, `bundle.parallel_imaging.network_pics`), "average" (the two images
+            averaged), or "auto" (shipped: joint up to an effective 5.66x, average above;
+            `pics_mode_for`).
+        pics_blend: the reconstruction is (1 - pics_blend) x the network + pics_blend x that
+            image; "auto" (shipped): 1 for the joint, and for the average by the mask's effective
+            acceleration as chosen on validation (`pics_blend_for`: 0.4 up to 5.66x, 0.2
+            above); 0: the network alone, and no PICS time.
+        pics_weight: PICS's wavelet weight, None or "auto" for the one tuned on validation for the
             mask's acceleration (`bundle.parallel_imaging.pics_weight_for`).
-        pics_region: "object" (shipped): the average only where the object is
+        pics_region: "object" (shipped): PICS only where the object is
             (`bundle.parallel_imaging.object_support` of the network's image), the network alone in
             the background; "all": everywhere (0.14).
         write_maps: also write the sensitivities as `<name>_maps.nii.gz`.
@@ -62,7 +67,7 @@ class MultiCoilReconstructor:
     def __init__(self, network: VarNet | None = None, acceleration: float = 4, center_fraction: float | None = None,
                  mask_type: str = "equispaced", method: str = "varnet", weight: float = 0.01,
                  pics_blend: float | str | None = 0.0, pics_weight: float | str | None = None, pics_region: str = PICS_REGION,
-                 write_maps: bool = False,
+                 pics_mode: str | None = None, write_maps: bool = False,
                  device: str | torch.device = "cpu", progress: bool = True) -> None:
         try:
             check_acceleration(float(acceleration))
@@ -83,8 +88,9 @@ class MultiCoilReconstructor:
         self.method, self.weight = method, float(weight)
         check_options(multicoil_pics_blend="auto" if pics_blend is None else pics_blend,
                       multicoil_pics_weight="auto" if pics_weight is None else pics_weight,
-                      multicoil_pics_region=pics_region)
+                      multicoil_pics_region=pics_region, multicoil_pics_mode="auto" if pics_mode is None else pics_mode)
         self.pics_region = str(pics_region)
+        self.pics_mode: str | None = None if is_auto(pics_mode) else str(pics_mode)  # None: `pics_mode_for` the mask
         # None: by the mask's acceleration (`pics_blend_for`, `pics_weight_for`)
         self.pics_blend: float | None = None if is_auto(pics_blend) else float(pics_blend)  # type: ignore[arg-type]
         self.blends = self.pics_blend is None or self.pics_blend > 0
@@ -143,12 +149,13 @@ class MultiCoilReconstructor:
                 mask_in = m[None, None] if mask.ndim == 2 else m[:1][None, None]
                 # a learned-maps network makes its own maps; PICS gets ESPIRiT's (or the file's)
                 maps_in = torch.from_numpy(given)[None].to(self.device) if network.takes_maps else None
-                image, used = network.reconstruct(acquired[None].to(self.device), mask_in.to(self.device), maps_in)
-                recon[i] = image[0, 0].float().cpu().numpy()
+                k, used = network.final_kspace(acquired[None].to(self.device), mask_in.to(self.device), maps_in)
+                coils = ifft2c(k[0])
+                recon[i] = rss(coils, 0).float().cpu().numpy()
                 if self.blends:
                     assert given is not None
-                    recon[i] = blend_with_pics(recon[i], acquired.numpy(), mask, given, self.pics_blend, self.pics_weight,
-                                               self.pics_region)
+                    recon[i] = combine_with_pics(coils.cpu().numpy(), acquired.numpy(), mask, given, self.pics_blend,
+                                                 self.pics_weight, self.pics_region, self.pics_mode)
                 given = used[0].cpu().numpy()
             else:
                 recon[i] = classical(self.method, acquired.numpy(), mask, given, self.weight)

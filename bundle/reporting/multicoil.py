@@ -25,10 +25,11 @@ from tqdm import tqdm
 
 from bundle.data.rawkspace import read_raw
 from bundle.errors import InputError
-from bundle.parallel_imaging import PICS_REGION, blend_with_pics, classical, sensitivities
+from bundle.parallel_imaging import PICS_REGION, classical, combine_with_pics, sensitivities
 from bundle.physics.mri import cartesian_mask, default_center_fraction, ifft2c
 from bundle.physics.mri_sense import estimate_sensitivities, rss
 from bundle.transforms.base import slice_seed
+from bundle.varnet import VarNet
 
 
 @dataclass
@@ -82,14 +83,16 @@ def file_mask(name: str, width: int, acceleration: float, mask_type: str = "equi
 Method = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (acquired k-space (C, H, W), mask (W,)) -> (H, W)
 
 
-def varnet_method(network: torch.nn.Module, device: str | torch.device = "cpu", cache: MapsCache | None = None,
-                  pics_blend: float | None = 0.0, pics_weight: float | None = None, pics_region: str = PICS_REGION) -> Method:
+def varnet_method(network: VarNet, device: str | torch.device = "cpu", cache: MapsCache | None = None,
+                  pics_blend: float | None = 0.0, pics_weight: float | None = None, pics_region: str = PICS_REGION,
+                  pics_mode: str | None = None) -> Method:
     """The multi-coil network as a method; one that takes maps gets ESPIRiT's (as at inference;
     their time counts in the network's seconds unless `cache` already holds them). `pics_blend` > 0
-    (None: `pics_blend_for` the mask, as shipped):
-    the inference's hybrid, (1 - pics_blend) x network + pics_blend x PICS (`pics_weight`, None:
-    `pics_weight_for` the mask; on the object or everywhere, `pics_region`) with the same ESPIRiT
-    maps, PICS's time included."""
+    (None: `pics_blend_for` the mask, as shipped): the inference's hybrid
+    (`bundle.parallel_imaging.combine_with_pics`): (1 - pics_blend) x network + pics_blend x PICS
+    joined with the network ("joint") or PICS alone ("average"), `pics_mode` None: by the mask, as
+    shipped; PICS's weight `pics_weight` (None: `pics_weight_for` the mask), on the object or
+    everywhere (`pics_region`), with the same ESPIRiT maps, PICS's time included."""
     network = network.eval().to(device)
     cache = cache or MapsCache()
     blends = pics_blend is None or pics_blend > 0
@@ -101,9 +104,12 @@ def varnet_method(network: torch.nn.Module, device: str | torch.device = "cpu", 
         takes_maps = getattr(network, "takes_maps", False)
         espirit = cache("espirit", kspace, mask) if takes_maps or blends else None
         maps = torch.from_numpy(espirit)[None].to(device) if takes_maps else None
-        image = network(k, m, maps)[0, 0].cpu().numpy()
+        final, _ = network.final_kspace(k, m, maps)
+        coils = ifft2c(final[0])
+        image = rss(coils, 0).cpu().numpy()
         if espirit is not None and blends:
-            image = blend_with_pics(image, kspace, mask, espirit, pics_blend, pics_weight, pics_region)
+            image = combine_with_pics(coils.cpu().numpy(), kspace, mask, espirit, pics_blend, pics_weight, pics_region,
+                                      pics_mode)
         return image
 
     return run

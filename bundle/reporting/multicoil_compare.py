@@ -41,6 +41,7 @@ def run_multicoil(args, root: str) -> int:
     from monai.bundle import ConfigParser
 
     from bundle.networks import load_checkpoint
+    from bundle.varnet import VarNet
 
     demo_phantom = os.path.join(root, "bundle", "demo_data", "multicoil", "pulseq_phantom_32ch_64.h5")
     test_files = args.real_test if args.real_test is not None else _defaults(root, REAL_TEST, [])
@@ -81,6 +82,8 @@ def run_multicoil(args, root: str) -> int:
                                           "validation_cases": [c.name for c in val]}
 
     network = load_checkpoint(parser.get_parsed_content("network_def"), ckpt)
+    if not isinstance(network, VarNet):
+        raise InputError(f"{ckpt}: network_def is not the multi-coil network (bundle.varnet.VarNet)")
     out = args.output_dir
     acc_name = f"{acc:g}x"
     sections, rows = [], [["case", "coils", "method", "ssim", "psnr"]]
@@ -92,8 +95,8 @@ def run_multicoil(args, root: str) -> int:
             "cg_sense": baseline_method("cg_sense", chosen[kind]["cg_sense"], cache=cache),
             "pics": baseline_method("pics", chosen[kind]["pics"], cache=cache),
             "varnet": varnet_method(network),  # own maps cache: ESPIRiT's time counts in the network's
-            # what configs/inference.yaml ships: the network averaged with this table's PICS on the
-            # object (its own ESPIRiT and PICS time included)
+            # what configs/inference.yaml ships: the network joined with this table's PICS on the
+            # object up to 5.66x, averaged with it above (its own ESPIRiT and PICS time included)
             "hybrid": varnet_method(network, pics_blend=None, pics_weight=chosen[kind]["pics"]),
         }
         per_case, seconds, _ = evaluate(cases, methods, acc, desc=f"{kind} test cases")

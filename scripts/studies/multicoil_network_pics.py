@@ -10,7 +10,8 @@ solves one problem with both priors (as MoDL's data-consistency step or a "deep 
 S the same ESPIRiT maps, W SigPy's Daubechies-4 wavelets, lam the shipped `pics_weight_for(mask)`,
 x_net the network's complex image (its final coil k-space combined with the maps), started from
 x_net, 100 iterations of SigPy's accelerated proximal gradient (`sigpy.app.LinearLeastSquares`
-with `z`), data divided by `scale_of` as PICS's. Where the object is (`object_support` of the
+with `z`; `bundle.parallel_imaging.network_pics` since it shipped), data divided by `scale_of`
+as PICS's. Where the object is (`object_support` of the
 network's image), |x|; elsewhere the network alone (the RSS noise floor, as the shipped average).
 mu in (0.01, 0.03, 0.1, 0.3, 1) (relative to ||A^H A|| <= 1).
 
@@ -64,33 +65,13 @@ CONFIRM_MU = 0.01
 BASELINE_WEIGHTS = (0.003, 0.01, 0.03)
 
 
-def network_pics(kspace: np.ndarray, mask: np.ndarray, maps: np.ndarray, lam: float, mu: float,
-                 prior: np.ndarray, iterations: int = 100) -> np.ndarray:
-    """The (H, W) complex minimiser of 1/2 ||A x - y||^2 + lam ||W x||_1 + mu/2 ||x - prior||^2."""
-    import sigpy as sp
-    import sigpy.mri as mr
-
-    from bundle.parallel_imaging import scale_of
-
-    s = scale_of(kspace)
-    weights = np.broadcast_to(np.asarray(mask, dtype=np.float32), kspace.shape[-2:]).copy()
-    y = (np.asarray(kspace, dtype=np.complex64) / s) * weights
-    A = mr.linop.Sense(np.asarray(maps, dtype=np.complex64), weights=weights)
-    W = sp.linop.Wavelet(A.ishape, wave_name="db4")
-    proxg = sp.prox.UnitaryTransform(sp.prox.L1Reg(W.oshape, float(lam)), W)
-    z = (np.asarray(prior, dtype=np.complex64) / s).copy()
-    x = sp.app.LinearLeastSquares(A, y, x=z.copy(), proxg=proxg, lamda=float(mu), z=z, max_iter=int(iterations),
-                                  show_pbar=False).run()
-    return np.asarray(x, dtype=np.complex64) * s
-
-
 def main(argv: list[str] | None = None) -> int:
     from multicoil_oversampled_blend import OVERSAMPLED_SOURCES, oversampled_cases
     from multicoil_validation import validation_parser, validation_sets
 
     from bundle.data import load_datalist
     from bundle.networks import load_checkpoint
-    from bundle.parallel_imaging import blend_with_pics, object_support, pics, pics_weight_for
+    from bundle.parallel_imaging import blend_with_pics, network_pics, object_support, pics, pics_weight_for
     from bundle.physics.mri import ifft2c
     from bundle.physics.mri_sense import rss
     from bundle.reporting.multicoil import MapsCache, file_mask, score

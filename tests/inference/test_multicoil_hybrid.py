@@ -1,6 +1,8 @@
-"""The shipped multi-coil reconstruction, the network averaged with L1-wavelet PICS: the blend is
-what it says (checked against the network alone and the classical PICS path, computed
-separately), PICS's weight follows the acceleration as tuned, and bad options stop with one line."""
+"""The shipped multi-coil reconstruction, the network joined with L1-wavelet PICS (one problem up
+to 5.66x, an average above): the average is what it says (checked against the network alone and
+the classical PICS path, computed separately), the joint keeps the network in the background and
+differs from the average on the object, PICS's weight and the mode follow the acceleration as
+tuned, and bad options stop with one line."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from conftest import ROOT, run_inference
 from bundle.errors import InputError
 from bundle.inference import MultiCoilReconstructor
 from bundle.options import check_options
-from bundle.parallel_imaging import object_support, pics_blend_for, pics_weight_for
+from bundle.parallel_imaging import object_support, pics_blend_for, pics_mode_for, pics_weight_for
 from bundle.physics.mri import cartesian_mask, default_center_fraction
 
 DEMO_PHANTOM = ROOT / "bundle" / "demo_data" / "multicoil" / "pulseq_phantom_32ch_64.h5"
@@ -31,6 +33,11 @@ def test_pics_weight_follows_the_acceleration_it_was_tuned_for(width):
     shares = {acc: pics_blend_for(cartesian_mask(width, acc, default_center_fraction(acc), "equispaced", rng).numpy())
               for acc in (2, 4, 5, 6, 8, 12)}
     assert shares == {2: 0.4, 4: 0.4, 5: 0.4, 6: 0.2, 8: 0.2, 12: 0.2}
+    # the mode: PICS joined with the network up to 5.66x, averaged above (0.17, chosen on validation)
+    modes = {acc: pics_mode_for(cartesian_mask(width, acc, default_center_fraction(acc), "equispaced", rng).numpy())
+             for acc in (2, 4, 5, 6, 8, 12)}
+    assert modes == {2: "joint", 4: "joint", 5: "joint", 6: "average", 8: "average", 12: "average"}
+    assert pics_blend_for(line, "joint") == 1.0  # all of the joint solution on the object
 
 
 def test_blend_and_weight_options_are_checked():
@@ -41,6 +48,13 @@ def test_blend_and_weight_options_are_checked():
     assert settings("0.3", "auto") == (0.3, None) and settings(0, "0.02") == (0.0, 0.02) and settings(1, None) == (1.0, None)
     assert settings("auto", "auto") == (None, None) and settings(None, None) == (None, None)  # by acceleration
     check_options(multicoil_pics_blend="auto")
+    for mode in ("auto", "joint", "average"):
+        check_options(multicoil_pics_mode=mode)
+    assert MultiCoilReconstructor(None, method="zero_filled", pics_mode="joint").pics_mode == "joint"
+    assert MultiCoilReconstructor(None, method="zero_filled", pics_mode="auto").pics_mode is None
+    for bad in ("both", "", "Joint"):
+        with pytest.raises(InputError, match="multicoil_pics_mode"):
+            MultiCoilReconstructor(None, method="zero_filled", pics_mode=bad)
     for bad in ("-0.1", "1.5", "nan", "half", ""):
         with pytest.raises(InputError, match="multicoil_pics_blend"):
             check_options(multicoil_pics_blend=bad)
@@ -53,12 +67,14 @@ def test_blend_and_weight_options_are_checked():
             MultiCoilReconstructor(None, method="zero_filled", pics_weight=bad)
 
 
-def test_hybrid_is_the_stated_average_of_the_network_and_pics(tmp_path):
-    """Through the bundle command with the shipped weights on the committed real phantom: the
-    default recon equals (1 - a) x the network alone (--multicoil_pics_blend 0) + a x the
-    classical PICS path (--multicoil_method pics at the auto weight, 0.01 at 4x), a = 0.4 (the
-    auto share at 4x) on the object (`object_support` of the network's image) and 0 in the
-    background; with --multicoil_pics_region all, a = 0.4 everywhere."""
+def test_hybrid_is_the_stated_combination_of_the_network_and_pics(tmp_path):
+    """Through the bundle command with the shipped weights on the committed real phantom: with
+    --multicoil_pics_mode average the recon equals (1 - a) x the network alone
+    (--multicoil_pics_blend 0) + a x the classical PICS path (--multicoil_method pics at the auto
+    weight, 0.01 at 4x), a = 0.4 (the auto share at 4x) on the object (`object_support` of the
+    network's image) and 0 in the background; with --multicoil_pics_region all, a = 0.4
+    everywhere. The default at 4x (the joint) is the network where the object is not, and
+    differs from both the network and the average where it is."""
     import shutil
 
     import nibabel as nib
@@ -68,7 +84,8 @@ def test_hybrid_is_the_stated_average_of_the_network_and_pics(tmp_path):
     shutil.copy(DEMO_PHANTOM, inputs / "p.h5")
     runs = {"default": (), "network": ("--multicoil_pics_blend", "0"),
             "pics": ("--multicoil_method", "pics", "--multicoil_weight", "0.01"),
-            "everywhere": ("--multicoil_pics_region", "all")}
+            "average": ("--multicoil_pics_mode", "average"),
+            "everywhere": ("--multicoil_pics_mode", "average", "--multicoil_pics_region", "all")}
     images = {}
     for name, extra in runs.items():
         res = run_inference("configs/inference.yaml", inputs, tmp_path / name, *extra)
@@ -79,15 +96,24 @@ def test_hybrid_is_the_stated_average_of_the_network_and_pics(tmp_path):
     assert np.abs(images["everywhere"] - everywhere).max() <= 1e-5 * images["pics"].max()
     a = np.stack([share * object_support(images["network"][..., s]) for s in range(images["network"].shape[-1])], -1)
     on_object = (1 - a) * images["network"] + a * images["pics"]
-    assert np.abs(images["default"] - on_object).max() <= 1e-5 * images["pics"].max()
+    assert np.abs(images["average"] - on_object).max() <= 1e-5 * images["pics"].max()
     # the phantom fills most of its 64 x 64 grid: the weight still goes from ~0 to the full share
     assert a.min() < 0.1 * share and a.max() > 0.99 * share
     # not a tautology: the three differ
     assert np.abs(images["network"] - images["pics"]).max() > 0.01 * images["pics"].max()
+    # the joint: its share is the object's support (a / share, 1 on the object), so the recon
+    # departs from the network by at most that share of the images' range
+    peak = images["pics"].max()
+    support = a / share
+    bound = support * 3 * max(images["default"].max(), images["network"].max()) + 1e-5 * peak
+    assert (np.abs(images["default"] - images["network"]) <= bound).all()
+    obj = a > 0.99 * share
+    assert np.abs(images["default"] - images["network"])[obj].max() > 0.005 * peak
+    assert np.abs(images["default"] - images["average"])[obj].max() > 0.005 * peak
 
 
 @pytest.mark.parametrize("option,value", [("multicoil_pics_blend", "1.5"), ("multicoil_pics_weight", "-1"),
-                                          ("multicoil_pics_region", "edges")])
+                                          ("multicoil_pics_region", "edges"), ("multicoil_pics_mode", "both")])
 def test_bad_blend_options_stop_with_one_line(tmp_path, option, value):
     import shutil
 
