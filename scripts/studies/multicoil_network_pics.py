@@ -66,7 +66,7 @@ BASELINE_WEIGHTS = (0.003, 0.01, 0.03)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from multicoil_oversampled_blend import OVERSAMPLED_SOURCES, oversampled_cases
+    from multicoil_oversampled_blend import OVERSAMPLED_SOURCES, oversampled_cases, setting_means, target_ratio_table
     from multicoil_validation import validation_parser, validation_sets
 
     from bundle.data import load_datalist
@@ -126,24 +126,9 @@ def main(argv: list[str] | None = None) -> int:
                     row = per_case.setdefault(case.name, {})
                     for name in names:
                         row.setdefault(name, []).append(score(images[name], ref))
-            means = {k: np.mean([np.mean(r[k], 0) for r in per_case.values()], 0) for k in names}
-            best = {"ssim": max(v[0] for k, v in means.items() if k not in candidates),
-                    "psnr": max(v[1] for k, v in means.items() if k not in candidates)}
-            rows[(kind, acc)] = (means, best)
+            means, best = rows[(kind, acc)] = setting_means(per_case, candidates)
             print(f"{kind} {acc:g}x: " + "; ".join(f"{k} {v[0]:.4f} / {v[1]:.2f}" for k, v in means.items()), flush=True)
-    print("\n| candidate | " + " | ".join(f"{k} {a:g}x" for (k, a) in rows) + " | worst target ratio (mean SSIM) |")
-    print("|---" * (len(rows) + 2) + "|")
-    worst: dict = {}
-    for name in candidates:
-        cells, ratios = [], []
-        for means, best in rows.values():
-            s, p = means[name]
-            ratios.append(min((s - best["ssim"]) / 0.05, (p - best["psnr"]) / 2.0))
-            cells.append(f"{s:.4f} / {p:.2f}")
-        mean_ssim = float(np.mean([means[name][0] for means, _ in rows.values()]))
-        worst[name] = (min(ratios), mean_ssim)
-        print(f"| {name} | " + " | ".join(cells) + f" | {min(ratios):+.2f} ({mean_ssim:.4f}) |")
-    print("| baseline (best of ZF, PICS) | " + " | ".join(f"{b['ssim']:.4f} / {b['psnr']:.2f}" for _, b in rows.values()) + " | |")
+    worst = target_ratio_table(rows, candidates)
     if args.confirm:
         ok = True
         for (kind, _), (means, best) in rows.items():

@@ -91,6 +91,34 @@ def oversampled_cases(parser, items, oversampling: float = 2.0, slices: int = 6)
     return cases
 
 
+def setting_means(per_case: dict, candidates) -> tuple[dict, dict]:
+    """Mean (SSIM, PSNR) per method over the cases of one setting, and the better baseline's (the
+    best of the methods that are not candidates), as `target_ratio_table` reads them."""
+    means = {k: np.mean([np.mean(r[k], 0) for r in per_case.values()], 0) for k in next(iter(per_case.values()))}
+    best = {"ssim": max(v[0] for k, v in means.items() if k not in candidates),
+            "psnr": max(v[1] for k, v in means.items() if k not in candidates)}
+    return means, best
+
+
+def target_ratio_table(rows: dict, candidates) -> dict:
+    """Prints a markdown table of the candidates over the settings {(kind, acceleration): (means,
+    best)}; returns {candidate: (worst target ratio, mean SSIM)}."""
+    print("\n| candidate | " + " | ".join(f"{k} {a:g}x" for (k, a) in rows) + " | worst target ratio |")
+    print("|---" * (len(rows) + 2) + "|")
+    worst = {}
+    for name in candidates:
+        cells, ratios = [], []
+        for means, best in rows.values():
+            s, p = means[name]
+            ratios.append(min((s - best["ssim"]) / 0.05, (p - best["psnr"]) / 2.0))
+            cells.append(f"{s:.4f} / {p:.2f}")
+        mean_ssim = float(np.mean([means[name][0] for means, _ in rows.values()]))
+        worst[name] = (min(ratios), mean_ssim)
+        print(f"| {name} | " + " | ".join(cells) + f" | {min(ratios):+.2f} (mean SSIM {mean_ssim:.4f}) |")
+    print("| baseline (best of ZF, PICS) | " + " | ".join(f"{b['ssim']:.4f} / {b['psnr']:.2f}" for _, b in rows.values()) + " | |")
+    return worst
+
+
 def main(argv: list[str] | None = None) -> int:
     from multicoil_validation import validation_parser, validation_sets
 
@@ -143,22 +171,9 @@ def main(argv: list[str] | None = None) -> int:
                         a = by_acceleration(effective_acceleration(im["mask"][0]), bands)
                     image = blend_images(im["net"], im[shipped], a, region)
                     row.setdefault(name, []).append(score(image, im["reference"]))
-            means = {k: np.mean([np.mean(r[k], 0) for r in per_case.values()], 0) for k in next(iter(per_case.values()))}
-            best = {"ssim": max(v[0] for k, v in means.items() if k not in candidates),
-                    "psnr": max(v[1] for k, v in means.items() if k not in candidates)}
-            rows[(kind, acc)] = (means, best)
+            means, best = rows[(kind, acc)] = setting_means(per_case, candidates)
             print(f"{kind} {acc:g}x: " + "; ".join(f"{k} {v[0]:.4f} / {v[1]:.2f}" for k, v in means.items()), flush=True)
-    print("\n| candidate | " + " | ".join(f"{k} {a:g}x" for (k, a) in rows) + " | worst target ratio |")
-    print("|---" * (len(rows) + 2) + "|")
-    for name in candidates:
-        cells, ratios = [], []
-        for means, best in rows.values():
-            s, p = means[name]
-            ratios.append(min((s - best["ssim"]) / 0.05, (p - best["psnr"]) / 2.0))
-            cells.append(f"{s:.4f} / {p:.2f}")
-        mean_ssim = np.mean([means[name][0] for means, _ in rows.values()])
-        print(f"| {name} | " + " | ".join(cells) + f" | {min(ratios):+.2f} (mean SSIM {mean_ssim:.4f}) |")
-    print("| baseline (best of ZF, PICS) | " + " | ".join(f"{b['ssim']:.4f} / {b['psnr']:.2f}" for _, b in rows.values()) + " | |")
+    target_ratio_table(rows, candidates)
     return 0
 
 
