@@ -200,28 +200,27 @@ def network_pics(kspace: np.ndarray, mask: np.ndarray, maps: np.ndarray, lam: fl
     return np.asarray(x, dtype=np.complex64) * s
 
 
-def combine_with_pics(coil_images: np.ndarray, kspace: np.ndarray, mask: np.ndarray, maps: np.ndarray,
-                      blend: float | None = None, weight: float | None = None, region: str = PICS_REGION,
-                      mode: str | None = None) -> np.ndarray:
-    """The shipped multi-coil image of one slice from the network's (C, H, W) complex coil images:
-    their RSS combined with PICS (ESPIRiT `maps`, `weight` None: `pics_weight_for(mask)`), mode
-    "joint" (`network_pics` with the coil images combined by the maps as its prior) or "average"
-    (`blend_with_pics`); None: `pics_mode_for(mask)`. (1 - a) x network + a x that image, a =
-    `blend` (None: `pics_blend_for(mask, mode)`) on the object or everywhere (`region`)."""
+def combine_with_pics(network_image: np.ndarray, coil_images: np.ndarray, kspace: np.ndarray, mask: np.ndarray,
+                      maps: np.ndarray, blend: float | None = None, weight: float | None = None,
+                      region: str = PICS_REGION, mode: str | None = None, mu: float = NETWORK_PICS_MU) -> np.ndarray:
+    """The shipped multi-coil image of one slice: the network's (H, W) image (the RSS of its
+    (C, H, W) complex `coil_images`) combined with PICS (ESPIRiT `maps`, `weight` None:
+    `pics_weight_for(mask)`), mode "joint" (`network_pics` at `mu`, the coil images combined by
+    the maps as its prior) or "average" (`blend_with_pics`); None: `pics_mode_for(mask)`.
+    (1 - a) x network + a x that image, a = `blend` (None: `pics_blend_for(mask, mode)`) on the
+    object or everywhere (`region`)."""
     mode = pics_mode_for(mask) if mode is None else mode
     if mode not in PICS_MODES:
         raise InputError(f"PICS mode must be one of {', '.join(PICS_MODES)}, got {mode!r}")
-    coils = np.asarray(coil_images, dtype=np.complex64)
-    net = np.sqrt((np.abs(coils) ** 2).sum(0)).astype(np.float32)
     if mode == "average":
-        return blend_with_pics(net, kspace, mask, maps, blend, weight, region)
+        return blend_with_pics(network_image, kspace, mask, maps, blend, weight, region)
     blend = pics_blend_for(mask, mode) if blend is None else float(blend)
     if blend <= 0:
-        return net
+        return np.asarray(network_image, dtype=np.float32)
     w = pics_weight_for(mask) if weight is None else float(weight)
-    prior = (coils * np.conj(np.asarray(maps, dtype=np.complex64))).sum(0)
-    joint = np.abs(network_pics(kspace, mask, maps, w, NETWORK_PICS_MU, prior)).astype(np.float32)
-    return blend_images(net, joint, blend, region)
+    prior = (np.asarray(coil_images, dtype=np.complex64) * np.conj(np.asarray(maps, dtype=np.complex64))).sum(0)
+    joint = np.abs(network_pics(kspace, mask, maps, w, mu, prior)).astype(np.float32)
+    return blend_images(network_image, joint, blend, region)
 
 
 def gaussian_smooth(image: np.ndarray, sigma: float) -> np.ndarray:

@@ -144,9 +144,9 @@ def test_combine_with_pics_modes():
     kspace, mask, maps, prior = _sense_problem()
     coils = maps * prior  # coil images of the prior: their RSS is |prior| (maps of unit RSS)
     net = np.sqrt((np.abs(coils) ** 2).sum(0))
-    assert np.allclose(combine_with_pics(coils, kspace, mask, maps, blend=0.0), net, atol=1e-6)
-    joint = combine_with_pics(coils, kspace, mask, maps, mode="joint", region="all")
-    average = combine_with_pics(coils, kspace, mask, maps, mode="average", region="all")
+    assert np.allclose(combine_with_pics(net, coils, kspace, mask, maps, blend=0.0), net, atol=1e-6)
+    joint = combine_with_pics(net, coils, kspace, mask, maps, mode="joint", region="all")
+    average = combine_with_pics(net, coils, kspace, mask, maps, mode="average", region="all")
     assert joint.shape == average.shape == net.shape and np.abs(joint - average).max() > 1e-3
     with pytest.raises(InputError, match="PICS mode"):
-        combine_with_pics(coils, kspace, mask, maps, mode="both")
+        combine_with_pics(net, coils, kspace, mask, maps, mode="both")

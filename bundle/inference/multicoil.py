@@ -154,8 +154,8 @@ class MultiCoilReconstructor:
                 recon[i] = rss(coils, 0).float().cpu().numpy()
                 if self.blends:
                     assert given is not None
-                    recon[i] = combine_with_pics(coils.cpu().numpy(), acquired.numpy(), mask, given, self.pics_blend,
-                                                 self.pics_weight, self.pics_region, self.pics_mode)
+                    recon[i] = combine_with_pics(recon[i], coils.cpu().numpy(), acquired.numpy(), mask, given,
+                                                 self.pics_blend, self.pics_weight, self.pics_region, self.pics_mode)
                 given = used[0].cpu().numpy()
             else:
                 recon[i] = classical(self.method, acquired.numpy(), mask, given, self.weight)

@@ -108,8 +108,8 @@ def varnet_method(network: VarNet, device: str | torch.device = "cpu", cache: Ma
         coils = ifft2c(final[0])
         image = rss(coils, 0).cpu().numpy()
         if espirit is not None and blends:
-            image = combine_with_pics(coils.cpu().numpy(), kspace, mask, espirit, pics_blend, pics_weight, pics_region,
-                                      pics_mode)
+            image = combine_with_pics(image, coils.cpu().numpy(), kspace, mask, espirit, pics_blend, pics_weight,
+                                      pics_region, pics_mode)
         return image
 
     return run

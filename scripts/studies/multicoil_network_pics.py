@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from bundle.data import load_datalist
     from bundle.networks import load_checkpoint
-    from bundle.parallel_imaging import blend_with_pics, network_pics, object_support, pics, pics_weight_for
+    from bundle.parallel_imaging import blend_with_pics, combine_with_pics, pics
     from bundle.physics.mri import ifft2c
     from bundle.physics.mri_sense import rss
     from bundle.reporting.multicoil import MapsCache, file_mask, score
@@ -113,16 +113,13 @@ def main(argv: list[str] | None = None) -> int:
                                                 torch.from_numpy(maps)[None])
                     coils = ifft2c(k[0])
                     net_image = rss(coils, 0).numpy()
-                    prior = (coils * torch.from_numpy(maps).conj()).sum(0).numpy()  # sum_c conj(S_c) x_c
-                    lam = pics_weight_for(mask)
                     images = {"zf": rss(ifft2c(torch.from_numpy(acquired)), 0).numpy(), "network alone": net_image}
                     for w in BASELINE_WEIGHTS:
                         images[f"pics {w:g}"] = np.abs(pics(acquired, mask, maps, w)).astype(np.float32)
                     images["shipped average"] = blend_with_pics(net_image, acquired, mask, maps)
-                    support = object_support(net_image)
-                    for mu in mus:
-                        x = np.abs(network_pics(acquired, mask, maps, lam, mu, prior)).astype(np.float32)
-                        images[f"mu {mu:g}"] = (1 - support) * net_image + support * x
+                    for mu in mus:  # |x| on the object, the network elsewhere, lam = pics_weight_for(mask)
+                        images[f"mu {mu:g}"] = combine_with_pics(net_image, coils.numpy(), acquired, mask, maps,
+                                                                 mode="joint", mu=mu)
                     row = per_case.setdefault(case.name, {})
                     for name in names:
                         row.setdefault(name, []).append(score(images[name], ref))
