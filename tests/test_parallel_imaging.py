@@ -150,3 +150,62 @@ def test_combine_with_pics_modes():
     assert joint.shape == average.shape == net.shape and np.abs(joint - average).max() > 1e-3
     with pytest.raises(InputError, match="PICS mode"):
         combine_with_pics(net, coils, kspace, mask, maps, mode="both")
+
+
+def test_held_out_folds_are_disjoint_acquired_lines_outside_the_calibration_region():
+    from bundle.errors import InputError
+    from bundle.parallel_imaging import _held_out_folds
+    from bundle.physics.mri import cartesian_mask
+    from bundle.physics.mri_sense import acs_window
+
+    mask = cartesian_mask(128, 3, 0.1, "equispaced", np.random.default_rng(0)).numpy()
+    window = acs_window(torch.from_numpy(mask), (96, 128)).numpy() > 0
+    folds = _held_out_folds(mask, (96, 128), 2, 0.1, np.random.default_rng(1))
+    assert len(folds) == 2 and not (folds[0] & folds[1]).any()
+    for held in folds:
+        cols = np.flatnonzero(held.any(0))
+        assert held[:, cols].all()  # whole lines, as a scanner drops them
+        assert mask[cols].all() and not (held & window).any()
+        assert cols.size == round(0.1 * mask.sum())
+    # a 2D sampling pattern: single samples, inside the pattern, outside its calibration box
+    rng = np.random.default_rng(2)
+    pattern = rng.random((64, 64)) < 0.3
+    pattern[24:40, 24:40] = True
+    box = acs_window(torch.from_numpy(pattern), (64, 64)).numpy() > 0
+    for held in _held_out_folds(pattern, (64, 64), 2, 0.1, rng):
+        assert held.sum() == round(0.1 * pattern.sum()) and (pattern | ~held).all() and not (held & box).any()
+    with pytest.raises(InputError, match="too few acquired samples"):
+        _held_out_folds(cartesian_mask(32, 4, 0.25, "equispaced", np.random.default_rng(0)).numpy(), (32, 32), 2, 0.3,
+                        np.random.default_rng(0))
+
+
+def test_cross_validated_weight_predicts_the_held_out_lines_and_grows_with_the_noise():
+    """Each candidate's error is the held-out prediction of PICS on the kept lines, rebuilt here
+    with SigPy's own SENSE operator (another forward model); the chosen weight grows with the
+    noise (the regulariser's job)."""
+    import sigpy.mri as mr
+
+    from bundle.parallel_imaging import _held_out_folds, pics, pics_weight_by_cross_validation
+    from bundle.physics.mri import cartesian_mask, fft2c
+
+    _, _, maps, _ = _sense_problem(n=64, coils=8)
+    y, x = np.mgrid[-1:1:64j, -1:1:64j]  # an ellipse with texture: not sparse enough for the largest weight
+    img = ((x / 0.7) ** 2 + (y / 0.8) ** 2 < 1) * (1 + 0.5 * (x > 0.2) + 0.3 * np.sin(9 * x + 3 * y) * np.cos(7 * y))
+    kspace = fft2c(torch.from_numpy(maps * img.astype(np.complex64))).numpy()
+    mask = cartesian_mask(64, 2.5, 0.15, "equispaced", np.random.default_rng(0)).numpy()
+    rng = np.random.default_rng(4)
+    noise = (rng.standard_normal(kspace.shape) + 1j * rng.standard_normal(kspace.shape)).astype(np.complex64)
+    chosen = []
+    for sigma in (0.0, 0.3):
+        k = ((kspace + sigma * noise) * mask).astype(np.complex64)
+        lam, errors = pics_weight_by_cross_validation(k, mask, maps, folds=1, iterations=40, seed=7)
+        assert set(errors) == {0.001, 0.003, 0.01, 0.03, 0.1} and lam == min(errors, key=errors.get)
+        chosen.append(lam)
+        if sigma == 0.0:
+            held = _held_out_folds(mask, k.shape[-2:], 1, 0.1, np.random.default_rng(7))[0]
+            kept = np.broadcast_to(mask, k.shape[-2:]) & ~held
+            x = pics(k * kept, kept, maps, 0.01, 40)
+            pred = mr.linop.Sense(maps)(x)
+            expected = np.sum(np.abs(pred[:, held] - k[:, held]) ** 2) / np.sum(np.abs(k[:, held]) ** 2)
+            assert errors[0.01] == pytest.approx(expected, rel=1e-3)
+    assert chosen[1] > chosen[0], chosen
