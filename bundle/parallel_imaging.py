@@ -7,6 +7,11 @@ against is not our own code (ours, `bundle.physics.mri_sense.l1_wavelet_sense` w
 wavelets, is tested against it). CG-SENSE is ours (CG on the normal equations of
 `bundle.physics.mri_sense.CartesianSense`).
 
+`pics_weight_by_cross_validation` chooses PICS's weight from a scan's own held-out lines; the
+shipped reconstruction does not use it (`scripts/studies/multicoil_joint_weight.py`: 0.16 dB
+below the fixed weight on validation, since it ranks by the coil k-space error, not by the
+noisy RSS reference's), and it stays for studies and for data unlike the validation sets.
+
 Weights are relative: the k-space is divided by its norm per pixel (`scale_of`) before the
 solver and the image multiplied back, so one weight serves data of any scanner scale.
 """

@@ -30,6 +30,18 @@ Rule, written 2026-12-07 before any candidate was scored: a candidate replaces t
 its mean PSNR is at least 0.1 dB above the shipped joint's and its mean SSIM not lower by more
 than 0.002. If several pass, the one with the highest mean PSNR. 8x (the average) is not touched.
 
+Result (2-core CPU; the two parts side by side, 20 and 37 minutes): **no candidate passes; the
+shipped 0.01 stays.** Mean PSNR over the five settings: shipped 31.27 dB, 0.003 31.33 (+0.06,
+mean SSIM -0.0021), 0.03 30.47, cv 31.11 (-0.16). 0.003 gains on every brain setting (+0.46 dB
+simulated, +0.31 1 mm as acquired, +0.10 and +0.09 oversampled) and loses 0.62 dB on the real
+phantoms; its worst target ratio is better (-0.06 against -0.21, both on the 1 mm slices as
+acquired, where PICS at 0.003 is 30.92 dB). Cross-validation picks 0.01 or more on most slices
+even where 0.003 scores better: it ranks weights by the complex coil k-space error on held-out
+samples, whose noise is independent of the acquired samples', while the RSS reference keeps the
+acquired noise (and its magnitude floor), which a smaller weight reproduces. (The first scoring
+run counted the network alone among the baselines of the printed worst ratios; `--decide` takes
+the baseline from the stored means again, and the decision is the same either way.)
+
     python scripts/studies/multicoil_joint_weight.py models/model_multicoil.pt --part validation --out v.json
     python scripts/studies/multicoil_joint_weight.py models/model_multicoil.pt --part confirmation --out c.json
     python scripts/studies/multicoil_joint_weight.py --decide v.json c.json
@@ -57,6 +69,7 @@ LAMS = (0.003, 0.03)
 BASELINE_WEIGHTS = (0.003, 0.01, 0.03)
 CANDIDATES = ("shipped joint (0.01)",) + tuple(f"joint {w:g}" for w in LAMS) + ("joint cv",)
 CV_ITERATIONS = 50
+BASELINES = ("zf", *(f"pics {w:g}" for w in BASELINE_WEIGHTS))
 
 
 def score_sets(ckpt: str, sets: dict, acceleration: float = 4.0) -> dict:
@@ -99,7 +112,7 @@ def score_sets(ckpt: str, sets: dict, acceleration: float = 4.0) -> dict:
                 row = per_case.setdefault(case.name, {})
                 for name in names:
                     row.setdefault(name, []).append(score(images[name], ref))
-        means, best = setting_means(per_case, CANDIDATES)
+        means, best = setting_means(per_case, ("network alone", *CANDIDATES))
         rows[kind] = [{k: [float(x) for x in v] for k, v in means.items()}, best]
         print(f"{kind} {acceleration:g}x: " + "; ".join(f"{k} {v[0]:.4f} / {v[1]:.2f}" for k, v in means.items())
               + f"; cv chose {dict(zip(*np.unique(chosen[kind], return_counts=True)))}", flush=True)
@@ -113,7 +126,10 @@ def decide(paths: list[str]) -> int:
     for p in paths:
         with open(p) as f:
             part = json.load(f)
-        rows.update({(k, 4.0): (v[0], v[1]) for k, v in part["rows"].items()})
+        # the baseline again from the means: the first run counted the network alone among the
+        # baselines (the fix above); zero-filled and the three PICS rows are the baselines
+        rows.update({(k, 4.0): (v[0], {"ssim": max(v[0][b][0] for b in BASELINES), "psnr": max(v[0][b][1] for b in BASELINES)})
+                     for k, v in part["rows"].items()})
         chosen.update(part["chosen"])
     worst = target_ratio_table(rows, ["network alone", *CANDIDATES])
     for kind, lams in chosen.items():
