@@ -47,6 +47,15 @@ the baseline from the stored means again, and the decision is the same either wa
     python scripts/studies/multicoil_joint_weight.py --decide v.json c.json
 
 (the two parts can run side by side, one per core).
+
+A measurement after that result, with no rule (nothing is chosen from it): fastMRI's brain files
+oversample the readout twice and their header asks for the central half, which is what
+`configs/inference.yaml` writes and what a held-out check scores. The two oversampled settings
+scored on that central half (no cross-validated candidate):
+
+    python scripts/studies/multicoil_joint_weight.py models/model_multicoil.pt --part cropped-validation --out cv.json
+    python scripts/studies/multicoil_joint_weight.py models/model_multicoil.pt --part cropped-confirmation --out cc.json
+    python scripts/studies/multicoil_joint_weight.py --table cv.json cc.json
 """
 
 from __future__ import annotations
@@ -72,8 +81,10 @@ CV_ITERATIONS = 50
 BASELINES = ("zf", *(f"pics {w:g}" for w in BASELINE_WEIGHTS))
 
 
-def score_sets(ckpt: str, sets: dict, acceleration: float = 4.0) -> dict:
-    """{setting: [means per method, best baseline]} for `sets` {setting: cases} at `acceleration`."""
+def score_sets(ckpt: str, sets: dict, acceleration: float = 4.0, crop: bool = False, cv: bool = True) -> dict:
+    """{setting: [means per method, best baseline]} for `sets` {setting: cases} at `acceleration`;
+    `crop`: scored on the central half along H (the reconstruction size of a grid whose readout
+    is oversampled twice, as fastMRI's header asks); `cv` False: without the cross-validated weight."""
     from multicoil_oversampled_blend import setting_means
 
     from bundle.networks import load_checkpoint
@@ -86,7 +97,8 @@ def score_sets(ckpt: str, sets: dict, acceleration: float = 4.0) -> dict:
 
     net = load_checkpoint(VarNet(**varnet_variant("cpu")), ckpt).eval()
     cache = MapsCache()
-    names = ["zf"] + [f"pics {w:g}" for w in BASELINE_WEIGHTS] + ["network alone", *CANDIDATES]
+    candidates = CANDIDATES if cv else CANDIDATES[:-1]
+    names = ["zf"] + [f"pics {w:g}" for w in BASELINE_WEIGHTS] + ["network alone", *candidates]
     rows, chosen = {}, {}
     for kind, cases in sets.items():
         per_case: dict = {}
@@ -104,22 +116,26 @@ def score_sets(ckpt: str, sets: dict, acceleration: float = 4.0) -> dict:
                 images = {"zf": rss(ifft2c(torch.from_numpy(acquired)), 0).numpy(), "network alone": net_image}
                 for w in BASELINE_WEIGHTS:
                     images[f"pics {w:g}"] = np.abs(pics(acquired, mask, maps, w)).astype(np.float32)
-                lam_cv, _ = pics_weight_by_cross_validation(acquired, mask, maps, iterations=CV_ITERATIONS,
-                                                            seed=slice_seed(content_key(np.abs(acquired)), "cv"))
-                chosen.setdefault(kind, []).append(lam_cv)
-                for name, lam in (("shipped joint (0.01)", 0.01), *((f"joint {w:g}", w) for w in LAMS), ("joint cv", lam_cv)):
+                lams = [("shipped joint (0.01)", 0.01), *((f"joint {w:g}", w) for w in LAMS)]
+                if cv:
+                    lam_cv, _ = pics_weight_by_cross_validation(acquired, mask, maps, iterations=CV_ITERATIONS,
+                                                                seed=slice_seed(content_key(np.abs(acquired)), "cv"))
+                    chosen.setdefault(kind, []).append(lam_cv)
+                    lams.append(("joint cv", lam_cv))
+                for name, lam in lams:
                     images[name] = combine_with_pics(net_image, coils, acquired, mask, maps, weight=lam, mode="joint")
+                rows_of = slice(ref.shape[0] // 4, ref.shape[0] - ref.shape[0] // 4) if crop else slice(None)
                 row = per_case.setdefault(case.name, {})
                 for name in names:
-                    row.setdefault(name, []).append(score(images[name], ref))
-        means, best = setting_means(per_case, ("network alone", *CANDIDATES))
+                    row.setdefault(name, []).append(score(images[name][rows_of], ref[rows_of]))
+        means, best = setting_means(per_case, ("network alone", *candidates))
         rows[kind] = [{k: [float(x) for x in v] for k, v in means.items()}, best]
         print(f"{kind} {acceleration:g}x: " + "; ".join(f"{k} {v[0]:.4f} / {v[1]:.2f}" for k, v in means.items())
-              + f"; cv chose {dict(zip(*np.unique(chosen[kind], return_counts=True)))}", flush=True)
+              + (f"; cv chose {dict(zip(*np.unique(chosen[kind], return_counts=True)))}" if cv else ""), flush=True)
     return {"rows": rows, "chosen": {k: [float(x) for x in v] for k, v in chosen.items()}}
 
 
-def decide(paths: list[str]) -> int:
+def decide(paths: list[str], rule: bool = True) -> int:
     from multicoil_oversampled_blend import target_ratio_table
 
     rows, chosen = {}, {}
@@ -131,11 +147,16 @@ def decide(paths: list[str]) -> int:
         rows.update({(k, 4.0): (v[0], {"ssim": max(v[0][b][0] for b in BASELINES), "psnr": max(v[0][b][1] for b in BASELINES)})
                      for k, v in part["rows"].items()})
         chosen.update(part["chosen"])
-    worst = target_ratio_table(rows, ["network alone", *CANDIDATES])
+    candidates = [n for n in CANDIDATES if all(n in m for m, _ in rows.values())]
+    worst = target_ratio_table(rows, ["network alone", *candidates])
     for kind, lams in chosen.items():
         values, counts = np.unique(lams, return_counts=True)
         print(f"cv's choices, {kind}: " + ", ".join(f"{v:g} x {c}" for v, c in zip(values, counts)))
-    psnr = {n: float(np.mean([m[n][1] for m, _ in rows.values()])) for n in CANDIDATES}
+    psnr = {n: float(np.mean([m[n][1] for m, _ in rows.values()])) for n in candidates}
+    if not rule:
+        for n in candidates:
+            print(f"{n}: mean SSIM {worst[n][1]:.4f}, mean PSNR {psnr[n]:.2f}")
+        return 0
     ship = CANDIDATES[0]
     passing = [n for n in CANDIDATES[1:] if worst[n][0] >= worst[ship][0] and psnr[n] >= psnr[ship] + 0.1
                and worst[n][1] >= worst[ship][1] - 0.002]
@@ -156,17 +177,24 @@ def main(argv: list[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("ckpt", nargs="?", help="multi-coil weights (the cpu variant)")
-    ap.add_argument("--part", choices=("validation", "confirmation"))
+    ap.add_argument("--part", choices=("validation", "confirmation", "cropped-validation", "cropped-confirmation"))
     ap.add_argument("--out", help="where --part writes its scores (JSON)")
     ap.add_argument("--decide", nargs="+", metavar="JSON", help="apply the rule to the parts' scores")
+    ap.add_argument("--table", nargs="+", metavar="JSON", help="the table of the cropped parts' scores (no rule)")
     ap.add_argument("--shared", default=os.path.join(ROOT, "..", "shared", "data"))
     args = ap.parse_args(argv)
-    if args.decide:
-        return decide(args.decide)
+    if args.decide or args.table:
+        return decide(args.decide or args.table, rule=bool(args.decide))
     if not (args.ckpt and args.part and args.out):
         ap.error("give CKPT --part PART --out JSON, or --decide JSON ...")
     parser = validation_parser()
-    if args.part == "confirmation":
+    if args.part == "cropped-confirmation":
+        sets = {"1 mm oversampled, cropped": oversampled_cases(parser, [{"image": os.path.join(args.shared, p)} for p in CONFIRM_SOURCES])}
+    elif args.part == "cropped-validation":
+        items = load_datalist(parser.get_parsed_content("datalist"), parser.get_parsed_content("dataset_dir"), "validation")
+        items += [{"image": os.path.join(args.shared, p)} for p in OVERSAMPLED_SOURCES]
+        sets = {"oversampled, cropped": oversampled_cases(parser, items)}
+    elif args.part == "confirmation":
         fresh = [{"image": os.path.join(args.shared, p)} for p in CONFIRM_SOURCES]
         sets = {"1 mm as acquired": oversampled_cases(parser, fresh, oversampling=1.0),
                 "1 mm oversampled": oversampled_cases(parser, fresh)}
@@ -175,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
         items = load_datalist(parser.get_parsed_content("datalist"), parser.get_parsed_content("dataset_dir"), "validation")
         items += [{"image": os.path.join(args.shared, p)} for p in OVERSAMPLED_SOURCES]
         sets["oversampled"] = oversampled_cases(parser, items)
-    result = score_sets(args.ckpt, sets)
+    cropped = args.part.startswith("cropped")
+    result = score_sets(args.ckpt, sets, crop=cropped, cv=not cropped)
     tmp = args.out + ".tmp"
     with open(tmp, "w") as f:
         json.dump(result, f, indent=1)
