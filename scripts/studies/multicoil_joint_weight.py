@@ -75,7 +75,6 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
 from bundle.errors import install_excepthook  # noqa: E402
 
@@ -90,13 +89,12 @@ def score_sets(ckpt: str, sets: dict, acceleration: float = 4.0, crop: bool = Fa
     """{setting: [means per method, best baseline]} for `sets` {setting: cases} at `acceleration`;
     `crop`: scored on the central half along H (the reconstruction size of a grid whose readout
     is oversampled twice, as fastMRI's header asks); `cv` False: without the cross-validated weight."""
+    from multicoil_network_pics import network_slice
     from multicoil_oversampled_blend import setting_means
 
     from bundle.networks import load_checkpoint
     from bundle.parallel_imaging import combine_with_pics, pics, pics_weight_by_cross_validation
-    from bundle.physics.mri import ifft2c
-    from bundle.physics.mri_sense import rss
-    from bundle.reporting.multicoil import MapsCache, file_mask, score
+    from bundle.reporting.multicoil import MapsCache, score
     from bundle.transforms.base import content_key, slice_seed
     from bundle.varnet import VarNet, varnet_variant
 
@@ -109,16 +107,9 @@ def score_sets(ckpt: str, sets: dict, acceleration: float = 4.0, crop: bool = Fa
         per_case: dict = {}
         for case in cases:
             for full in case.slices:
-                mask = file_mask(case.name, full.shape[-1], acceleration)
-                acquired = (full * mask).astype(np.complex64)
-                ref = rss(ifft2c(torch.from_numpy(full)), 0).numpy()
-                maps = cache("espirit", acquired, mask)
-                with torch.no_grad():
-                    k, _ = net.final_kspace(torch.from_numpy(acquired)[None], torch.from_numpy(mask).view(1, 1, 1, -1),
-                                            torch.from_numpy(maps)[None])
-                coils = ifft2c(k[0]).numpy()
-                net_image = rss(torch.from_numpy(coils), 0).numpy()
-                images = {"zf": rss(ifft2c(torch.from_numpy(acquired)), 0).numpy(), "network alone": net_image}
+                one = network_slice(net, cache, case.name, full, acceleration)
+                mask, acquired, ref, maps, coils, net_image = (one[k] for k in ("mask", "acquired", "ref", "maps", "coils", "network"))
+                images = {"zf": one["zf"], "network alone": net_image}
                 for w in BASELINE_WEIGHTS:
                     images[f"pics {w:g}"] = np.abs(pics(acquired, mask, maps, w)).astype(np.float32)
                 lams = [("shipped joint (0.01)", 0.01), *((f"joint {w:g}", w) for w in LAMS)]

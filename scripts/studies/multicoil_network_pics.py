@@ -65,6 +65,25 @@ CONFIRM_MU = 0.01
 BASELINE_WEIGHTS = (0.003, 0.01, 0.03)
 
 
+def network_slice(net, cache, name: str, full: np.ndarray, acceleration: float) -> dict:
+    """One fully sampled slice (C, H, W) of case `name` through the network at `acceleration`:
+    {"mask", "acquired", "ref" (the RSS reference), "maps" (ESPIRiT, cached), "coils" (the network's
+    final coil images, numpy), "network" (their RSS), "zf"}."""
+    from bundle.physics.mri import ifft2c
+    from bundle.physics.mri_sense import rss
+    from bundle.reporting.multicoil import file_mask
+
+    mask = file_mask(name, full.shape[-1], acceleration)
+    acquired = (full * mask).astype(np.complex64)
+    maps = cache("espirit", acquired, mask)
+    with torch.no_grad():
+        k, _ = net.final_kspace(torch.from_numpy(acquired)[None], torch.from_numpy(mask).view(1, 1, 1, -1),
+                                torch.from_numpy(maps)[None])
+    coils = ifft2c(k[0])
+    return {"mask": mask, "acquired": acquired, "ref": rss(ifft2c(torch.from_numpy(full)), 0).numpy(), "maps": maps,
+            "coils": coils.numpy(), "network": rss(coils, 0).numpy(), "zf": rss(ifft2c(torch.from_numpy(acquired)), 0).numpy()}
+
+
 def main(argv: list[str] | None = None) -> int:
     from multicoil_oversampled_blend import OVERSAMPLED_SOURCES, oversampled_cases, setting_means, target_ratio_table
     from multicoil_validation import validation_parser, validation_sets
@@ -72,9 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     from bundle.data import load_datalist
     from bundle.networks import load_checkpoint
     from bundle.parallel_imaging import blend_with_pics, combine_with_pics, pics
-    from bundle.physics.mri import ifft2c
-    from bundle.physics.mri_sense import rss
-    from bundle.reporting.multicoil import MapsCache, file_mask, score
+    from bundle.reporting.multicoil import MapsCache, score
     from bundle.varnet import VarNet, varnet_variant
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -104,21 +121,14 @@ def main(argv: list[str] | None = None) -> int:
             per_case: dict = {}
             for case in cases:
                 for full in case.slices:
-                    mask = file_mask(case.name, full.shape[-1], acc)
-                    acquired = (full * mask).astype(np.complex64)
-                    ref = rss(ifft2c(torch.from_numpy(full)), 0).numpy()
-                    maps = cache("espirit", acquired, mask)
-                    with torch.no_grad():
-                        k, _ = net.final_kspace(torch.from_numpy(acquired)[None], torch.from_numpy(mask).view(1, 1, 1, -1),
-                                                torch.from_numpy(maps)[None])
-                    coils = ifft2c(k[0])
-                    net_image = rss(coils, 0).numpy()
-                    images = {"zf": rss(ifft2c(torch.from_numpy(acquired)), 0).numpy(), "network alone": net_image}
+                    one = network_slice(net, cache, case.name, full, acc)
+                    mask, acquired, ref, maps, net_image = one["mask"], one["acquired"], one["ref"], one["maps"], one["network"]
+                    images = {"zf": one["zf"], "network alone": net_image}
                     for w in BASELINE_WEIGHTS:
                         images[f"pics {w:g}"] = np.abs(pics(acquired, mask, maps, w)).astype(np.float32)
                     images["shipped average"] = blend_with_pics(net_image, acquired, mask, maps)
                     for mu in mus:  # |x| on the object, the network elsewhere, lam = pics_weight_for(mask)
-                        images[f"mu {mu:g}"] = combine_with_pics(net_image, coils.numpy(), acquired, mask, maps,
+                        images[f"mu {mu:g}"] = combine_with_pics(net_image, one["coils"], acquired, mask, maps,
                                                                  mode="joint", mu=mu)
                     row = per_case.setdefault(case.name, {})
                     for name in names:
