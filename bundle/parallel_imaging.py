@@ -234,14 +234,16 @@ def pics_weight_by_cross_validation(kspace: np.ndarray, mask: np.ndarray, maps: 
     rng = np.random.default_rng(seed)
     grid = np.broadcast_to(np.asarray(mask, dtype=bool), shape)
     k = np.asarray(kspace, dtype=np.complex64) * grid
+    sensitivity = torch.from_numpy(np.asarray(maps, dtype=np.complex64))
     errors = dict.fromkeys((float(c) for c in candidates), 0.0)
     energy = 0.0
     for held in _held_out_folds(mask, shape, folds, fraction, rng):
         kept = grid & ~held
+        k_kept = k * kept
         energy += float(np.sum(np.abs(k[:, held]) ** 2))
         for lam in errors:
-            x = pics(k * kept, kept, maps, lam, iterations)
-            pred = fft2c(torch.from_numpy(np.asarray(maps, dtype=np.complex64) * x)).numpy()
+            x = pics(k_kept, kept, maps, lam, iterations)
+            pred = fft2c(sensitivity * torch.from_numpy(x)).numpy()
             errors[lam] += float(np.sum(np.abs(pred[:, held] - k[:, held]) ** 2))
     relative = {lam: e / max(energy, 1e-30) for lam, e in errors.items()}
     return min(relative, key=lambda lam: relative[lam]), relative

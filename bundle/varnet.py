@@ -185,8 +185,15 @@ class VarNet(nn.Module):
                     maps: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, C, H, W) complex acquired k-space, its mask and (with `sensitivities="espirit"`) the
         (B, C, H, W) coil sensitivities -> the (B, 1, H, W) RSS image and the sensitivities used."""
+        coils, maps = self.coil_images(kspace, mask, maps)
+        return rss(coils, 1).unsqueeze(1), maps
+
+    def coil_images(self, kspace: torch.Tensor, mask: torch.Tensor,
+                    maps: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (B, C, H, W) complex coil images of `final_kspace` (their RSS is `reconstruct`'s
+        image; PICS joined with the network takes them as its prior) and the sensitivities used."""
         k, maps = self.final_kspace(kspace, mask, maps)
-        return rss(ifft2c(k), 1).unsqueeze(1), maps
+        return ifft2c(k), maps
 
     def final_kspace(self, kspace: torch.Tensor, mask: torch.Tensor,
                      maps: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -149,8 +149,8 @@ class MultiCoilReconstructor:
                 mask_in = m[None, None] if mask.ndim == 2 else m[:1][None, None]
                 # a learned-maps network makes its own maps; PICS gets ESPIRiT's (or the file's)
                 maps_in = torch.from_numpy(given)[None].to(self.device) if network.takes_maps else None
-                k, used = network.final_kspace(acquired[None].to(self.device), mask_in.to(self.device), maps_in)
-                coils = ifft2c(k[0])
+                coil_images, used = network.coil_images(acquired[None].to(self.device), mask_in.to(self.device), maps_in)
+                coils = coil_images[0]
                 recon[i] = rss(coils, 0).float().cpu().numpy()
                 if self.blends:
                     assert given is not None

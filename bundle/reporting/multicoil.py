@@ -104,8 +104,7 @@ def varnet_method(network: VarNet, device: str | torch.device = "cpu", cache: Ma
         takes_maps = getattr(network, "takes_maps", False)
         espirit = cache("espirit", kspace, mask) if takes_maps or blends else None
         maps = torch.from_numpy(espirit)[None].to(device) if takes_maps else None
-        final, _ = network.final_kspace(k, m, maps)
-        coils = ifft2c(final[0])
+        coils = network.coil_images(k, m, maps)[0][0]
         image = rss(coils, 0).cpu().numpy()
         if espirit is not None and blends:
             image = combine_with_pics(image, coils.cpu().numpy(), kspace, mask, espirit, pics_blend, pics_weight,

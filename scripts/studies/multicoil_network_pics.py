@@ -77,9 +77,8 @@ def network_slice(net, cache, name: str, full: np.ndarray, acceleration: float) 
     acquired = (full * mask).astype(np.complex64)
     maps = cache("espirit", acquired, mask)
     with torch.no_grad():
-        k, _ = net.final_kspace(torch.from_numpy(acquired)[None], torch.from_numpy(mask).view(1, 1, 1, -1),
-                                torch.from_numpy(maps)[None])
-    coils = ifft2c(k[0])
+        coils = net.coil_images(torch.from_numpy(acquired)[None], torch.from_numpy(mask).view(1, 1, 1, -1),
+                                torch.from_numpy(maps)[None])[0][0]
     return {"mask": mask, "acquired": acquired, "ref": rss(ifft2c(torch.from_numpy(full)), 0).numpy(), "maps": maps,
             "coils": coils.numpy(), "network": rss(coils, 0).numpy(), "zf": rss(ifft2c(torch.from_numpy(acquired)), 0).numpy()}
 
