@@ -196,16 +196,22 @@ class VolumeAccumulator:
 
 
 def _per_sample(batch, output, pred_key: str, label_key: str):
-    """(pred, label, filename, volume_max) per sample from a decollated or batched engine state."""
+    """(pred, label, filename, volume_max) per sample from a decollated or batched engine state.
+    A (C, H, W) network input with guide channels (the MR-guided PET network's "image": OSEM, then
+    the MR) is scored on its first channel, the image itself."""
     if isinstance(output, dict):  # not decollated: batched tensors and lists
         # a key the engine output lacks is read from the batch (the multi-coil network's input is
         # k-space, so its zero-filled image is in the batch only)
         preds = output[pred_key] if pred_key in output else batch[pred_key]
         for i in range(len(preds)):
-            yield preds[i], output[label_key][i], batch["filename"][i], float(batch["volume_max"][i])
+            yield _first_channel(preds[i]), output[label_key][i], batch["filename"][i], float(batch["volume_max"][i])
     else:
         for b, o in zip(batch, output):
-            yield o[pred_key], o[label_key], b["filename"], float(b["volume_max"])
+            yield _first_channel(o[pred_key]), o[label_key], b["filename"], float(b["volume_max"])
+
+
+def _first_channel(x):
+    return x[:1] if getattr(x, "ndim", 0) == 3 and x.shape[0] > 1 else x
 
 
 class VolumeReconMetric(Metric):

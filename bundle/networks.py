@@ -52,9 +52,12 @@ class ResidualUNet(nn.Module):
         data_consistency: if True and k-space is given, acquired k-space lines replace the
             network's own (the output is the magnitude of that image).
         cascades: number of residual UNet (+ data consistency) blocks in sequence.
+        guide_channels: extra input channels that guide the UNets but are not reconstructed (PET's
+            anatomical MR image, `bundle.transforms.PETScanBatch(anatomy=True)`): each UNet sees
+            the current image and the guide, and the residual is added to the image only.
 
     Inputs:
-        image: (B, 1, H, W) zero-filled magnitude image.
+        image: (B, 1 + guide_channels, H, W) zero-filled magnitude image (then the guide).
         kspace: optional (B, 2, H, W) acquired k-space as real and imaginary channels.
         mask: optional (B, 1, 1, W) acquired lines (1) and missing lines (0).
 
@@ -69,8 +72,11 @@ class ResidualUNet(nn.Module):
         norm: str | tuple = "instance",
         data_consistency: bool = True,
         cascades: int = 1,
+        guide_channels: int = 0,
     ) -> None:
         super().__init__()
+        if isinstance(guide_channels, bool) or not isinstance(guide_channels, int) or not 0 <= guide_channels <= 8:
+            raise InputError(f"guide_channels: expected a whole number in [0, 8], got {guide_channels!r}")
         if isinstance(cascades, bool) or not isinstance(cascades, int) or cascades < 1:
             raise InputError(f"cascades: expected a whole number >= 1, got {cascades!r}")
         if not isinstance(features, (list, tuple)) or len(features) != 6 or \
@@ -80,7 +86,7 @@ class ResidualUNet(nn.Module):
             raise InputError(f"dropout: expected a probability in [0, 1), got {dropout!r}")
         try:
             self.unets = nn.ModuleList(
-                BasicUNet(spatial_dims=2, in_channels=1, out_channels=1, features=tuple(features), dropout=dropout,
+                BasicUNet(spatial_dims=2, in_channels=1 + guide_channels, out_channels=1, features=tuple(features), dropout=dropout,
                           norm=norm)
                 for _ in range(int(cascades))
             )
@@ -92,6 +98,7 @@ class ResidualUNet(nn.Module):
         # what the weights fit (plain types, so TorchScript leaves them alone): `architecture()`
         self.arch_features: list[int] = [int(f) for f in features]
         self.arch_norm: str = str(norm)
+        self.guide_channels: int = int(guide_channels)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, *args, **kwargs) -> None:
         # what the loaded weights say they are (`with_metadata`), whoever loads them (MONAI Label
@@ -104,13 +111,15 @@ class ResidualUNet(nn.Module):
     def architecture(self) -> dict:
         """The settings its weights fit (stored in the checkpoint's metadata and checked on loading)."""
         return {"network": "ResidualUNet", "features": list(self.arch_features), "norm": self.arch_norm,
-                "cascades": len(self.unets), "data_consistency": self.data_consistency}
+                "cascades": len(self.unets), "data_consistency": self.data_consistency,
+                "guide_channels": self.guide_channels}
 
     def forward(
         self, image: torch.Tensor, kspace: Optional[torch.Tensor] = None, mask: Optional[torch.Tensor] = None
     ) -> torch.Tensor:
-        if image.ndim != 4 or image.shape[1] != 1:
-            raise ValueError("expected a (B, 1, H, W) image, got shape " + str(image.shape))
+        if image.ndim != 4 or image.shape[1] != 1 + self.guide_channels:
+            raise ValueError("expected a (B, " + str(1 + self.guide_channels) + ", H, W) image, got shape "
+                             + str(image.shape))
         h, w = image.shape[-2], image.shape[-1]
         ph, pw = (-h) % self.divisor, (-w) % self.divisor
         k: Optional[torch.Tensor] = None
@@ -118,9 +127,11 @@ class ResidualUNet(nn.Module):
         if self.data_consistency and kspace is not None and mask is not None:  # written for TorchScript
             k = torch.complex(kspace[:, 0:1].float(), kspace[:, 1:2].float())
             m = mask
-        pred = image
+        guide = image[:, 1:]
+        pred = image[:, :1]
         for unet in self.unets:
-            x = F.pad(pred, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2])
+            x = pred if self.guide_channels == 0 else torch.cat([pred, guide], 1)
+            x = F.pad(x, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2])
             pred = pred + unet(x)[..., ph // 2 : ph // 2 + h, pw // 2 : pw // 2 + w]
             if k is not None and m is not None:
                 pred = data_consistency(pred.float(), k, m).abs().to(image.dtype)

@@ -176,14 +176,18 @@ class PETPhantomSlices(torch.utils.data.Dataset):
         min_brain: slices with fewer brain pixels are skipped.
         transform: applied to each item (augmentation).
         repeat: each slice this many times per epoch.
+        anatomy: items also get "mr": (1, H, W) the T1 slice the phantom was made from, on the
+            MR-guided network's scale (`bundle.transforms.pet.anatomy_image`, per volume).
     """
 
     def __init__(self, data: Sequence[dict], shape: Sequence[int] = (128, 128),
                  count_fractions: Sequence[float] = (0.1,), lesions: Sequence[int] = (0, 3),
                  lesion_radius_mm: Sequence[float] = (2.0, 5.0), hot_contrast: Sequence[float] = (1.5, 3.0),
                  cold_contrast: Sequence[float] = (0.2, 0.6), variation: float = 0.1, random: bool = True,
-                 min_brain: int = 400, transform: Callable | None = None, repeat: int = 1) -> None:
+                 min_brain: int = 400, transform: Callable | None = None, repeat: int = 1,
+                 anatomy: bool = False) -> None:
         from bundle.physics.pet import check_count_fraction, pad_to
+        from bundle.transforms.pet import anatomy_image
 
         self.fractions = [check_count_fraction(f) for f in count_fractions]
         if not self.fractions:
@@ -191,11 +195,13 @@ class PETPhantomSlices(torch.utils.data.Dataset):
         self.lesions, self.radius_mm = [int(v) for v in lesions], [float(v) for v in lesion_radius_mm]
         self.hot, self.cold = [float(v) for v in hot_contrast], [float(v) for v in cold_contrast]
         self.variation, self.random, self.transform, self.repeat = float(variation), bool(random), transform, int(repeat)
+        self.anatomy = bool(anatomy)
         self.slices: list[dict] = []
         for item in data:
             path = str(item["image"])
             t1, zooms = load_head(path)
             classes = torch.from_numpy(tissue_classes(t1))
+            mr = torch.from_numpy(anatomy_image(t1)) if self.anatomy else None
             name = os.path.basename(path)
             for z in range(classes.shape[-1]):
                 cls = pad_to(classes[..., z].T.contiguous(), tuple(shape))  # (Y, X): rows anterior-posterior
@@ -204,7 +210,10 @@ class PETPhantomSlices(torch.utils.data.Dataset):
                     continue
                 if cls.shape != tuple(shape):
                     raise InputError(f"{path}: slices of {tuple(cls.shape)} pixels do not fit the PET grid {tuple(shape)}")
-                self.slices.append({"classes": cls, "filename": name, "slice_id": f"{name}:{z}", "pixel_mm": zooms[0]})
+                entry = {"classes": cls, "filename": name, "slice_id": f"{name}:{z}", "pixel_mm": zooms[0]}
+                if mr is not None:
+                    entry["mr"] = pad_to(mr[..., z].T.contiguous(), tuple(shape))
+                self.slices.append(entry)
         if not self.slices:
             raise InputError("no head slices with brain in the datalist")
 
@@ -231,6 +240,8 @@ class PETPhantomSlices(torch.utils.data.Dataset):
                 "lesion": lesion[None].float(),
                 "count_fraction": fraction, "seed": -1 if self.random else 7919 * (i + 1),
                 "filename": base["filename"], "slice_id": base["slice_id"], "volume_max": float(act.max())}
+        if "mr" in base:
+            item["mr"] = base["mr"][None]
         return self.transform(item) if self.transform is not None else item
 
 

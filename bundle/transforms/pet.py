@@ -180,6 +180,19 @@ class PETAcquisition:
         return self.reconstruct(op, counts, background, it, flt, mask=mask)
 
 
+def anatomy_image(volume):
+    """An anatomical MR volume (any array or tensor) on the MR-guided network's scale: divided by its
+    99.5th percentile (over all voxels: a head fills a quarter or more of its volume, so the
+    percentile lies in bright tissue whatever the scanner's units)."""
+    import numpy as np
+
+    v = np.asarray(volume, dtype=np.float32)
+    scale = float(np.percentile(v, 99.5)) if v.size else 0.0
+    if not np.isfinite(v).all() or scale <= 0:
+        raise InputError("an anatomical MR image must be finite and not empty (its 99.5th percentile above 0)")
+    return v / scale
+
+
 def activity_scale(image: torch.Tensor, body: torch.Tensor) -> torch.Tensor:
     """The network's unit per slice: the mean of the OSEM image inside the body, (B, 1, 1, 1) for
     (B, 1, H, W) images (so the network sees ~1 whatever the count level and activity units)."""
@@ -198,10 +211,14 @@ class PETScanBatch:
     of the loss's pixel term: 1 + lesion_weight in the batch's "lesion" pixels, 1 elsewhere
     (`bundle.losses.SSIMWeightedLoss` reads it). Why: lesions are a few dozen of the ~8,000 head
     pixels of a slice, so an unweighted loss smooths them away with the noise (hot-lesion contrast
-    recovery below OSEM's at matched noise, the model card)."""
+    recovery below OSEM's at matched noise, the model card).
+
+    With `anatomy` the network's input gets a second channel, the batch's "mr" images (the T1 the
+    phantom was made from, `anatomy_image` scale): the MR-guided model (`models/model_pet_mr.pt`)."""
 
     def __init__(self, acquisition: PETAcquisition, pixel_mm: float = 2.0, lesion_weight: float = 0.0,
-                 baseline: bool = False) -> None:
+                 baseline: bool = False, anatomy: bool = False) -> None:
+        self.anatomy = bool(anatomy)
         self.acquisition, self.pixel_mm = acquisition, float(pixel_mm)
         if not 0 <= float(lesion_weight) <= 1000:
             raise InputError(f"lesion_weight must be in [0, 1000], got {lesion_weight!r}")
@@ -240,9 +257,14 @@ class PETScanBatch:
         batchdata["volume_max"] = label.amax((-3, -2, -1)).cpu()
         if base is not None:  # the evaluation's classical baseline, on the network's scale
             batchdata["baseline"] = base / s
+        net_in = image / s
+        if self.anatomy:
+            if "mr" not in batchdata:
+                raise InputError("anatomy needs the batch's 'mr' images (PETPhantomSlices(anatomy=True) writes them)")
+            net_in = torch.cat([net_in, batchdata["mr"].to(net_in.device, non_blocking=non_blocking).float()], 1)
         if self.lesion_weight > 0:
             if "lesion" not in batchdata:
                 raise InputError("lesion_weight needs the batch's 'lesion' maps (PETPhantomSlices writes them)")
             weight = 1 + self.lesion_weight * batchdata["lesion"].to(label.device, non_blocking=non_blocking).float()
-            return image / s, torch.cat([label, weight], 1)
-        return image / s, label
+            return net_in, torch.cat([label, weight], 1)
+        return net_in, label
