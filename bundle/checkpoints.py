@@ -374,3 +374,33 @@ class StopOnNonFiniteLoss:
                 f"{engine.state.iteration}; the last good checkpoints{where} are kept (lower the learning rate, "
                 f"check the data, or resume with --resume true)"
             )
+
+
+FIRST_CONV = "unets.0.conv_0.conv_0.conv.weight"  # a ResidualUNet's first convolution: (features, in_channels, 3, 3)
+
+
+def add_guide_channels(src: str, out: str, guide_channels: int = 1) -> None:
+    """Write to `out` the ResidualUNet weights at `src` with `guide_channels` more input channels
+    (`ResidualUNet(guide_channels=...)`) of zero weight: the network then gives the same output
+    whatever the guide, so fine-tuning it (the MR-guided PET model) starts where `src` ends.
+    Written atomically, the metadata's architecture updated."""
+    if not 1 <= int(guide_channels) <= 8:
+        raise InputError(f"guide_channels must be in [1, 8], got {guide_channels!r}")
+    if not os.path.isfile(src):
+        raise InputError(f"checkpoint {src}: file not found")
+    state = safe_load(src)
+    if not isinstance(state, Mapping) or FIRST_CONV not in state:
+        raise InputError(f"checkpoint {src}: not the weights of a single-cascade ResidualUNet (no {FIRST_CONV})")
+    meta = dict(metadata_of(state) or {})
+    arch = dict(meta.get("architecture") or {})
+    if int(arch.get("guide_channels", 0)):
+        raise InputError(f"checkpoint {src}: already has {arch['guide_channels']} guide channel(s)")
+    state = dict(state)
+    w = state[FIRST_CONV]
+    state[FIRST_CONV] = torch.cat([w, w.new_zeros(w.shape[0], int(guide_channels), *w.shape[2:])], 1)
+    meta["architecture"] = {**arch, "guide_channels": int(guide_channels)}
+    folder = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(folder):
+        raise InputError(f"{out}: its folder does not exist")
+    with atomic_output(out, ".pt") as tmp:
+        torch.save(with_metadata(state, meta), tmp)

@@ -77,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dc-weights", default="0.0001,0.001,0.01,0.1", help="DC grid tuned on --ct-train at 60 views")
     ap.add_argument("--pet", action="store_true", help="low-count PET: the network on OSEM against post-filtered OSEM")
     ap.add_argument("--pet-ckpt", default=os.path.join(ROOT, "models", "model_pet.pt"))
+    ap.add_argument("--pet-mr-ckpt", default=os.path.join(ROOT, "models", "model_pet_mr.pt"),
+                    help="the MR-guided PET model, scored beside when the file exists ('none': not scored)")
     ap.add_argument("--pet-fractions", default="0.25,0.1,0.05", help="count levels, fractions of the full count")
     ap.add_argument("--pet-realisations", type=int, default=4, help="noise realisations for the lesion statistics")
     ap.add_argument("--pet-max-iterations", type=int, default=10, help="OSEM iterations of the curves and the tuning")

@@ -125,3 +125,47 @@ def test_weights_loaded_by_another_tool_are_checked_by_the_inferers():
     bare = ResidualUNet()
     bare.load_state_dict(dict(ResidualUNet().state_dict()))  # no metadata: nothing to check
     check_loaded_weights(bare, "mri")
+
+
+def test_guide_channels_guide_but_are_not_reconstructed():
+    net = ResidualUNet(features=(4, 4, 8, 8, 16, 4), data_consistency=False, guide_channels=1).eval()
+    assert net.architecture()["guide_channels"] == 1
+    x, g = torch.rand(2, 1, 32, 48), torch.rand(2, 1, 32, 48)  # multiples of 16: no padding
+    with torch.no_grad():
+        out = net(torch.cat([x, g], 1))
+        assert out.shape == (2, 1, 32, 48)
+        # residual on the image only: x + unet([x, g]), computed by hand
+        torch.testing.assert_close(out, x + net.unets[0](torch.cat([x, g], 1)))
+        # the guide changes the output (its weights are not zero here)
+        assert not torch.allclose(out, net(torch.cat([x, torch.rand_like(g)], 1)))
+    with pytest.raises(ValueError, match=r"\(B, 2, H, W\)"):
+        net(x)
+    for bad in (-1, 9, 1.5, True):
+        with pytest.raises(InputError, match="guide_channels"):
+            ResidualUNet(guide_channels=bad)
+
+
+def test_widened_weights_start_where_the_guide_free_model_ends(tmp_path):
+    from bundle.checkpoints import add_guide_channels
+    from bundle.networks import checkpoint_metadata, with_metadata
+
+    feats = (4, 4, 8, 8, 16, 4)
+    base = ResidualUNet(features=feats, norm="batch", data_consistency=False).eval()
+    src = tmp_path / "pet.pt"
+    torch.save(with_metadata(base.state_dict(), {"modality": "pet", "architecture": base.architecture()}), src)
+    out = tmp_path / "pet_mr.pt"
+    add_guide_channels(str(src), str(out))
+    guided = load_checkpoint(ResidualUNet(features=feats, norm="batch", data_consistency=False, guide_channels=1),
+                             str(out), modality="pet").eval()
+    assert checkpoint_metadata(str(out))["architecture"]["guide_channels"] == 1
+    x = torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        for guide in (torch.zeros_like(x), 5 * torch.rand_like(x)):
+            torch.testing.assert_close(guided(torch.cat([x, guide], 1)), base(x))
+    # the widened weights do not load into a guide-free network, and are not widened twice
+    with pytest.raises(InputError, match="guide_channels"):
+        load_checkpoint(ResidualUNet(features=feats, norm="batch", data_consistency=False), str(out))
+    with pytest.raises(InputError, match="already"):
+        add_guide_channels(str(out), str(tmp_path / "twice.pt"))
+    with pytest.raises(InputError, match="not found"):
+        add_guide_channels(str(tmp_path / "none.pt"), str(tmp_path / "x.pt"))

@@ -52,12 +52,14 @@ def input_kind(path: str) -> str | None:
 
 
 MU_SUFFIX = "_mu"  # <name>_mu.nii.gz: the mu-map of the PET activity map <name>.nii.gz
+MR_SUFFIX = "_mr"  # <name>_mr.nii.gz: its co-registered T1 (the MR-guided PET model's second input)
 
 
 def is_mu_map(path: str) -> bool:
-    """`<name>_mu.nii(.gz)` beside a `<name>.nii(.gz)`: a PET activity map's mu-map."""
+    """`<name>_mu.nii(.gz)` or `<name>_mr.nii(.gz)` beside a `<name>.nii(.gz)`: a PET activity
+    map's mu-map or T1, inputs of that map, not inputs of their own."""
     p = str(path)
-    for suffix in (MU_SUFFIX + ".nii.gz", MU_SUFFIX + ".nii"):
+    for suffix in (MU_SUFFIX + ".nii.gz", MU_SUFFIX + ".nii", MR_SUFFIX + ".nii.gz", MR_SUFFIX + ".nii"):
         if p.endswith(suffix):
             base = p[: -len(suffix)]
             return os.path.exists(base + ".nii.gz") or os.path.exists(base + ".nii")

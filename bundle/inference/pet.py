@@ -16,7 +16,7 @@ from bundle.data.ctraw import SINOGRAM_SUFFIX
 from bundle.data.datasets import slice_axis_index
 from bundle.data.io import is_nifti, load_nifti_volume
 from bundle.data.petlink import ListModeScan, listmode_sinograms, read_petlink
-from bundle.data.readers import MU_SUFFIX
+from bundle.data.readers import MR_SUFFIX, MU_SUFFIX
 from bundle.errors import InputError
 from bundle.inference.batching import forward
 from bundle.inference.runner import Reconstructor
@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 def companion(path: str, suffix: str) -> str | None:
     """`<name><suffix>.nii.gz` / `.nii` (or `<name><suffix>` for other suffixes) beside `<name>.nii(.gz)`."""
     base = path[: -len(".nii.gz")] if path.endswith(".nii.gz") else os.path.splitext(path)[0]
-    names = [base + suffix + ".nii.gz", base + suffix + ".nii"] if suffix == MU_SUFFIX else [base + suffix]
+    names = [base + suffix + ".nii.gz", base + suffix + ".nii"] if suffix in (MU_SUFFIX, MR_SUFFIX) else [base + suffix]
     return next((n for n in names if os.path.exists(n)), None)
 
 
@@ -57,6 +57,11 @@ class PETReconstructor(Reconstructor):
     image, its total activity per slice rescaled to OSEM's, then `em_iterations` EM passes started
     from it: data consistency with the counts) and "osem" (the post-filtered OSEM baseline), in
     the input's geometry and activity units.
+
+    An MR-guided network (`guide_channels` 1, `models/model_pet_mr.pt`) also reads `<name>_mr.nii.gz`,
+    the co-registered T1 (same shape and affine as the activity map), and takes it as its second
+    input channel (`bundle.transforms.pet.anatomy_image` scale); without one the input stops with
+    one line. List-mode files carry no T1: they need the PET-only network.
 
     A list-mode file (`bundle.data.petlink`) is binned to one 2D sinogram (all ring pairs), gaps
     filled, arc-corrected, and reconstructed without attenuation or normalisation (none are in the
@@ -111,22 +116,40 @@ class PETReconstructor(Reconstructor):
         else:
             mu = np.where(body_outline(np.asarray(volume)), MU_SOFT_TISSUE, 0.0).astype(np.float32)
         extra: dict = {"mu": mu, "sinogram": None}
+        if self.guided:
+            mr_path = companion(path, MR_SUFFIX) if is_nifti(path) else None
+            if mr_path is None:
+                raise InputError(f"{path}: the MR-guided PET model needs its co-registered T1 beside it "
+                                 f"(<name>{MR_SUFFIX}.nii.gz); without one use the PET-only model (pet_anatomy false)")
+            extra["mr"] = self._read_companion(mr_path, path, "T1")
         sino_path = companion(path, SINOGRAM_SUFFIX) if is_nifti(path) else None
         if sino_path is not None:
             extra["sinogram"] = self._read_sinogram(sino_path, volume.shape, float(sx))
         return extra
 
+    @property
+    def guided(self) -> bool:
+        """Whether the network takes an anatomical image as a second channel (the MR-guided model)."""
+        return int(getattr(self.network, "guide_channels", 0)) > 0
+
     def _read_mu(self, mu_path: str, path: str) -> np.ndarray:
+        mu = self._read_companion(mu_path, path, "mu-map")
+        check_mu(torch.from_numpy(mu), mu_path)
+        return mu
+
+    def _read_companion(self, comp_path: str, path: str, what: str) -> np.ndarray:
+        """A volume beside the activity map, checked to be on its grid, in the activity map's RAS axes."""
         from nibabel.orientations import apply_orientation, io_orientation
 
         act_img, _ = load_nifti_volume(path)
-        mu_img, mu = load_nifti_volume(mu_path)  # readable, 3D, finite: checked there
-        if mu.shape != tuple(act_img.shape[:3]):
-            raise InputError(f"{mu_path}: mu-map of shape {mu.shape}, activity map {tuple(act_img.shape[:3])}")
-        if not np.allclose(mu_img.affine, act_img.affine, atol=1e-3):
-            raise InputError(f"{mu_path}: its affine differs from the activity map's (another grid)")
-        check_mu(torch.from_numpy(mu), mu_path)
-        return np.ascontiguousarray(apply_orientation(mu, io_orientation(act_img.affine)))
+        img, vol = load_nifti_volume(comp_path)  # readable, 3D, finite: checked there
+        if vol.shape != tuple(act_img.shape[:3]):
+            raise InputError(f"{comp_path}: {what} of shape {vol.shape}, activity map {tuple(act_img.shape[:3])}")
+        if not np.allclose(img.affine, act_img.affine, atol=1e-3):
+            raise InputError(f"{comp_path}: its affine differs from the activity map's (another grid)")
+        if what == "T1" and not float(np.percentile(vol, 99.5)) > 0:
+            raise InputError(f"{comp_path}: the T1 is empty (its 99.5th percentile is not above 0)")
+        return np.ascontiguousarray(apply_orientation(vol, io_orientation(act_img.affine)))
 
     def _read_sinogram(self, sino_path: str, shape: Sequence[int], pixel_mm: float) -> np.ndarray:
         try:
@@ -151,13 +174,20 @@ class PETReconstructor(Reconstructor):
         """The inverse of `_slices`."""
         return np.moveaxis(slices.cpu().numpy(), (0, 1, 2), (self.axis, self.rows, self.cols))
 
-    def network_on(self, image: torch.Tensor, body: torch.Tensor) -> torch.Tensor:
+    def network_on(self, image: torch.Tensor, body: torch.Tensor, guide: torch.Tensor | None = None) -> torch.Tensor:
         """The network on (B, H, W) OSEM images: scaled by their mean in `body`, back to activity,
-        non-negative, each slice's total set to the OSEM image's."""
+        non-negative, each slice's total set to the OSEM image's. `guide`: (B, H, W) T1 slices on
+        the `anatomy_image` scale, the MR-guided network's second channel."""
         x = image[:, None].to(self.device)
         s = activity_scale(x, body[:, None].to(self.device).float())
+        net_in = x / s
+        if self.guided:
+            if guide is None:
+                raise InputError("the MR-guided PET model needs the T1 (<name>_mr.nii.gz); list-mode and "
+                                 "inputs without one need the PET-only model (pet_anatomy false)")
+            net_in = torch.cat([net_in, guide[:, None].to(self.device).float()], 1)
         with torch.no_grad():
-            out = forward(self.network, x / s, self.amp).clamp_min(0) * s
+            out = forward(self.network, net_in, self.amp).clamp_min(0) * s
         total_in, total_out = x.sum((-2, -1), keepdim=True), out.sum((-2, -1), keepdim=True)
         return (out * total_in / total_out.clamp_min(1e-12))[:, 0].cpu()
 
@@ -166,9 +196,12 @@ class PETReconstructor(Reconstructor):
                     *self.acquisition.baseline_setting(level), level)
 
     def reconstruct(self, volume: np.ndarray, spacing: Sequence[float], name: str, mu: np.ndarray,
-                    sinogram: np.ndarray | None = None) -> dict[str, np.ndarray]:
+                    sinogram: np.ndarray | None = None, mr: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        from bundle.transforms.pet import anatomy_image
+
         acq = self.acquisition
         act, mus = self._slices(volume), self._slices(mu)
+        guide = self._slices(anatomy_image(mr)) if mr is not None else None
         pixel_mm = float(spacing[self.cols])
         recon, base = torch.zeros_like(act), torch.zeros_like(act)
         todo = [z for z in range(act.shape[0]) if float(act[z].max()) > 0]
@@ -193,7 +226,7 @@ class PETReconstructor(Reconstructor):
             with torch.no_grad():
                 image = acq.reconstruct(op, counts, bg)
                 base[idx] = acq.baseline(op, counts, bg, level=level).cpu()
-            recon[idx] = self.finish(op, counts, bg, self.network_on(image, m > 0))
+            recon[idx] = self.finish(op, counts, bg, self.network_on(image, m > 0, None if guide is None else guide[idx]))
         return {"recon": self._unslice(recon), "osem": self._unslice(base)}
 
     # ---- list-mode ----
@@ -208,6 +241,9 @@ class PETReconstructor(Reconstructor):
             self.ckpt_path = None
 
     def read_scan(self, path: str) -> ListModeScan:
+        if self.guided:  # before anything is read or written
+            raise InputError(f"{path}: a list-mode file carries no T1 for the MR-guided PET model; "
+                             "reconstruct it with the PET-only model (pet_anatomy false)")
         return read_petlink(path)
 
     def affine(self, scan: ListModeScan) -> np.ndarray:

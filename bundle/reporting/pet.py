@@ -41,17 +41,26 @@ FILTERS_MM = (0.0, 2.0, 4.0, 6.0, 8.0)
 EM_PASSES = (0, 1, 2)  # EM data-consistency passes after the network, chosen on validation
 
 
-def load_case(path: str, seed: int) -> dict:
-    """A phantom volume as (Z, H, W) tensors (axial slices, as the reconstructor takes them)."""
-    act, mu, classes, les, _ = phantom_volume(path, seed=seed)
+def load_case(path: str, seed: int, anatomy: bool = False) -> dict:
+    """A phantom volume as (Z, H, W) tensors (axial slices, as the reconstructor takes them); with
+    `anatomy`, "mr": the T1 it was made from, on the MR-guided network's scale (scaled over the
+    whole T1 volume, as in training and inference)."""
+    act, mu, classes, les, first = phantom_volume(path, seed=seed)
 
     def sl(a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(np.transpose(a, (2, 1, 0))))
 
     cls = sl(classes)
-    return {"name": os.path.basename(path).split("-T1")[0], "activity": sl(act).float(), "mu": sl(mu).float(),
+    case = {"name": os.path.basename(path).split("-T1")[0], "activity": sl(act).float(), "mu": sl(mu).float(),
             "gm": cls == GM, "wm": cls == WM, "brain": (cls == GM) | (cls == WM), "lesions": sl(les).long(),
             "head": sl(mu) > 0}
+    if anatomy:
+        from bundle.data.pet_phantoms import load_head
+        from bundle.transforms.pet import anatomy_image
+
+        t1 = anatomy_image(load_head(path)[0])
+        case["mr"] = sl(t1[..., first:first + classes.shape[-1]]).float()
+    return case
 
 
 def image_metrics(x: torch.Tensor, case: dict, with_ssim: bool = True) -> dict:
@@ -131,16 +140,19 @@ class LesionAccumulator:
 
 def reconstruct_case(rec, case: dict, fraction: float, realisation: int, max_iterations: int,
                      filters: Sequence[float], on_osem, batch: int = 16,
-                     em_passes: Sequence[int] = EM_PASSES) -> dict[int, torch.Tensor]:
+                     em_passes: Sequence[int] = EM_PASSES, guided=None) -> dict:
     """One noise realisation of a case at `fraction`: OSEM images at every iteration up to
     `max_iterations` and post-filter in `filters` go to on_osem(iteration, filter, (Z, H, W));
     returns {k: (Z, H, W)} the network's image (its input: OSEM at the acquisition's own
-    iterations) followed by k EM passes, for each k in `em_passes` (0: the network alone)."""
+    iterations) followed by k EM passes, for each k in `em_passes` (0: the network alone), and with
+    a `guided` reconstructor (the MR-guided network; the case's "mr") also {("mr", k): ...} of its
+    network on the same OSEM input. A guided `rec` reads the case's "mr" too."""
     acq = rec.acquisition
     act, mu = case["activity"], case["mu"]
     z_all = [z for z in range(act.shape[0]) if float(act[z].max()) > 0]
     osem_at: dict[tuple[int, float], torch.Tensor] = {}
-    nets = {k: torch.zeros_like(act) for k in em_passes}
+    recs = {"": rec} if guided is None else {"": rec, "mr": guided}
+    nets: dict = {(k if tag == "" else (tag, k)): torch.zeros_like(act) for tag in recs for k in em_passes}
     for start in range(0, len(z_all), batch):
         idx = z_all[start:start + batch]
         gens = [torch.Generator().manual_seed(slice_seed(case["name"], z, fraction, realisation)) for z in idx]
@@ -158,31 +170,35 @@ def reconstruct_case(rec, case: dict, fraction: float, realisation: int, max_ite
 
         with torch.no_grad():
             acq.reconstruct(op, counts, bg, iterations=max(max_iterations, acq.iterations), filter_mm=0.0, callback=keep)
-        net = rec.network_on(net_input[0], mu[idx] > 0)
-        configured = rec.em_iterations
-        for k in em_passes:
-            rec.em_iterations = k
-            nets[k][idx] = rec.finish(op, counts, bg, net)
-        rec.em_iterations = configured
+        for tag, r in recs.items():
+            net = r.network_on(net_input[0], mu[idx] > 0, case["mr"][idx] if r.guided else None)
+            configured = r.em_iterations
+            for k in em_passes:
+                r.em_iterations = k
+                nets[k if tag == "" else (tag, k)][idx] = r.finish(op, counts, bg, net)
+            r.em_iterations = configured
     for (it, f), x in osem_at.items():
         on_osem(it, f, x)
     return nets
 
 
 def pet_reconstructor(root: str, ckpt: str, option: str = "--pet-ckpt"):
-    """configs/inference_pet.yaml's reconstructor on the CPU with the weights `ckpt`."""
+    """configs/inference_pet.yaml's reconstructor on the CPU with the weights `ckpt` (the MR-guided
+    network where the checkpoint's metadata says it has a guide channel)."""
     from monai.bundle import ConfigParser
 
-    from bundle.networks import load_checkpoint
+    from bundle.networks import checkpoint_metadata, load_checkpoint
 
+    if not os.path.isfile(ckpt):
+        raise InputError(f"{option} {ckpt}: no such file")
+    arch = (checkpoint_metadata(ckpt) or {}).get("architecture") or {}
     parser = ConfigParser()
     parser.read_config(os.path.join(root, "configs", "inference_pet.yaml"))
     parser["bundle_root"] = root
+    parser["pet_anatomy"] = int(arch.get("guide_channels", 0)) > 0
     parser["device"] = "$torch.device('cpu')"
     parser["amp"] = False
     rec = parser.get_parsed_content("reconstructor")
-    if not os.path.isfile(ckpt):
-        raise InputError(f"{option} {ckpt}: no such file")
     load_checkpoint(rec.network, ckpt)
     rec.network.eval()
     return rec
@@ -194,12 +210,17 @@ def run_pet(args, root: str) -> int:
     from bundle.reporting.figures import save_figure
 
     rec = pet_reconstructor(root, args.pet_ckpt)
+    mr_ckpt = getattr(args, "pet_mr_ckpt", None)
+    guided = pet_reconstructor(root, mr_ckpt, "--pet-mr-ckpt") if mr_ckpt and mr_ckpt != "none" and \
+        os.path.isfile(mr_ckpt) else None
     max_it = int(args.pet_max_iterations)
     if max_it < 1 or int(args.pet_realisations) < 2:
         raise InputError("--pet-max-iterations must be >= 1 and --pet-realisations >= 2")
     t1 = os.path.join(str(DEMO_DIR), "ixi_t1_2mm")
-    val_case = load_case(os.path.join(t1, f"{DEMO_SPLIT['validation'][0]}-T1_ds.nii.gz"), seed=100)
-    test_cases = [load_case(os.path.join(t1, f"{s}-T1_ds.nii.gz"), seed=200 + i) for i, s in enumerate(DEMO_SPLIT["test"])]
+    anatomy = guided is not None
+    val_case = load_case(os.path.join(t1, f"{DEMO_SPLIT['validation'][0]}-T1_ds.nii.gz"), seed=100, anatomy=anatomy)
+    test_cases = [load_case(os.path.join(t1, f"{s}-T1_ds.nii.gz"), seed=200 + i, anatomy=anatomy)
+                  for i, s in enumerate(DEMO_SPLIT["test"])]
     fractions = [float(f) for f in args.pet_fractions.split(",")]
     out_dir = args.output_dir
     os.makedirs(os.path.join(out_dir, "figures"), exist_ok=True)
@@ -207,20 +228,24 @@ def run_pet(args, root: str) -> int:
     # 1. OSEM's iterations and post-filter per count level, on the validation subject
     chosen: dict[float, tuple[int, float]] = {}
     tuning: dict[str, dict] = {}
-    em_scores: dict[int, list[float]] = {k: [] for k in EM_PASSES}
+    em_scores: dict = {k: [] for k in EM_PASSES}
+    if guided is not None:
+        em_scores.update({("mr", k): [] for k in EM_PASSES})
     for f in fractions:
         scores: dict[tuple[int, float], float] = {}
         nets = reconstruct_case(rec, val_case, f, 0, max_it, FILTERS_MM,
                                 lambda it, flt, x, scores=scores: scores.__setitem__(
-                                    (it, flt), image_metrics(x, val_case, False)["psnr"]))
+                                    (it, flt), image_metrics(x, val_case, False)["psnr"]), guided=guided)
         chosen[f] = max(scores, key=lambda k: scores[k])
         tuning[f"{f:g}"] = {f"{it}it_{flt:g}mm": round(v, 3) for (it, flt), v in sorted(scores.items())}
         for k, x in nets.items():
             em_scores[k].append(image_metrics(x, val_case, False)["psnr"])
-            tuning[f"{f:g}"][f"network_em{k}"] = round(em_scores[k][-1], 3)
+            tuning[f"{f:g}"][f"network_em{k}" if isinstance(k, int) else f"network_mr_em{k[1]}"] = round(em_scores[k][-1], 3)
         print(f"count fraction {f:g}: OSEM {chosen[f][0]} iterations, {chosen[f][1]:g} mm post-filter "
               f"(validation PSNR {scores[chosen[f]]:.2f} dB); network + 0 / 1 / 2 EM passes: "
-              + " / ".join(f"{em_scores[k][-1]:.2f}" for k in EM_PASSES) + " dB", flush=True)
+              + " / ".join(f"{em_scores[k][-1]:.2f}" for k in EM_PASSES) + " dB"
+              + ("" if guided is None else "; MR-guided: " + " / ".join(f"{em_scores[('mr', k)][-1]:.2f}" for k in EM_PASSES)
+                 + " dB"), flush=True)
     from bundle.transforms.pet import tuned_baseline
 
     for f in fractions:  # the table that inference's `baseline_iterations: auto` reads
@@ -230,6 +255,9 @@ def run_pet(args, root: str) -> int:
               f"{shipped[1]:g} mm: {'agrees' if agree else 'DIFFERS from this tuning'}", flush=True)
     em_best = max(EM_PASSES, key=lambda k: float(np.mean(em_scores[k])))
     print(f"EM passes after the network (best mean validation PSNR): {em_best}", flush=True)
+    em_mr = None if guided is None else max(EM_PASSES, key=lambda k: float(np.mean(em_scores[("mr", k)])))
+    if guided is not None:
+        print(f"EM passes after the MR-guided network (best mean validation PSNR): {em_mr}", flush=True)
 
     # 2. test subjects: metrics (realisation 0) and lesion statistics (all realisations)
     rows: list[dict] = []
@@ -240,7 +268,9 @@ def run_pet(args, root: str) -> int:
         for case in test_cases:
             rois = lesion_rois(case)
             acc = {key: LesionAccumulator(rois) for key in [(it, flt) for it in range(1, max_it + 1) for flt in FILTERS_MM]}
-            acc_net = {k: LesionAccumulator(rois) for k in (0, em_best)}
+            acc_net: dict = {k: LesionAccumulator(rois) for k in (0, em_best)}
+            if guided is not None:
+                acc_net[("mr", em_mr)] = LesionAccumulator(rois)
             for r in range(int(args.pet_realisations)):
                 best: dict[str, torch.Tensor] = {}
 
@@ -251,26 +281,31 @@ def run_pet(args, root: str) -> int:
                         best["osem"] = x.clone()
 
                 t0 = time.time()
-                nets = reconstruct_case(rec, case, f, r, max_it, FILTERS_MM, on_osem, em_passes=sorted({0, em_best}))
+                passes = sorted({0, em_best} | ({em_mr} if em_mr is not None else set()))
+                nets = reconstruct_case(rec, case, f, r, max_it, FILTERS_MM, on_osem, em_passes=passes, guided=guided)
                 for k, a in acc_net.items():
                     a.add(nets[k])
                 if r == 0:
-                    for method, x, setting in (("osem", best["osem"], f"{it_best} it, {flt_best:g} mm"),
-                                               ("network", nets[0], f"OSEM {rec.acquisition.iterations} it + net"),
-                                               ("network_em", nets[em_best], f"+ {em_best} EM pass(es)")):
+                    methods_r0 = [("osem", best["osem"], f"{it_best} it, {flt_best:g} mm"),
+                                  ("network", nets[0], f"OSEM {rec.acquisition.iterations} it + net"),
+                                  ("network_em", nets[em_best], f"+ {em_best} EM pass(es)")]
+                    if guided is not None:
+                        methods_r0.append(("network_mr_em", nets[("mr", em_mr)], f"T1 + OSEM + net + {em_mr} EM"))
+                    for method, x, setting in methods_r0:
                         rows.append({"fraction": f, "case": case["name"], "method": method, **image_metrics(x, case),
                                      "setting": setting})
                     if panel is None and abs(f - 0.1) < 1e-9:
-                        panel = (case, best["osem"], nets[em_best])
+                        panel = (case, best["osem"], nets[em_best], None if guided is None else nets[("mr", em_mr)])
                 print(f"{case['name']} at {f:g}: realisation {r + 1}/{args.pet_realisations} ({time.time() - t0:.0f} s)",
                       flush=True)
             curves.setdefault(f"{f:g}", {})[case["name"]] = {
                 "osem": {f"{it},{flt:g}": a.result() for (it, flt), a in acc.items()},
                 "network": acc_net[0].result(), "network_em": acc_net[em_best].result(),
+                **({} if guided is None else {"network_mr_em": acc_net[("mr", em_mr)].result()}),
                 "chosen": f"{it_best},{flt_best:g}"}
 
     # 3. report
-    methods = ("osem", "network", "network_em")
+    methods = ("osem", "network", "network_em") + (() if guided is None else ("network_mr_em",))
     summary = []
     for f in fractions:
         for method in methods:
@@ -281,6 +316,8 @@ def run_pet(args, root: str) -> int:
                             **{k: float(np.mean([r[k] for r in sel])) for k in ("psnr", "ssim", "nrmse", "gm_bias", "wm_bias")},
                             **{k: float(np.nanmean([x[k] for x in lesion])) for k in ("crc_hot", "crc_cold", "noise")}})
     matched = {f"{f:g}": matched_crc(curves[f"{f:g}"], test_cases, max_it, "network_em") for f in fractions}
+    matched_mr = {} if guided is None else {
+        f"{f:g}": matched_crc(curves[f"{f:g}"], test_cases, max_it, "network_mr_em") for f in fractions}
     lines = ["| count | method | setting | PSNR dB | SSIM | NRMSE | GM bias | WM bias | CRC hot | CRC cold | noise |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in summary:
@@ -294,6 +331,14 @@ def run_pet(args, root: str) -> int:
         m = matched[f"{f:g}"]
         lines.append(f"| {100 * f:g} % | {100 * m['noise']:.1f} % | {m['net_hot']:.2f} / {m['net_cold']:.2f} | "
                      f"{m['osem_hot']:.2f} / {m['osem_cold']:.2f}{'' if m['within'] else ' (beyond the OSEM curves: their end)'} |")
+    if guided is not None:
+        lines += ["", "The same for the MR-guided network + EM (the T1 as a second input; `models/model_pet_mr.pt`):", "",
+                  "| count | network noise | network CRC hot / cold | OSEM CRC hot / cold at that noise |", "|---|---|---|---|"]
+        for f in fractions:
+            m = matched_mr[f"{f:g}"]
+            lines.append(f"| {100 * f:g} % | {100 * m['noise']:.1f} % | {m['net_hot']:.2f} / {m['net_cold']:.2f} | "
+                         f"{m['osem_hot']:.2f} / {m['osem_cold']:.2f}"
+                         f"{'' if m['within'] else ' (beyond the OSEM curves: their end)'} |")
     header = (f"PET, {len(test_cases)} test subjects ({', '.join(c['name'] for c in test_cases)}), FDG phantoms, "
               f"OSEM {rec.acquisition.subsets} subsets with the iterations and post-filter of best validation PSNR "
               f"({val_case['name']}); lesion statistics over {args.pet_realisations} noise realisations. "
@@ -306,7 +351,7 @@ def run_pet(args, root: str) -> int:
     write_text_atomic(os.path.join(out_dir, "pet_per_case.csv"), buf.getvalue())
     write_text_atomic(os.path.join(out_dir, "pet.json"), json.dumps(
         {"summary": summary, "per_case": rows, "tuning": tuning, "curves": curves, "matched_crc": matched,
-         "em_passes": em_best,
+         "matched_crc_mr": matched_mr, "em_passes": em_best, "em_passes_mr": em_mr,
          "chosen": {f"{f:g}": list(v) for f, v in chosen.items()}}, indent=1))
     _crc_figure(curves, fractions, test_cases, max_it, os.path.join(out_dir, "figures", "pet_crc.png"), save_figure)
     if panel is not None:
@@ -383,7 +428,10 @@ def _crc_figure(curves: dict, fractions, cases, max_it: int, path: str, save) ->
                 ys = [np.mean([curves[f"{f:g}"][c["name"]]["osem"][f"{it},{flt:g}"][kind] for c in cases])
                       for it in range(1, max_it + 1)]
                 ax.plot(np.asarray(xs) * 100, ys, "o-", ms=3, label=f"OSEM, {flt:g} mm filter (1..{max_it} it)")
-            for method, marker, label in (("network", "k*", "network"), ("network_em", "r*", "network + EM")):
+            points = [("network", "k*", "network"), ("network_em", "r*", "network + EM")]
+            if "network_mr_em" in curves[f"{f:g}"][cases[0]["name"]]:
+                points.append(("network_mr_em", "b*", "MR-guided network + EM"))
+            for method, marker, label in points:
                 nx = np.mean([curves[f"{f:g}"][c["name"]][method]["noise"] for c in cases]) * 100
                 ny = np.mean([curves[f"{f:g}"][c["name"]][method][kind] for c in cases])
                 ax.plot([nx], [ny], marker, ms=14, label=label)
@@ -396,7 +444,8 @@ def _crc_figure(curves: dict, fractions, cases, max_it: int, path: str, save) ->
     save(fig, path)
 
 
-def _panel(case: dict, osem_img: torch.Tensor, net: torch.Tensor, path: str, save) -> None:
+def _panel(case: dict, osem_img: torch.Tensor, net: torch.Tensor, net_mr: torch.Tensor | None, path: str,
+           save) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -405,16 +454,25 @@ def _panel(case: dict, osem_img: torch.Tensor, net: torch.Tensor, path: str, sav
     z = int(torch.argmax((case["lesions"] != 0).sum((1, 2)) * 1000 + case["brain"].sum((1, 2))))
     t = case["activity"][z]
     vmax = float(t.max())
-    err_max = float(max((osem_img[z] - t).abs().max(), (net[z] - t).abs().max()))
-    fig, axes = plt.subplots(2, 3, figsize=(12, 8))
-    for ax, (title, img) in zip(axes[0], (("truth", t), ("OSEM (best on validation)", osem_img[z]), ("network + EM", net[z]))):
+    shown = [("OSEM (best on validation)", osem_img[z]), ("network + EM", net[z])]
+    if net_mr is not None:
+        shown.append(("MR-guided network + EM", net_mr[z]))
+    err_max = float(max((img - t).abs().max() for _, img in shown))
+    cols = 1 + len(shown)
+    fig, axes = plt.subplots(2, cols, figsize=(4 * cols, 8))
+    for ax, (title, img) in zip(axes[0], [("truth", t), *shown]):
         ax.imshow(img.numpy(), cmap="gray_r", vmin=0, vmax=vmax, origin="lower")
         ax.set_title(title)
-    axes[1][0].imshow((case["lesions"][z] != 0).numpy(), cmap="gray", origin="lower")
-    axes[1][0].set_title("inserted lesions")
-    for ax, (title, img) in zip(axes[1][1:], (("|OSEM - truth|", osem_img[z]), ("|network + EM - truth|", net[z]))):
+    if net_mr is not None and "mr" in case:
+        axes[1][0].imshow(case["mr"][z].numpy(), cmap="gray", origin="lower")
+        axes[1][0].contour((case["lesions"][z] != 0).numpy(), levels=[0.5], colors="r", linewidths=0.8, origin="lower")
+        axes[1][0].set_title("T1 (guide), lesions in red")
+    else:
+        axes[1][0].imshow((case["lesions"][z] != 0).numpy(), cmap="gray", origin="lower")
+        axes[1][0].set_title("inserted lesions")
+    for ax, (title, img) in zip(axes[1][1:], shown):
         ax.imshow((img - t).abs().numpy(), cmap="magma", vmin=0, vmax=err_max, origin="lower")
-        ax.set_title(title)
+        ax.set_title(f"|{title.split(' (')[0]} - truth|")
     for ax in axes.ravel():
         ax.set_axis_off()
     fig.suptitle(f"{case['name']}, slice {z}, 10 % counts")

@@ -42,31 +42,6 @@ sys.path.insert(0, ROOT)
 
 from bundle.errors import InputError, install_excepthook  # noqa: E402
 
-FIRST_CONV = "unets.0.conv_0.conv_0.conv.weight"  # BasicUNet's first convolution: (features, in_channels, 3, 3)
-
-
-def widen(src: str, out: str, guide_channels: int = 1) -> None:
-    """The PET-only weights with `guide_channels` more input channels of zero weight: the same
-    outputs for any guide, so fine-tuning starts at the PET-only model."""
-    import torch
-
-    from bundle.data.io import atomic_output
-    from bundle.networks import metadata_of, safe_load, with_metadata
-
-    state = safe_load(src)
-    meta = dict(metadata_of(state) or {})
-    if FIRST_CONV not in state:
-        raise InputError(f"{src}: not a ResidualUNet checkpoint (no {FIRST_CONV})")
-    w = state[FIRST_CONV]
-    state[FIRST_CONV] = torch.cat([w, torch.zeros(w.shape[0], guide_channels, *w.shape[2:], dtype=w.dtype)], 1)
-    arch = dict(meta.get("architecture") or {})
-    arch["guide_channels"] = guide_channels
-    meta["architecture"] = arch
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    with atomic_output(out, ".pt") as tmp:
-        torch.save(with_metadata(state, meta), tmp)
-    print(f"wrote {out}: {src} with {guide_channels} zero-weight guide channel(s)")
-
 
 def main(argv: list[str] | None = None) -> int:
     from bundle.data.demo import DEMO_DIR, DEMO_SPLIT
@@ -80,7 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shift-mr", type=int, default=0, help="move the T1 by this many pixels (rows) before the network")
     args = ap.parse_args(argv)
     if args.init:
-        widen(os.path.join(ROOT, "models", "model_pet.pt"), args.init)
+        from bundle.checkpoints import add_guide_channels
+
+        add_guide_channels(os.path.join(ROOT, "models", "model_pet.pt"), args.init)
+        print(f"wrote {args.init}: models/model_pet.pt with a zero-weight T1 channel")
         return 0
     if len(args.ckpts) < 2:
         raise InputError("ckpts: the PET-only weights, then at least one MR-guided candidate")

@@ -111,3 +111,31 @@ def test_phantom_slices_dataset(tmp_path):
         PETPhantomSlices([{"image": str(path)}], count_fractions=(0.0,))
     with pytest.raises(InputError, match="do not fit"):
         PETPhantomSlices([{"image": str(path)}], shape=(32, 32), min_brain=100)
+
+
+def test_phantom_slices_carry_the_t1_they_were_made_from(tmp_path):
+    import nibabel as nib
+
+    from bundle.transforms.pet import anatomy_image
+
+    t1, _ = synthetic_head(n=64, depth=10)
+    path = tmp_path / "head.nii.gz"
+    nib.save(nib.Nifti1Image(t1, np.diag([2.0, 2.0, 2.0, 1.0])), str(path))
+    ds = PETPhantomSlices([{"image": str(path)}], shape=(80, 80), min_brain=100, random=False, anatomy=True)
+    plain = PETPhantomSlices([{"image": str(path)}], shape=(80, 80), min_brain=100, random=False)
+    assert "mr" not in plain[0]
+    scale = float(np.percentile(t1, 99.5))
+    for i in (0, len(ds) - 1):
+        item = ds[i]
+        z = int(item["slice_id"].split(":")[1])
+        assert item["mr"].shape == (1, 80, 80)
+        # the slice's T1 divided by the volume's 99.5th percentile, on the activity's grid (8 pixels of padding)
+        torch.testing.assert_close(item["mr"][0, 8:72, 8:72], torch.from_numpy(t1[..., z].T / scale))
+        torch.testing.assert_close(item["activity"], plain[i]["activity"])  # the same phantom
+        # the T1's white matter (brightest class) is where the phantom's white matter is
+        wm = item["activity"][0] > 0
+        assert float(item["mr"][0][wm].mean()) > float(item["mr"][0][~wm].mean())
+    assert float(np.percentile(anatomy_image(t1), 99.5)) == pytest.approx(1.0)
+    for bad in (np.zeros((4, 4, 4)), np.full((4, 4, 4), np.nan)):
+        with pytest.raises(InputError, match="anatomical"):
+            anatomy_image(bad)

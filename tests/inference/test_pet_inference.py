@@ -198,3 +198,68 @@ def test_two_iteration_training_then_inference(tmp_path):
     assert set(metrics["0.1"]) == {"osem", "osem_input", "network"} and metrics["0.1"]["osem"]["psnr"]["n"] == 2
     # "osem" is the post-filtered OSEM tuned for 10 %, less noisy than the network's unfiltered input
     assert metrics["0.1"]["osem"]["psnr"]["mean"] > metrics["0.1"]["osem_input"]["psnr"]["mean"] + 0.2  # 21.39 vs 20.98
+
+
+def _guided_checkpoint(path, features=(16, 16, 32, 64, 128, 16)):
+    from bundle.networks import ResidualUNet, with_metadata
+
+    torch.manual_seed(0)
+    net = ResidualUNet(features=features, norm="batch", data_consistency=False, guide_channels=1)
+    torch.save(with_metadata(net.state_dict(), {"modality": "pet", "architecture": net.architecture()}), path)
+    return net
+
+
+def test_mr_guided_model_reads_the_t1_beside_each_map(tmp_path):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    act, mu = head_maps(slices=2)
+    write(inputs, "head.nii.gz", act)
+    write(inputs, "head_mu.nii.gz", mu)
+    write(inputs, "head_mr.nii.gz", (500 + 300 * (act > 2)).astype(np.float32))  # a T1-like image on the same grid
+    ckpt = tmp_path / "mr.pt"
+    _guided_checkpoint(ckpt)
+    out = tmp_path / "out"
+    res = infer(inputs, out, "--pet_anatomy", "true", "--ckpt_path", str(ckpt))
+    assert res.returncode == 0, res.stderr[-3000:]
+    # the T1 and mu-map are inputs of the map, not inputs of their own
+    assert sorted(p.name for p in out.iterdir()) == ["head_osem.nii.gz", "head_recon.nii.gz"]
+    recon = nib.load(out / "head_recon.nii.gz")
+    assert recon.shape == act.shape and np.allclose(recon.affine, AFFINE) and np.isfinite(recon.get_fdata()).all()
+    # a map without its T1: one line naming it, nothing written
+    write(inputs, "other.nii.gz", act)
+    out2 = tmp_path / "out2"
+    res = infer(inputs, out2, "--pet_anatomy", "true", "--ckpt_path", str(ckpt))
+    lines = [line for line in res.stderr.strip().splitlines() if line.strip()]
+    assert res.returncode != 0 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    assert lines[-1].startswith("error: ") and "other.nii.gz" in lines[-1] and "_mr.nii.gz" in lines[-1], lines[-1]
+    assert not out2.exists() or not any(out2.iterdir())
+
+
+def test_mr_guided_reconstructor_checks_the_t1_and_uses_it(tmp_path):
+    from bundle.errors import InputError
+    from bundle.inference.pet import PETReconstructor
+    from bundle.transforms.pet import PETAcquisition
+
+    net = _guided_checkpoint(tmp_path / "unused.pt", features=(4, 4, 8, 8, 16, 4))
+    rec = PETReconstructor(net, PETAcquisition(views=16, iterations=1, subsets=2), progress=False)
+    act, mu = head_maps(n=32, slices=1)
+    write(tmp_path, "a.nii.gz", act)
+    write(tmp_path, "a_mu.nii.gz", mu)
+    with pytest.raises(InputError, match="a.nii.gz: the MR-guided PET model needs its co-registered T1"):
+        rec.check(str(tmp_path / "a.nii.gz"), act, (2.0, 2.0, 3.0))
+    write(tmp_path, "a_mr.nii.gz", np.ones((32, 31, 1), np.float32))
+    with pytest.raises(InputError, match="a_mr.nii.gz: T1 of shape"):
+        rec.check(str(tmp_path / "a.nii.gz"), act, (2.0, 2.0, 3.0))
+    shifted = AFFINE.copy()
+    shifted[1, 3] += 2
+    write(tmp_path, "a_mr.nii.gz", act + 1, shifted)
+    with pytest.raises(InputError, match="affine"):
+        rec.check(str(tmp_path / "a.nii.gz"), act, (2.0, 2.0, 3.0))
+    with pytest.raises(InputError, match="carries no T1"):
+        rec.read_scan(str(tmp_path / "x.l.hdr"))
+    write(tmp_path, "a_mr.nii.gz", act + 1)
+    extra = rec.check(str(tmp_path / "a.nii.gz"), act, (2.0, 2.0, 3.0))
+    np.testing.assert_allclose(extra["mr"], np.flip(act + 1, (0, 1)))  # in RAS, as the runner gives the activity
+    one = rec.reconstruct(act, (2.0, 2.0, 3.0), "a", extra["mu"], mr=extra["mr"])["recon"]
+    two = rec.reconstruct(act, (2.0, 2.0, 3.0), "a", extra["mu"], mr=np.flip(extra["mr"], 0).copy())["recon"]
+    assert one.shape == act.shape and not np.allclose(one, two)  # the T1 guides the network

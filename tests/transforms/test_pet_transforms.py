@@ -89,3 +89,17 @@ def test_the_evaluation_batch_carries_each_slices_tuned_baseline():
     plain = _batch()
     PETScanBatch(acq)(plain)  # training and validation: no baseline computed
     assert "baseline" not in plain
+
+
+def test_the_t1_rides_as_the_second_input_channel():
+    acq = PETAcquisition(views=16, iterations=2, subsets=2)
+    batch = _batch()
+    plain_in, plain_label = PETScanBatch(acq)(_batch())
+    batch["mr"] = torch.rand(2, 1, 32, 32)
+    image, label = PETScanBatch(acq, anatomy=True)(batch)
+    assert image.shape == (2, 2, 32, 32)
+    torch.testing.assert_close(image[:, :1], plain_in)  # the same seeded scans, the same scale
+    torch.testing.assert_close(image[:, 1:], batch["mr"])
+    torch.testing.assert_close(label, plain_label)
+    with pytest.raises(InputError, match="'mr'"):
+        PETScanBatch(acq, anatomy=True)(_batch())
