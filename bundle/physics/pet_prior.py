@@ -78,10 +78,12 @@ def penalty(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
 
 def map_em(op: PETOperator, counts: torch.Tensor, background: torch.Tensor | float, weights: torch.Tensor,
            beta_rel: float, iterations: int = 10, subsets: int = 8, mask: torch.Tensor | None = None,
-           callback=None) -> torch.Tensor:
+           callback=None, start: torch.Tensor | None = None) -> torch.Tensor:
     """Penalised-likelihood EM (De Pierro's update, ordered subsets) with the quadratic prior of
     `weights` (`bowsher_weights`; (..., 8, H, W)) at strength `beta_rel` (module docstring);
-    beta_rel 0 is `bundle.physics.pet.osem`. Same arguments as `osem` otherwise (uniform start)."""
+    beta_rel 0 is `bundle.physics.pet.osem`. Same arguments as `osem` otherwise: `start` a positive
+    image (e.g. a few OSEM iterations: the prior slows the first iterations from a uniform image);
+    beta's scale is the uniform image's level either way."""
     if not (isinstance(beta_rel, (int, float)) and not isinstance(beta_rel, bool) and 0 <= beta_rel < math.inf):
         raise InputError(f"beta_rel must be a number >= 0, got {beta_rel!r}")
     n_views = op.geom.n_views
@@ -99,7 +101,9 @@ def map_em(op: PETOperator, counts: torch.Tensor, background: torch.Tensor | flo
         ones = ones * support
     trues = (y - r).sum((-2, -1)).clamp_min(1e-6)
     level = trues / op.A(ones).sum((-2, -1)).clamp_min(1e-12)  # (...): the uniform start's activity
-    x = ones * level[..., None, None]
+    x = ones * level[..., None, None] if start is None else start.to(y.device, y.dtype).clamp_min(1e-12)
+    if support is not None:
+        x = x * support
     w = weights.to(y.device, y.dtype)
     if support is not None:  # no coupling to pixels outside the support
         w = torch.stack([w[..., i, :, :] * support * shifted(support, dy, dx) for i, (dy, dx) in enumerate(OFFSETS)], -3)

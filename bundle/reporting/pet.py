@@ -34,11 +34,22 @@ from bundle.data.io import write_text_atomic
 from bundle.data.pet_phantoms import GM, WM, phantom_volume
 from bundle.errors import InputError
 from bundle.physics.pet import post_filter
+from bundle.physics.pet_prior import bowsher_weights, map_em
 from bundle.transforms.base import slice_seed
 
 FRACTIONS = (0.25, 0.1, 0.05)
 FILTERS_MM = (0.0, 2.0, 4.0, 6.0, 8.0)
 EM_PASSES = (0, 1, 2)  # EM data-consistency passes after the network, chosen on validation
+# The Bowsher MAP-EM baseline (`bundle.physics.pet_prior`): its strength beta_rel chosen with its
+# iterations (1 to max_iterations, started from the network's input, OSEM 3 iterations) per count
+# level on validation, as OSEM's filter. The weights come from the T1 smoothed by MAP_MR_FWHM_MM,
+# 3 of 8 neighbours: on the validation subject's central 16 slices at 10 % the raw 2 mm T1's
+# weights barely tell the phantom's tissues apart (its GM / WM contrast is near its voxel noise;
+# R(truth) 0.90 of random weights', 0.59 smoothed by 4 mm) and MAP-EM with them lost to OSEM
+# (23.7 against 23.8 dB); smoothed by 2 / 4 mm, or a 3 x 3 median: 24.1 / 24.4 / 24.2 dB.
+MAP_BETAS = (0.003, 0.01, 0.03)
+MAP_MR_FWHM_MM = 4.0
+MAP_NEIGHBOURS = 3
 
 
 def load_case(path: str, seed: int, anatomy: bool = False) -> dict:
@@ -140,17 +151,22 @@ class LesionAccumulator:
 
 def reconstruct_case(rec, case: dict, fraction: float, realisation: int, max_iterations: int,
                      filters: Sequence[float], on_osem, batch: int = 16,
-                     em_passes: Sequence[int] = EM_PASSES, guided=None) -> dict:
+                     em_passes: Sequence[int] = EM_PASSES, guided=None, map_betas: Sequence[float] = (),
+                     map_iterations: int = 0, on_map=None) -> dict:
     """One noise realisation of a case at `fraction`: OSEM images at every iteration up to
     `max_iterations` and post-filter in `filters` go to on_osem(iteration, filter, (Z, H, W));
     returns {k: (Z, H, W)} the network's image (its input: OSEM at the acquisition's own
     iterations) followed by k EM passes, for each k in `em_passes` (0: the network alone), and with
     a `guided` reconstructor (the MR-guided network; the case's "mr") also {("mr", k): ...} of its
-    network on the same OSEM input. A guided `rec` reads the case's "mr" too."""
+    network on the same OSEM input. A guided `rec` reads the case's "mr" too. For each beta in
+    `map_betas`, the classical MR-guided baseline (Bowsher MAP-EM with the case's "mr", the
+    acquisition's subsets) of the same counts goes to on_map(beta, iteration, (Z, H, W)) at every
+    iteration up to `map_iterations`."""
     acq = rec.acquisition
     act, mu = case["activity"], case["mu"]
     z_all = [z for z in range(act.shape[0]) if float(act[z].max()) > 0]
     osem_at: dict[tuple[int, float], torch.Tensor] = {}
+    map_at: dict[tuple[float, int], torch.Tensor] = {}
     recs = {"": rec} if guided is None else {"": rec, "mr": guided}
     nets: dict = {(k if tag == "" else (tag, k)): torch.zeros_like(act) for tag in recs for k in em_passes}
     for start in range(0, len(z_all), batch):
@@ -158,10 +174,12 @@ def reconstruct_case(rec, case: dict, fraction: float, realisation: int, max_ite
         gens = [torch.Generator().manual_seed(slice_seed(case["name"], z, fraction, realisation)) for z in idx]
         op, counts, bg = acq.simulate(act[idx], mu[idx], 2.0, [fraction] * len(idx), gens)
         net_input: list[torch.Tensor] = []
+        raw: list[torch.Tensor] = []
 
-        def keep(it: int, x: torch.Tensor, idx=idx, net_input=net_input) -> None:
+        def keep(it: int, x: torch.Tensor, idx=idx, net_input=net_input, raw=raw) -> None:
             if it == acq.iterations:
                 net_input.append(post_filter(x, acq.filter_mm, 2.0))
+                raw.append(x.clone())
             for f in filters:
                 key = (it, float(f))
                 if key not in osem_at:
@@ -170,6 +188,16 @@ def reconstruct_case(rec, case: dict, fraction: float, realisation: int, max_ite
 
         with torch.no_grad():
             acq.reconstruct(op, counts, bg, iterations=max(max_iterations, acq.iterations), filter_mm=0.0, callback=keep)
+            if map_betas:
+                weights = bowsher_weights(post_filter(case["mr"][idx], MAP_MR_FWHM_MM, 2.0), MAP_NEIGHBOURS)
+            for beta in map_betas:
+                def keep_map(it: int, x: torch.Tensor, idx=idx, beta=float(beta)) -> None:
+                    if (beta, it) not in map_at:
+                        map_at[(beta, it)] = torch.zeros_like(act)
+                    map_at[(beta, it)][idx] = x
+
+                map_em(op, counts, bg, weights, float(beta), iterations=map_iterations, subsets=acq.subsets,
+                       callback=keep_map, start=raw[0])
         for tag, r in recs.items():
             net = r.network_on(net_input[0], mu[idx] > 0, case["mr"][idx] if r.guided else None)
             configured = r.em_iterations
@@ -179,6 +207,8 @@ def reconstruct_case(rec, case: dict, fraction: float, realisation: int, max_ite
             r.em_iterations = configured
     for (it, f), x in osem_at.items():
         on_osem(it, f, x)
+    for (beta, it), x in map_at.items():
+        on_map(beta, it, x)
     return nets
 
 
@@ -231,13 +261,23 @@ def run_pet(args, root: str) -> int:
     em_scores: dict = {k: [] for k in EM_PASSES}
     if guided is not None:
         em_scores.update({("mr", k): [] for k in EM_PASSES})
+    chosen_map: dict[float, tuple[float, int]] = {}
     for f in fractions:
         scores: dict[tuple[int, float], float] = {}
+        map_scores: dict[tuple[float, int], float] = {}
         nets = reconstruct_case(rec, val_case, f, 0, max_it, FILTERS_MM,
                                 lambda it, flt, x, scores=scores: scores.__setitem__(
-                                    (it, flt), image_metrics(x, val_case, False)["psnr"]), guided=guided)
+                                    (it, flt), image_metrics(x, val_case, False)["psnr"]), guided=guided,
+                                map_betas=MAP_BETAS if anatomy else (), map_iterations=max_it,
+                                on_map=lambda b, it, x, ms=map_scores: ms.__setitem__(
+                                    (b, it), image_metrics(x, val_case, False)["psnr"]))
         chosen[f] = max(scores, key=lambda k: scores[k])
         tuning[f"{f:g}"] = {f"{it}it_{flt:g}mm": round(v, 3) for (it, flt), v in sorted(scores.items())}
+        if map_scores:
+            chosen_map[f] = max(map_scores, key=lambda k: map_scores[k])
+            tuning[f"{f:g}"].update({f"bowsher_{b:g}_{it}it": round(v, 3) for (b, it), v in sorted(map_scores.items())})
+            print(f"count fraction {f:g}: Bowsher MAP-EM beta_rel {chosen_map[f][0]:g}, {chosen_map[f][1]} iterations "
+                  f"(validation PSNR {map_scores[chosen_map[f]]:.2f} dB)", flush=True)
         for k, x in nets.items():
             em_scores[k].append(image_metrics(x, val_case, False)["psnr"])
             tuning[f"{f:g}"][f"network_em{k}" if isinstance(k, int) else f"network_mr_em{k[1]}"] = round(em_scores[k][-1], 3)
@@ -271,6 +311,8 @@ def run_pet(args, root: str) -> int:
             acc_net: dict = {k: LesionAccumulator(rois) for k in (0, em_best)}
             if guided is not None:
                 acc_net[("mr", em_mr)] = LesionAccumulator(rois)
+            acc_map = LesionAccumulator(rois)
+            beta_best, map_it = chosen_map.get(f, (0.0, 0))
             for r in range(int(args.pet_realisations)):
                 best: dict[str, torch.Tensor] = {}
 
@@ -280,32 +322,43 @@ def run_pet(args, root: str) -> int:
                     if (it, flt) == chosen_key:
                         best["osem"] = x.clone()
 
+                def on_map(b: float, it: int, x: torch.Tensor, best=best, map_it=map_it, acc_map=acc_map) -> None:
+                    if it == map_it:
+                        acc_map.add(x)
+                        best["map"] = x.clone()
+
                 t0 = time.time()
                 passes = sorted({0, em_best} | ({em_mr} if em_mr is not None else set()))
-                nets = reconstruct_case(rec, case, f, r, max_it, FILTERS_MM, on_osem, em_passes=passes, guided=guided)
+                nets = reconstruct_case(rec, case, f, r, max_it, FILTERS_MM, on_osem, em_passes=passes, guided=guided,
+                                        map_betas=(beta_best,) if f in chosen_map else (), map_iterations=map_it,
+                                        on_map=on_map)
                 for k, a in acc_net.items():
                     a.add(nets[k])
                 if r == 0:
                     methods_r0 = [("osem", best["osem"], f"{it_best} it, {flt_best:g} mm"),
                                   ("network", nets[0], f"OSEM {rec.acquisition.iterations} it + net"),
                                   ("network_em", nets[em_best], f"+ {em_best} EM pass(es)")]
+                    if f in chosen_map:
+                        methods_r0.append(("bowsher_map", best["map"], f"T1 Bowsher, beta {beta_best:g}, {map_it} it"))
                     if guided is not None:
                         methods_r0.append(("network_mr_em", nets[("mr", em_mr)], f"T1 + OSEM + net + {em_mr} EM"))
                     for method, x, setting in methods_r0:
                         rows.append({"fraction": f, "case": case["name"], "method": method, **image_metrics(x, case),
                                      "setting": setting})
                     if panel is None and abs(f - 0.1) < 1e-9:
-                        panel = (case, best["osem"], nets[em_best], None if guided is None else nets[("mr", em_mr)])
+                        panel = (case, best["osem"], nets[em_best], None if guided is None else nets[("mr", em_mr)],
+                                 best.get("map"))
                 print(f"{case['name']} at {f:g}: realisation {r + 1}/{args.pet_realisations} ({time.time() - t0:.0f} s)",
                       flush=True)
             curves.setdefault(f"{f:g}", {})[case["name"]] = {
                 "osem": {f"{it},{flt:g}": a.result() for (it, flt), a in acc.items()},
                 "network": acc_net[0].result(), "network_em": acc_net[em_best].result(),
                 **({} if guided is None else {"network_mr_em": acc_net[("mr", em_mr)].result()}),
+                **({"bowsher_map": acc_map.result()} if f in chosen_map else {}),
                 "chosen": f"{it_best},{flt_best:g}"}
 
     # 3. report
-    methods = ("osem", "network", "network_em") + (() if guided is None else ("network_mr_em",))
+    methods = ("osem", "network", "network_em") + (() if guided is None else ("bowsher_map", "network_mr_em"))
     summary = []
     for f in fractions:
         for method in methods:
@@ -352,7 +405,8 @@ def run_pet(args, root: str) -> int:
     write_text_atomic(os.path.join(out_dir, "pet.json"), json.dumps(
         {"summary": summary, "per_case": rows, "tuning": tuning, "curves": curves, "matched_crc": matched,
          "matched_crc_mr": matched_mr, "em_passes": em_best, "em_passes_mr": em_mr,
-         "chosen": {f"{f:g}": list(v) for f, v in chosen.items()}}, indent=1))
+         "chosen": {f"{f:g}": list(v) for f, v in chosen.items()},
+         "chosen_bowsher": {f"{f:g}": list(v) for f, v in chosen_map.items()}}, indent=1))
     _crc_figure(curves, fractions, test_cases, max_it, os.path.join(out_dir, "figures", "pet_crc.png"), save_figure)
     if panel is not None:
         _panel(*panel, os.path.join(out_dir, "figures", "pet_panel.png"), save_figure)
@@ -431,6 +485,8 @@ def _crc_figure(curves: dict, fractions, cases, max_it: int, path: str, save) ->
             points = [("network", "k*", "network"), ("network_em", "r*", "network + EM")]
             if "network_mr_em" in curves[f"{f:g}"][cases[0]["name"]]:
                 points.append(("network_mr_em", "b*", "MR-guided network + EM"))
+            if "bowsher_map" in curves[f"{f:g}"][cases[0]["name"]]:
+                points.append(("bowsher_map", "gP", "Bowsher MAP-EM (T1 prior)"))
             for method, marker, label in points:
                 nx = np.mean([curves[f"{f:g}"][c["name"]][method]["noise"] for c in cases]) * 100
                 ny = np.mean([curves[f"{f:g}"][c["name"]][method][kind] for c in cases])
@@ -444,8 +500,8 @@ def _crc_figure(curves: dict, fractions, cases, max_it: int, path: str, save) ->
     save(fig, path)
 
 
-def _panel(case: dict, osem_img: torch.Tensor, net: torch.Tensor, net_mr: torch.Tensor | None, path: str,
-           save) -> None:
+def _panel(case: dict, osem_img: torch.Tensor, net: torch.Tensor, net_mr: torch.Tensor | None,
+           bowsher: torch.Tensor | None, path: str, save) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -455,6 +511,8 @@ def _panel(case: dict, osem_img: torch.Tensor, net: torch.Tensor, net_mr: torch.
     t = case["activity"][z]
     vmax = float(t.max())
     shown = [("OSEM (best on validation)", osem_img[z]), ("network + EM", net[z])]
+    if bowsher is not None:
+        shown.append(("Bowsher MAP-EM (T1 prior)", bowsher[z]))
     if net_mr is not None:
         shown.append(("MR-guided network + EM", net_mr[z]))
     err_max = float(max((img - t).abs().max() for _, img in shown))

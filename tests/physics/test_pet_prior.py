@@ -73,6 +73,9 @@ def test_beta_zero_is_osem_and_bad_options():
     w = bowsher_weights(mr[None])
     torch.testing.assert_close(map_em(op, counts, bg, w, 0.0, iterations=3, subsets=4),
                                osem(op, counts, bg, iterations=3, subsets=4), rtol=1e-5, atol=1e-6)
+    x0 = osem(op, counts, bg, iterations=2, subsets=4)  # a warm start: the same as OSEM continued from it
+    torch.testing.assert_close(map_em(op, counts, bg, w, 0.0, iterations=2, subsets=4, start=x0),
+                               osem(op, counts, bg, iterations=2, subsets=4, start=x0), rtol=1e-5, atol=1e-6)
     for bad in (-1.0, float("nan"), "strong", True):
         with pytest.raises(InputError, match="beta_rel"):
             map_em(op, counts, bg, w, bad)
