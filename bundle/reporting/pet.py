@@ -252,6 +252,11 @@ def run_pet(args, root: str) -> int:
     test_cases = [load_case(os.path.join(t1, f"{s}-T1_ds.nii.gz"), seed=200 + i, anatomy=anatomy)
                   for i, s in enumerate(DEMO_SPLIT["test"])]
     fractions = [float(f) for f in args.pet_fractions.split(",")]
+    bowsher_opt = str(getattr(args, "pet_bowsher_fractions", "none"))
+    try:
+        bowsher_at = set() if guided is None or bowsher_opt == "none" else {float(f) for f in bowsher_opt.split(",")}
+    except ValueError:
+        raise InputError(f"--pet-bowsher-fractions {bowsher_opt}: count levels separated by commas, or none") from None
     out_dir = args.output_dir
     os.makedirs(os.path.join(out_dir, "figures"), exist_ok=True)
 
@@ -268,7 +273,7 @@ def run_pet(args, root: str) -> int:
         nets = reconstruct_case(rec, val_case, f, 0, max_it, FILTERS_MM,
                                 lambda it, flt, x, scores=scores: scores.__setitem__(
                                     (it, flt), image_metrics(x, val_case, False)["psnr"]), guided=guided,
-                                map_betas=MAP_BETAS if anatomy else (), map_iterations=max_it,
+                                map_betas=MAP_BETAS if f in bowsher_at else (), map_iterations=max_it,
                                 on_map=lambda b, it, x, ms=map_scores: ms.__setitem__(
                                     (b, it), image_metrics(x, val_case, False)["psnr"]))
         chosen[f] = max(scores, key=lambda k: scores[k])
@@ -362,6 +367,8 @@ def run_pet(args, root: str) -> int:
     summary = []
     for f in fractions:
         for method in methods:
+            if method == "bowsher_map" and f not in chosen_map:
+                continue
             sel = [r for r in rows if r["fraction"] == f and r["method"] == method]
             lesion = [curves[f"{f:g}"][c["name"]]["osem"][curves[f"{f:g}"][c["name"]]["chosen"]] if method == "osem"
                       else curves[f"{f:g}"][c["name"]][method] for c in test_cases]

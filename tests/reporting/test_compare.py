@@ -90,3 +90,19 @@ def test_pet_lesion_weight_study_never_ships_the_same_weights(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     assert "hot gap +0.000, cold gap +0.000, PSNR +0.00 dB, SSIM +0.0000: does not ship" in res.stdout
     assert "| models/model_pet.pt | 10 % |" in res.stdout and f"| {copy} | 10 % |" in res.stdout
+
+
+def test_pet_compare_refuses_a_bad_bowsher_level_in_one_line(tmp_path):
+    """compare --pet with an MR-guided model checks --pet-bowsher-fractions before it writes."""
+    from bundle.networks import ResidualUNet, with_metadata
+
+    net = ResidualUNet(features=(16, 16, 32, 64, 128, 16), norm="batch", data_consistency=False, guide_channels=1)
+    torch.save(with_metadata(net.state_dict(), {"modality": "pet", "architecture": net.architecture()}),
+               tmp_path / "mr.pt")
+    out = tmp_path / "out"
+    res = subprocess.run([sys.executable, "scripts/compare.py", "--pet", "--pet-mr-ckpt", str(tmp_path / "mr.pt"),
+                          "--pet-bowsher-fractions", "ten", "--output-dir", str(out)],
+                         cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=300)
+    assert res.returncode != 0
+    assert res.stderr.strip() == "error: --pet-bowsher-fractions ten: count levels separated by commas, or none"
+    assert not out.exists()
