@@ -27,6 +27,22 @@ from bundle.transforms.pet import PETAcquisition, activity_scale
 logger = logging.getLogger(__name__)
 
 
+def pet_weights(bundle_root: str, anatomy) -> str:
+    """The weights inference_pet.yaml loads by default: models/model_pet.pt, or with `anatomy`
+    (pet_anatomy) models/model_pet_mr.pt, which does not ship (its candidate failed its rule): then
+    one line saying how to make it instead of a bare "file not found"."""
+    from bundle.errors import as_bool
+
+    if not as_bool(anatomy, "pet_anatomy"):
+        return os.path.join(bundle_root, "models", "model_pet.pt")
+    path = os.path.join(bundle_root, "models", "model_pet_mr.pt")
+    if not os.path.isfile(path):
+        raise InputError(f"pet_anatomy: {path} does not ship (the MR-guided candidate did not pass its rule, "
+                         "docs/README.md 'MR-guided PET'); train one with configs/train_pet_mr.yaml and give it "
+                         "as --ckpt_path")
+    return path
+
+
 def companion(path: str, suffix: str) -> str | None:
     """`<name><suffix>.nii.gz` / `.nii` (or `<name><suffix>` for other suffixes) beside `<name>.nii(.gz)`."""
     base = path[: -len(".nii.gz")] if path.endswith(".nii.gz") else os.path.splitext(path)[0]

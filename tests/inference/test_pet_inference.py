@@ -263,3 +263,17 @@ def test_mr_guided_reconstructor_checks_the_t1_and_uses_it(tmp_path):
     one = rec.reconstruct(act, (2.0, 2.0, 3.0), "a", extra["mu"], mr=extra["mr"])["recon"]
     two = rec.reconstruct(act, (2.0, 2.0, 3.0), "a", extra["mu"], mr=np.flip(extra["mr"], 0).copy())["recon"]
     assert one.shape == act.shape and not np.allclose(one, two)  # the T1 guides the network
+
+
+def test_mr_guided_weights_are_not_shipped_and_the_error_says_how_to_make_them(tmp_path):
+    from bundle.errors import InputError
+    from bundle.inference.pet import pet_weights
+
+    assert pet_weights(str(tmp_path), False) == str(tmp_path / "models" / "model_pet.pt")
+    with pytest.raises(InputError, match=r"pet_anatomy: .*model_pet_mr.pt does not ship .*train_pet_mr.yaml .*--ckpt_path"):
+        pet_weights(str(tmp_path), "true")
+    with pytest.raises(InputError, match="pet_anatomy"):
+        pet_weights(str(tmp_path), "maybe")
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "model_pet_mr.pt").write_bytes(b"")
+    assert pet_weights(str(tmp_path), True) == str(tmp_path / "models" / "model_pet_mr.pt")

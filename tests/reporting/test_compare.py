@@ -106,3 +106,20 @@ def test_pet_compare_refuses_a_bad_bowsher_level_in_one_line(tmp_path):
     assert res.returncode != 0
     assert res.stderr.strip() == "error: --pet-bowsher-fractions ten: count levels separated by commas, or none"
     assert not out.exists()
+
+
+def test_pet_reports_load_mr_guided_weights_from_any_path(tmp_path):
+    """compare --pet and the studies build inference_pet.yaml's reconstructor on the weights they
+    are given: MR-guided weights outside models/ (none ship there) and the PET-only ones."""
+    from bundle.networks import ResidualUNet, with_metadata
+    from bundle.reporting.pet import pet_reconstructor
+
+    torch.manual_seed(0)
+    net = ResidualUNet(features=(16, 16, 32, 64, 128, 16), norm="batch", data_consistency=False, guide_channels=1)
+    torch.save(with_metadata(net.state_dict(), {"modality": "pet", "architecture": net.architecture()}),
+               tmp_path / "mr.pt")
+    rec = pet_reconstructor(str(ROOT), str(tmp_path / "mr.pt"))
+    assert rec.guided
+    torch.testing.assert_close(rec.network.state_dict()["unets.0.conv_0.conv_0.conv.weight"],
+                               net.state_dict()["unets.0.conv_0.conv_0.conv.weight"])
+    assert not pet_reconstructor(str(ROOT), str(ROOT / "models" / "model_pet.pt")).guided
