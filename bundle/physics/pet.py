@@ -180,6 +180,27 @@ def poisson_counts(expected: torch.Tensor, generator: torch.Generator | None = N
     return torch.poisson(expected.clamp_min(0), generator=generator)
 
 
+def em_setup(op: PETOperator, counts: torch.Tensor, background: torch.Tensor | float, iterations: int,
+             subsets: int, mask: torch.Tensor | None):
+    """The checked options and shared pieces of the EM family (`osem`; `pet_prior.map_em`):
+    (subsets, counts y, background r as y's shape, support or None, the uniform start image whose
+    expected trues match the data, its level per image (...))."""
+    n_views = op.geom.n_views
+    if int(subsets) < 1 or int(subsets) > n_views:
+        raise InputError(f"subsets must be in [1, {n_views}] (the views), got {subsets!r}")
+    if int(iterations) < 0:
+        raise InputError(f"iterations must be at least 0, got {iterations!r}")
+    y = counts.float()
+    r = torch.as_tensor(background, dtype=y.dtype, device=y.device).expand_as(y)
+    support = None if mask is None else mask.to(y.device, y.dtype)
+    ones = torch.ones(*y.shape[:-2], *op.image_shape, dtype=y.dtype, device=y.device)
+    if support is not None:
+        ones = ones * support
+    trues = (y - r).sum((-2, -1)).clamp_min(1e-6)
+    level = trues / op.A(ones).sum((-2, -1)).clamp_min(1e-12)
+    return int(subsets), y, r, support, ones * level[..., None, None], level
+
+
 def osem(op: PETOperator, counts: torch.Tensor, background: torch.Tensor | float = 0.0, iterations: int = 4,
          subsets: int = 8, start: torch.Tensor | None = None, mask: torch.Tensor | None = None,
          callback=None) -> torch.Tensor:
@@ -199,24 +220,8 @@ def osem(op: PETOperator, counts: torch.Tensor, background: torch.Tensor | float
     The image stays non-negative (multiplicative updates of a positive start); pixels no LOR of a
     subset sees keep their value in that subset's update.
     """
-    n_views = op.geom.n_views
-    if int(subsets) < 1 or int(subsets) > n_views:
-        raise InputError(f"subsets must be in [1, {n_views}] (the views), got {subsets!r}")
-    if int(iterations) < 0:
-        raise InputError(f"iterations must be at least 0, got {iterations!r}")
-    n = int(subsets)
-    y = counts.float()
-    r = torch.as_tensor(background, dtype=y.dtype, device=y.device).expand_as(y)
-    lead = y.shape[:-2]
-    support = None if mask is None else mask.to(y.device, y.dtype)
-    if start is None:
-        ones = torch.ones(*lead, *op.image_shape, dtype=y.dtype, device=y.device)
-        if support is not None:
-            ones = ones * support
-        trues = (y - r).sum((-2, -1)).clamp_min(1e-6)
-        x = ones * (trues / op.A(ones).sum((-2, -1)).clamp_min(1e-12))[..., None, None]
-    else:
-        x = start.float().clamp_min(0)
+    n, y, r, support, uniform, _ = em_setup(op, counts, background, iterations, subsets, mask)
+    x = uniform if start is None else start.float().clamp_min(0)
     parts = [op.subset(k, n) for k in range(n)]
     sensitivity = []
     for k, part in enumerate(parts):

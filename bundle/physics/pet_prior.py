@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from bundle.errors import InputError
-from bundle.physics.pet import PETOperator
+from bundle.physics.pet import PETOperator, em_setup
 
 # the 8 neighbours of a pixel: (row, column) offsets
 OFFSETS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
@@ -86,22 +86,8 @@ def map_em(op: PETOperator, counts: torch.Tensor, background: torch.Tensor | flo
     beta's scale is the uniform image's level either way."""
     if not (isinstance(beta_rel, (int, float)) and not isinstance(beta_rel, bool) and 0 <= beta_rel < math.inf):
         raise InputError(f"beta_rel must be a number >= 0, got {beta_rel!r}")
-    n_views = op.geom.n_views
-    if int(subsets) < 1 or int(subsets) > n_views:
-        raise InputError(f"subsets must be in [1, {n_views}] (the views), got {subsets!r}")
-    if int(iterations) < 0:
-        raise InputError(f"iterations must be at least 0, got {iterations!r}")
-    n = int(subsets)
-    y = counts.float()
-    r = torch.as_tensor(background, dtype=y.dtype, device=y.device).expand_as(y)
-    lead = y.shape[:-2]
-    support = None if mask is None else mask.to(y.device, y.dtype)
-    ones = torch.ones(*lead, *op.image_shape, dtype=y.dtype, device=y.device)
-    if support is not None:
-        ones = ones * support
-    trues = (y - r).sum((-2, -1)).clamp_min(1e-6)
-    level = trues / op.A(ones).sum((-2, -1)).clamp_min(1e-12)  # (...): the uniform start's activity
-    x = ones * level[..., None, None] if start is None else start.to(y.device, y.dtype).clamp_min(1e-12)
+    n, y, r, support, uniform, level = em_setup(op, counts, background, iterations, subsets, mask)
+    x = uniform if start is None else start.to(y.device, y.dtype).clamp_min(1e-12)
     if support is not None:
         x = x * support
     w = weights.to(y.device, y.dtype)

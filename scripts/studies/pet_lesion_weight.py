@@ -83,22 +83,16 @@ def validation_scores(rec, case: dict, fraction: float, realisations: int, max_i
     return {**metrics, **matched_crc(curves, [case], max_it), "lesions": len(rois)}
 
 
-def main(argv: list[str] | None = None) -> int:
-    from bundle.data.demo import DEMO_DIR, DEMO_SPLIT
-    from bundle.reporting.pet import load_case, pet_reconstructor
+def score_weights(ckpts, case: dict, fractions: str, realisations: int) -> dict:
+    """`validation_scores` of each weights file at each level ("0.1,0.25"), printed as they come and
+    then as one table; {(ckpt, fraction): scores}. Also used by `pet_mr_guided.py`."""
+    from bundle.reporting.pet import pet_reconstructor
 
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("ckpts", nargs="+", help="PET weights: the shipped ones first, then the candidate(s)")
-    ap.add_argument("--fractions", default="0.1,0.25,0.05")
-    ap.add_argument("--realisations", type=int, default=4)
-    ap.add_argument("--hot-threshold", type=float, default=0.05, help="the hot-CRC gap gain the rule asks for")
-    args = ap.parse_args(argv)
-    case = load_case(os.path.join(str(DEMO_DIR), "ixi_t1_2mm", f"{DEMO_SPLIT['validation'][0]}-T1_ds.nii.gz"), seed=100)
     rows = {}
-    for ckpt in args.ckpts:
+    for ckpt in ckpts:
         rec = pet_reconstructor(ROOT, ckpt, "ckpt")
-        for f in (float(v) for v in args.fractions.split(",")):
-            s = validation_scores(rec, case, f, args.realisations)
+        for f in (float(v) for v in fractions.split(",")):
+            s = validation_scores(rec, case, f, realisations)
             rows[(ckpt, f)] = s
             print(f"{ckpt} {100 * f:g} %: PSNR {s['psnr']:.2f} SSIM {s['ssim']:.4f} "
                   f"GM {100 * s['gm_bias']:+.1f} % WM {100 * s['wm_bias']:+.1f} % noise {100 * s['noise']:.1f} % "
@@ -111,6 +105,21 @@ def main(argv: list[str] | None = None) -> int:
               f"{100 * s['gm_bias']:+.1f} % / {100 * s['wm_bias']:+.1f} % | {100 * s['noise']:.1f} % | "
               f"{s['net_hot']:.3f} / {s['osem_hot']:.3f} ({s['net_hot'] - s['osem_hot']:+.3f}) | "
               f"{s['net_cold']:.3f} / {s['osem_cold']:.3f} ({s['net_cold'] - s['osem_cold']:+.3f}) |")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    from bundle.data.demo import DEMO_DIR, DEMO_SPLIT
+    from bundle.reporting.pet import load_case
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("ckpts", nargs="+", help="PET weights: the shipped ones first, then the candidate(s)")
+    ap.add_argument("--fractions", default="0.1,0.25,0.05")
+    ap.add_argument("--realisations", type=int, default=4)
+    ap.add_argument("--hot-threshold", type=float, default=0.05, help="the hot-CRC gap gain the rule asks for")
+    args = ap.parse_args(argv)
+    case = load_case(os.path.join(str(DEMO_DIR), "ixi_t1_2mm", f"{DEMO_SPLIT['validation'][0]}-T1_ds.nii.gz"), seed=100)
+    rows = score_weights(args.ckpts, case, args.fractions, args.realisations)
     shipped = rows.get((args.ckpts[0], 0.1))
     if shipped is not None:
         for ckpt in args.ckpts[1:]:

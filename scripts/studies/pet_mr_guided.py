@@ -50,7 +50,7 @@ from bundle.errors import InputError, install_excepthook  # noqa: E402
 
 def main(argv: list[str] | None = None) -> int:
     from bundle.data.demo import DEMO_DIR, DEMO_SPLIT
-    from bundle.reporting.pet import load_case, pet_reconstructor
+    from bundle.reporting.pet import load_case
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("ckpts", nargs="*", help="the PET-only weights first, then the MR-guided candidate(s)")
@@ -69,29 +69,13 @@ def main(argv: list[str] | None = None) -> int:
         raise InputError("ckpts: the PET-only weights, then at least one MR-guided candidate")
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import torch
-    from pet_lesion_weight import validation_scores
+    from pet_lesion_weight import score_weights
 
     path = os.path.join(str(DEMO_DIR), "ixi_t1_2mm", f"{DEMO_SPLIT['validation'][0]}-T1_ds.nii.gz")
     case = load_case(path, seed=100, anatomy=True)
     if args.shift_mr:
         case["mr"] = torch.roll(case["mr"], int(args.shift_mr), dims=1)
-    rows = {}
-    for ckpt in args.ckpts:
-        rec = pet_reconstructor(ROOT, ckpt, "ckpt")
-        for f in (float(v) for v in args.fractions.split(",")):
-            s = validation_scores(rec, case, f, args.realisations)
-            rows[(ckpt, f)] = s
-            print(f"{ckpt} {100 * f:g} %: PSNR {s['psnr']:.2f} SSIM {s['ssim']:.4f} "
-                  f"GM {100 * s['gm_bias']:+.1f} % WM {100 * s['wm_bias']:+.1f} % noise {100 * s['noise']:.1f} % "
-                  f"CRC hot {s['net_hot']:.3f} (OSEM {s['osem_hot']:.3f}) cold {s['net_cold']:.3f} "
-                  f"(OSEM {s['osem_cold']:.3f}), {s['lesions']} lesions", flush=True)
-    print("\n| weights | count | PSNR dB | SSIM | GM / WM bias | noise | CRC hot: net / OSEM (gap) | CRC cold: net / OSEM (gap) |")
-    print("|---|---|---|---|---|---|---|---|")
-    for (ckpt, f), s in rows.items():
-        print(f"| {ckpt} | {100 * f:g} % | {s['psnr']:.2f} | {s['ssim']:.4f} | "
-              f"{100 * s['gm_bias']:+.1f} % / {100 * s['wm_bias']:+.1f} % | {100 * s['noise']:.1f} % | "
-              f"{s['net_hot']:.3f} / {s['osem_hot']:.3f} ({s['net_hot'] - s['osem_hot']:+.3f}) | "
-              f"{s['net_cold']:.3f} / {s['osem_cold']:.3f} ({s['net_cold'] - s['osem_cold']:+.3f}) |")
+    rows = score_weights(args.ckpts, case, args.fractions, args.realisations)
     base = rows.get((args.ckpts[0], 0.1))
     for ckpt in args.ckpts[1:]:
         c = rows.get((ckpt, 0.1))

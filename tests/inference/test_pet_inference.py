@@ -71,12 +71,18 @@ def test_activity_maps_end_to_end(tmp_path):
     assert a.sum() == pytest.approx(b.sum(), rel=0.06)
 
 
-def test_given_sinogram_and_its_shape(tmp_path):
+def map_with_mu(tmp_path, name: str):
+    """tmp_path/in holding a 2-slice head map `name`.nii.gz and its mu-map; (folder, activity)."""
     inputs = tmp_path / "in"
     inputs.mkdir()
     act, mu = head_maps(slices=2)
-    write(inputs, "s.nii.gz", act)
-    write(inputs, "s_mu.nii.gz", mu)
+    write(inputs, f"{name}.nii.gz", act)
+    write(inputs, f"{name}_mu.nii.gz", mu)
+    return inputs, act
+
+
+def test_given_sinogram_and_its_shape(tmp_path):
+    inputs, act = map_with_mu(tmp_path, "s")
     geom = pet_geometry((48, 48), 2.0, 96)
     rng = np.random.default_rng(0)
     sino = rng.poisson(20.0, size=(2, *geom.sinogram_shape)).astype(np.float32)
@@ -210,11 +216,7 @@ def _guided_checkpoint(path, features=(16, 16, 32, 64, 128, 16)):
 
 
 def test_mr_guided_model_reads_the_t1_beside_each_map(tmp_path):
-    inputs = tmp_path / "in"
-    inputs.mkdir()
-    act, mu = head_maps(slices=2)
-    write(inputs, "head.nii.gz", act)
-    write(inputs, "head_mu.nii.gz", mu)
+    inputs, act = map_with_mu(tmp_path, "head")
     write(inputs, "head_mr.nii.gz", (500 + 300 * (act > 2)).astype(np.float32))  # a T1-like image on the same grid
     ckpt = tmp_path / "mr.pt"
     _guided_checkpoint(ckpt)
