@@ -123,3 +123,10 @@ def test_pet_reports_load_mr_guided_weights_from_any_path(tmp_path):
     torch.testing.assert_close(rec.network.state_dict()["unets.0.conv_0.conv_0.conv.weight"],
                                net.state_dict()["unets.0.conv_0.conv_0.conv.weight"])
     assert not pet_reconstructor(str(ROOT), str(ROOT / "models" / "model_pet.pt")).guided
+
+
+def test_compare_help_prints():
+    # argparse formats every help string with %: a bare "%" in one breaks --help for all
+    res = subprocess.run([sys.executable, "scripts/compare.py", "--help"], cwd=ROOT, env=run_env(),
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and "--pet-bowsher-fractions" in res.stdout, res.stderr[-2000:]
