@@ -39,7 +39,7 @@ def input_kind(path: str) -> str | None:
     if os.path.isdir(p):
         return "dicom" if dicom.is_dicom_dir(p) else None
     if is_nifti(p):
-        return None if is_mu_map(p) else "nifti"
+        return None if is_companion(p) else "nifti"
     if is_listmode_file(p):
         return "listmode"
     if p.endswith(HDF5_SUFFIXES):
@@ -55,7 +55,7 @@ MU_SUFFIX = "_mu"  # <name>_mu.nii.gz: the mu-map of the PET activity map <name>
 MR_SUFFIX = "_mr"  # <name>_mr.nii.gz: its co-registered T1 (the MR-guided PET model's second input)
 
 
-def is_mu_map(path: str) -> bool:
+def is_companion(path: str) -> bool:
     """`<name>_mu.nii(.gz)` or `<name>_mr.nii(.gz)` beside a `<name>.nii(.gz)`: a PET activity
     map's mu-map or T1, inputs of that map, not inputs of their own."""
     p = str(path)

@@ -22,7 +22,7 @@ from bundle.inference.batching import forward
 from bundle.inference.runner import Reconstructor
 from bundle.physics.pet import MU_SOFT_TISSUE, PETOperator, check_activity, check_mu, flat_background, osem
 from bundle.transforms.base import content_key, slice_seed
-from bundle.transforms.pet import PETAcquisition, activity_scale
+from bundle.transforms.pet import PETAcquisition, activity_scale, anatomy_image
 
 logger = logging.getLogger(__name__)
 
@@ -138,6 +138,7 @@ class PETReconstructor(Reconstructor):
                 raise InputError(f"{path}: the MR-guided PET model needs its co-registered T1 beside it "
                                  f"(<name>{MR_SUFFIX}.nii.gz); without one use the PET-only model (pet_anatomy false)")
             extra["mr"] = self._read_companion(mr_path, path, "T1")
+            anatomy_image(extra["mr"], mr_path)  # checked before anything is written; scaled in reconstruct
         sino_path = companion(path, SINOGRAM_SUFFIX) if is_nifti(path) else None
         if sino_path is not None:
             extra["sinogram"] = self._read_sinogram(sino_path, volume.shape, float(sx))
@@ -163,8 +164,6 @@ class PETReconstructor(Reconstructor):
             raise InputError(f"{comp_path}: {what} of shape {vol.shape}, activity map {tuple(act_img.shape[:3])}")
         if not np.allclose(img.affine, act_img.affine, atol=1e-3):
             raise InputError(f"{comp_path}: its affine differs from the activity map's (another grid)")
-        if what == "T1" and not float(np.percentile(vol, 99.5)) > 0:
-            raise InputError(f"{comp_path}: the T1 is empty (its 99.5th percentile is not above 0)")
         return np.ascontiguousarray(apply_orientation(vol, io_orientation(act_img.affine)))
 
     def _read_sinogram(self, sino_path: str, shape: Sequence[int], pixel_mm: float) -> np.ndarray:
@@ -213,8 +212,6 @@ class PETReconstructor(Reconstructor):
 
     def reconstruct(self, volume: np.ndarray, spacing: Sequence[float], name: str, mu: np.ndarray,
                     sinogram: np.ndarray | None = None, mr: np.ndarray | None = None) -> dict[str, np.ndarray]:
-        from bundle.transforms.pet import anatomy_image
-
         acq = self.acquisition
         act, mus = self._slices(volume), self._slices(mu)
         guide = self._slices(anatomy_image(mr)) if mr is not None else None

@@ -98,19 +98,20 @@ def map_em(op: PETOperator, counts: torch.Tensor, background: torch.Tensor | flo
     sens = [part.A_adjoint(torch.ones_like(y[..., k::n, :])) for k, part in enumerate(parts)]
     full = torch.stack(sens).sum(0)
     beta = beta_rel * full.mean((-2, -1)) / level.clamp_min(1e-12)  # (...)
+    b = (beta / n)[..., None, None]  # each subset's share
+    a2 = 4 * b * w_sum  # the per-pixel quadratic's x^2 coefficient, the same for every step
+    coupled = a2 > 1e-12 * a2.amax((-2, -1), keepdim=True).clamp_min(1e-30)
+    seen = [s > 1e-12 * s.amax((-2, -1), keepdim=True) for s in sens]
     for it in range(int(iterations)):
         for k, part in enumerate(parts):
             s = sens[k]
             ratio = y[..., k::n, :] / (part.A(x) + r[..., k::n, :]).clamp_min(1e-12)
             em_times_s = x * part.A_adjoint(ratio)  # s_j x_j^EM
-            b = (beta / n)[..., None, None]
             z = torch.stack([w[..., i, :, :] * (x + shifted(x, dy, dx)) for i, (dy, dx) in enumerate(OFFSETS)]).sum(0)
-            a2 = 4 * b * w_sum  # the quadratic's x^2 coefficient
             lin = s - 2 * b * z
             root = (-lin + torch.sqrt(lin**2 + 4 * a2 * em_times_s)) / (2 * a2).clamp_min(1e-30)
             plain = em_times_s / s.clamp_min(1e-12)  # no coupling: EM's own update
-            new = torch.where(a2 > 1e-12 * a2.amax((-2, -1), keepdim=True).clamp_min(1e-30), root, plain)
-            x = torch.where(s > 1e-12 * s.amax((-2, -1), keepdim=True), new, x)
+            x = torch.where(seen[k], torch.where(coupled, root, plain), x)
             if support is not None:
                 x = x * support
         if callback is not None:

@@ -180,16 +180,17 @@ class PETAcquisition:
         return self.reconstruct(op, counts, background, it, flt, mask=mask)
 
 
-def anatomy_image(volume):
+def anatomy_image(volume, name: str | None = None):
     """An anatomical MR volume (any array or tensor) on the MR-guided network's scale: divided by its
     99.5th percentile (over all voxels: a head fills a quarter or more of its volume, so the
-    percentile lies in bright tissue whatever the scanner's units)."""
+    percentile lies in bright tissue whatever the scanner's units). `name`: the file, for the error."""
     import numpy as np
 
     v = np.asarray(volume, dtype=np.float32)
     scale = float(np.percentile(v, 99.5)) if v.size else 0.0
     if not np.isfinite(v).all() or scale <= 0:
-        raise InputError("an anatomical MR image must be finite and not empty (its 99.5th percentile above 0)")
+        raise InputError(f"{name + ': ' if name else ''}an anatomical MR image must be finite and not empty "
+                         "(its 99.5th percentile above 0)")
     return v / scale
 
 

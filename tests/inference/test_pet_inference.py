@@ -257,6 +257,9 @@ def test_mr_guided_reconstructor_checks_the_t1_and_uses_it(tmp_path):
     write(tmp_path, "a_mr.nii.gz", act + 1, shifted)
     with pytest.raises(InputError, match="affine"):
         rec.check(str(tmp_path / "a.nii.gz"), act, (2.0, 2.0, 3.0))
+    write(tmp_path, "a_mr.nii.gz", np.zeros_like(act))
+    with pytest.raises(InputError, match="a_mr.nii.gz: an anatomical MR image must be finite and not empty"):
+        rec.check(str(tmp_path / "a.nii.gz"), act, (2.0, 2.0, 3.0))
     with pytest.raises(InputError, match="carries no T1"):
         rec.read_scan(str(tmp_path / "x.l.hdr"))
     write(tmp_path, "a_mr.nii.gz", act + 1)
