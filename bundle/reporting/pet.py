@@ -43,11 +43,10 @@ EM_PASSES = (0, 1, 2)  # EM data-consistency passes after the network, chosen on
 # The Bowsher MAP-EM baseline (`bundle.physics.pet_prior`): its strength beta_rel chosen with its
 # iterations (1 to MAP_MAX_ITERATIONS, started from the network's input, OSEM 6 iterations) per count
 # level on validation, as OSEM's filter. The weights come from the T1 smoothed by MAP_MR_FWHM_MM,
-# 3 of 8 neighbours: on the validation subject's central 16 slices at 10 % the raw 2 mm T1's
-# weights barely tell the phantom's tissues apart (its GM / WM contrast is near its voxel noise;
-# R(truth) 0.90 of random weights', 0.59 smoothed by 4 mm) and MAP-EM with them lost to OSEM
-# (23.7 against 23.8 dB); smoothed by 2 / 4 mm, or a 3 x 3 median: 24.1 / 24.4 / 24.2 dB (10
-# iterations from OSEM 3 iterations, beta_rel 0.01).
+# 3 of 8 neighbours (`scripts/studies/pet_bowsher_t1.py`, validation subject): the raw 2 mm T1's
+# weights see little of the phantom's tissue edges (its GM / WM contrast is near its voxel noise;
+# R(truth) 0.84 of random weights', 0.59 smoothed by 4 mm), and MAP-EM with them is 0.10 dB over
+# OSEM on the 16 central slices at 10 % against 0.61 dB smoothed by 4 mm (6 mm: 0.66).
 # (A first grid, 0.003-0.03 and 10 iterations, chose its corner on the whole validation volume at
 # 10 %: 0.003 and 10 iterations; hence the wider one.)
 MAP_BETAS = (0.001, 0.003, 0.01, 0.03)
