@@ -85,14 +85,15 @@ Method = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (acquired k-space (C,
 
 def varnet_method(network: VarNet, device: str | torch.device = "cpu", cache: MapsCache | None = None,
                   pics_blend: float | None = 0.0, pics_weight: float | None = None, pics_region: str = PICS_REGION,
-                  pics_mode: str | None = None) -> Method:
+                  pics_mode: str | None = None, solver: str = "shipped") -> Method:
     """The multi-coil network as a method; one that takes maps gets ESPIRiT's (as at inference;
     their time counts in the network's seconds unless `cache` already holds them). `pics_blend` > 0
     (None: `pics_blend_for` the mask, as shipped): the inference's hybrid
     (`bundle.parallel_imaging.combine_with_pics`): (1 - pics_blend) x network + pics_blend x PICS
     joined with the network ("joint") or PICS alone ("average"), `pics_mode` None: by the mask, as
     shipped; PICS's weight `pics_weight` (None: `pics_weight_for` the mask), on the object or
-    everywhere (`pics_region`), with the same ESPIRiT maps, PICS's time included."""
+    everywhere (`pics_region`), with the same ESPIRiT maps, PICS's time included; `solver` a key of
+    `bundle.parallel_imaging.SOLVERS` ("0.18" reproduces the studies before 0.19)."""
     network = network.eval().to(device)
     cache = cache or MapsCache()
     blends = pics_blend is None or pics_blend > 0
@@ -108,7 +109,7 @@ def varnet_method(network: VarNet, device: str | torch.device = "cpu", cache: Ma
         image = rss(coils, 0).cpu().numpy()
         if espirit is not None and blends:
             image = combine_with_pics(image, coils.cpu().numpy(), kspace, mask, espirit, pics_blend, pics_weight,
-                                      pics_region, pics_mode)
+                                      pics_region, pics_mode, solver=solver)
         return image
 
     return run

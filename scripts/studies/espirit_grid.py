@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
                         image = net(torch.from_numpy(acquired)[None], torch.from_numpy(mask).view(1, 1, 1, -1),
                                     torch.from_numpy(maps[name])[None])[0, 0].numpy()
                     scores[name] = score(blend_with_pics(image, acquired, mask, maps[name], 0.3,  # 0.14's average
-                                                           region="all"), ref)
+                                                           region="all", solver="0.18"), ref)
                 diff = float(np.linalg.norm(maps["coarse"] - maps["full"]) / np.linalg.norm(maps["full"]))
                 ds, dp = scores["coarse"][0] - scores["full"][0], scores["coarse"][1] - scores["full"][1]
                 worst = (max(worst[0], abs(ds)), max(worst[1], abs(dp)))

@@ -119,14 +119,14 @@ def score_sets(ckpt: str, sets: dict, acceleration: float = 4.0, crop: bool = Fa
                     images[f"pics {w:g}"] = np.abs(pics(acquired, mask, maps, w)).astype(np.float32)
                 lams = [("shipped joint (0.01)", 0.01), *((f"joint {w:g}", w) for w in LAMS)] if SHIPPED_8X not in candidates else []
                 if SHIPPED_8X in candidates:
-                    images[SHIPPED_8X] = combine_with_pics(net_image, coils, acquired, mask, maps)
+                    images[SHIPPED_8X] = combine_with_pics(net_image, coils, acquired, mask, maps, solver="0.18")
                 if cv:
                     lam_cv, _ = pics_weight_by_cross_validation(acquired, mask, maps, iterations=CV_ITERATIONS,
                                                                 seed=slice_seed(content_key(np.abs(acquired)), "cv"))
                     chosen.setdefault(kind, []).append(lam_cv)
                     lams.append(("joint cv", lam_cv))
                 for name, lam in lams:
-                    images[name] = combine_with_pics(net_image, coils, acquired, mask, maps, weight=lam, mode="joint")
+                    images[name] = combine_with_pics(net_image, coils, acquired, mask, maps, weight=lam, mode="joint", solver="0.18")
                 rows_of = slice(ref.shape[0] // 4, ref.shape[0] - ref.shape[0] // 4) if crop else slice(None)
                 row = per_case.setdefault(case.name, {})
                 for name in names:

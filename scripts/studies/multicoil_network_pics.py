@@ -125,10 +125,10 @@ def main(argv: list[str] | None = None) -> int:
                     images = {"zf": one["zf"], "network alone": net_image}
                     for w in BASELINE_WEIGHTS:
                         images[f"pics {w:g}"] = np.abs(pics(acquired, mask, maps, w)).astype(np.float32)
-                    images["shipped average"] = blend_with_pics(net_image, acquired, mask, maps)
+                    images["shipped average"] = blend_with_pics(net_image, acquired, mask, maps, solver="0.18")
                     for mu in mus:  # |x| on the object, the network elsewhere, lam = pics_weight_for(mask)
                         images[f"mu {mu:g}"] = combine_with_pics(net_image, one["coils"], acquired, mask, maps,
-                                                                 mode="joint", mu=mu)
+                                                                 mode="joint", mu=mu, solver="0.18")
                     row = per_case.setdefault(case.name, {})
                     for name in names:
                         row.setdefault(name, []).append(score(images[name], ref))

@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         for acc in (4.0, 8.0):
             for kind, cases in sets.items():
                 method = varnet_method(net, cache=cache, pics_blend=args.pics_blend, pics_weight=PICS_WEIGHTS[(kind, acc)],
-                                        pics_region=args.pics_region, pics_mode="average")
+                                        pics_region=args.pics_region, pics_mode="average", solver="0.18")
                 per_case, _, kept = evaluate(cases, {"net": method}, acc,
                                              desc=f"{kind} {acc:g}x", keep=lambda case, i: True)
                 s, p = _mean(per_case["net"])
