@@ -24,7 +24,7 @@ from bundle.data.fastmri import center_crop
 from bundle.data.rawkspace import RawKspace
 from bundle.errors import InputError
 from bundle.options import check_options, is_auto
-from bundle.parallel_imaging import METHODS, PICS_REGION, classical, combine_with_pics, sensitivities
+from bundle.parallel_imaging import METHODS, PICS_REGION, SOLVERS, classical, combine_with_pics, sensitivities
 from bundle.physics.mri import cartesian_mask, check_acceleration, check_mask_type, default_center_fraction, ifft2c
 from bundle.physics.mri_sense import acs_window, rss
 from bundle.transforms.base import content_key, slice_seed
@@ -58,6 +58,9 @@ class MultiCoilReconstructor:
             (`bundle.parallel_imaging.object_support` of the network's image), the network alone in
             the background; "all": everywhere (0.14).
         write_maps: also write the sensitivities as `<name>_maps.nii.gz`.
+        solver: the SigPy solve's iterations and step, a key of `bundle.parallel_imaging.SOLVERS`
+            ("shipped": 30 iterations, step from a bound; "0.18": 100 after 30 power iterations,
+            for the benchmark's side-by-side timing).
         device: torch device of the network.
         progress: a progress bar over the slices of each file.
     """
@@ -67,7 +70,7 @@ class MultiCoilReconstructor:
     def __init__(self, network: VarNet | None = None, acceleration: float = 4, center_fraction: float | None = None,
                  mask_type: str = "equispaced", method: str = "varnet", weight: float = 0.01,
                  pics_blend: float | str | None = 0.0, pics_weight: float | str | None = None, pics_region: str = PICS_REGION,
-                 pics_mode: str | None = None, write_maps: bool = False,
+                 pics_mode: str | None = None, write_maps: bool = False, solver: str = "shipped",
                  device: str | torch.device = "cpu", progress: bool = True) -> None:
         try:
             check_acceleration(float(acceleration))
@@ -89,6 +92,9 @@ class MultiCoilReconstructor:
         check_options(multicoil_pics_blend="auto" if pics_blend is None else pics_blend,
                       multicoil_pics_weight="auto" if pics_weight is None else pics_weight,
                       multicoil_pics_region=pics_region, multicoil_pics_mode="auto" if pics_mode is None else pics_mode)
+        if solver not in SOLVERS:
+            raise InputError(f"solver must be one of {', '.join(SOLVERS)}, got {solver!r}")
+        self.solver = solver
         self.pics_region = str(pics_region)
         self.pics_mode: str | None = None if is_auto(pics_mode) else str(pics_mode)  # None: `pics_mode_for` the mask
         # None: by the mask's acceleration (`pics_blend_for`, `pics_weight_for`)
@@ -155,7 +161,8 @@ class MultiCoilReconstructor:
                 if self.blends:
                     assert given is not None
                     recon[i] = combine_with_pics(recon[i], coils.cpu().numpy(), acquired.numpy(), mask, given,
-                                                 self.pics_blend, self.pics_weight, self.pics_region, self.pics_mode)
+                                                 self.pics_blend, self.pics_weight, self.pics_region, self.pics_mode,
+                                                 solver=self.solver)
                 given = used[0].cpu().numpy()
             else:
                 recon[i] = classical(self.method, acquired.numpy(), mask, given, self.weight)
