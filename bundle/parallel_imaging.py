@@ -60,6 +60,11 @@ NETWORK_PICS_MU = 0.01
 # validation settings (scripts/studies/multicoil_pics_iterations.py), about 4x less solver time.
 # "0.18" (100 iterations, SigPy's step, `pics` for the average) reproduces the earlier studies.
 SOLVERS = {"shipped": (30, "bound"), "0.18": (100, "power")}
+
+
+def check_solver(solver: str) -> None:
+    if solver not in SOLVERS:
+        raise ValueError(f"solver must be one of {', '.join(SOLVERS)}, got {solver!r}")
 PICS_REGIONS = ("object", "all")
 PICS_REGION = "object"
 # PICS weights tuned on the real validation phantoms (scripts/compare.py --multicoil): 0.01 at 4x,
@@ -282,7 +287,8 @@ def network_pics(kspace: np.ndarray, mask: np.ndarray, maps: np.ndarray, lam: fl
     z = np.asarray(prior, dtype=np.complex64) / s
     alpha = None
     if step == "bound":
-        alpha = 1.0 / (float((np.abs(np.asarray(maps)) ** 2).sum(0).max()) + float(mu))
+        largest = float((np.abs(np.asarray(maps)) ** 2).sum(0).max()) + float(mu)
+        alpha = 1.0 / largest if largest > 0 else 1.0  # A = 0 and mu = 0: any step (SigPy's choice)
     x = sp.app.LinearLeastSquares(A, y, x=z.copy(), proxg=proxg, lamda=float(mu), z=z, max_iter=int(iterations),
                                   alpha=alpha, show_pbar=False).run()
     return np.asarray(x, dtype=np.complex64) * s
@@ -298,8 +304,7 @@ def combine_with_pics(network_image: np.ndarray, coil_images: np.ndarray, kspace
     the maps as its prior) or "average" (`blend_with_pics`); None: `pics_mode_for(mask)`.
     (1 - a) x network + a x that image, a = `blend` (None: `pics_blend_for(mask, mode)`) on the
     object or everywhere (`region`). `solver`: a key of `SOLVERS` (iterations and step)."""
-    if solver not in SOLVERS:
-        raise ValueError(f"solver must be one of {', '.join(SOLVERS)}, got {solver!r}")
+    check_solver(solver)
     mode = pics_mode_for(mask) if mode is None else mode
     if mode not in PICS_MODES:
         raise InputError(f"PICS mode must be one of {', '.join(PICS_MODES)}, got {mode!r}")
@@ -348,8 +353,7 @@ def blend_with_pics(network_image: np.ndarray, kspace: np.ndarray, mask: np.ndar
     network's image is, the network alone elsewhere. `solver` "shipped": PICS from zero by
     `network_pics` with mu 0 and `SOLVERS["shipped"]`; "0.18": `pics` (SigPy's `L1WaveletRecon`,
     100 iterations)."""
-    if solver not in SOLVERS:
-        raise ValueError(f"solver must be one of {', '.join(SOLVERS)}, got {solver!r}")
+    check_solver(solver)
     blend = pics_blend_for(mask) if blend is None else float(blend)
     if blend <= 0:
         return np.asarray(network_image, dtype=np.float32)

@@ -159,6 +159,9 @@ def test_network_pics_bound_step_bounds_the_operator_and_reaches_the_same_soluti
         assert np.abs(power - bounded).max() < 2e-3 * np.abs(power).max(), (lam, mu)
     with pytest.raises(ValueError, match="step"):
         network_pics(kspace, mask, maps, 0.0, 0.01, prior, step="guess")
+    # all-zero maps and no prior term: A = 0, the bound is 0; the solve stays finite
+    zero = network_pics(kspace, mask, np.zeros_like(maps), 0.005, 0.0, prior, iterations=3, step="bound")
+    assert np.isfinite(zero).all()
 
 
 def test_combine_with_pics_modes():

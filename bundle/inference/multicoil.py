@@ -24,7 +24,7 @@ from bundle.data.fastmri import center_crop
 from bundle.data.rawkspace import RawKspace
 from bundle.errors import InputError
 from bundle.options import check_options, is_auto
-from bundle.parallel_imaging import METHODS, PICS_REGION, SOLVERS, classical, combine_with_pics, sensitivities
+from bundle.parallel_imaging import METHODS, PICS_REGION, check_solver, classical, combine_with_pics, sensitivities
 from bundle.physics.mri import cartesian_mask, check_acceleration, check_mask_type, default_center_fraction, ifft2c
 from bundle.physics.mri_sense import acs_window, rss
 from bundle.transforms.base import content_key, slice_seed
@@ -92,8 +92,10 @@ class MultiCoilReconstructor:
         check_options(multicoil_pics_blend="auto" if pics_blend is None else pics_blend,
                       multicoil_pics_weight="auto" if pics_weight is None else pics_weight,
                       multicoil_pics_region=pics_region, multicoil_pics_mode="auto" if pics_mode is None else pics_mode)
-        if solver not in SOLVERS:
-            raise InputError(f"solver must be one of {', '.join(SOLVERS)}, got {solver!r}")
+        try:
+            check_solver(solver)
+        except ValueError as e:
+            raise InputError(str(e)) from None
         self.solver = solver
         self.pics_region = str(pics_region)
         self.pics_mode: str | None = None if is_auto(pics_mode) else str(pics_mode)  # None: `pics_mode_for` the mask

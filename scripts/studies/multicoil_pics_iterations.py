@@ -164,6 +164,7 @@ def decide(paths: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from multicoil_network_pics import CONFIRM_SOURCES
     from multicoil_oversampled_blend import OVERSAMPLED_SOURCES, oversampled_cases
     from multicoil_validation import validation_parser, validation_sets
 
@@ -172,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("ckpt", nargs="?", help="multi-coil weights (the cpu variant)")
     ap.add_argument("--acceleration", type=float, choices=(4.0, 8.0))
+    ap.add_argument("--confirmation", action="store_true",
+                    help="score on the two 1 mm volumes of multicoil_network_pics.py's confirmation (no rule)")
     ap.add_argument("--out", help="where the scores go (JSON)")
     ap.add_argument("--decide", nargs="+", metavar="JSON", help="apply the rule to the scores")
     ap.add_argument("--shared", default=os.path.join(ROOT, "..", "shared", "data"))
@@ -181,10 +184,15 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.ckpt and args.acceleration and args.out):
         ap.error("give CKPT --acceleration A --out JSON, or --decide JSON ...")
     parser = validation_parser()
-    sets = validation_sets(os.path.join(args.shared, "kspace", "multicoil"), parser)
-    items = load_datalist(parser.get_parsed_content("datalist"), parser.get_parsed_content("dataset_dir"), "validation")
-    items += [{"image": os.path.join(args.shared, p)} for p in OVERSAMPLED_SOURCES]
-    sets["oversampled"] = oversampled_cases(parser, items)
+    if args.confirmation:
+        fresh = [{"image": os.path.join(args.shared, p)} for p in CONFIRM_SOURCES]
+        sets = {"1 mm as acquired": oversampled_cases(parser, fresh, oversampling=1.0),
+                "1 mm oversampled": oversampled_cases(parser, fresh)}
+    else:
+        sets = validation_sets(os.path.join(args.shared, "kspace", "multicoil"), parser)
+        items = load_datalist(parser.get_parsed_content("datalist"), parser.get_parsed_content("dataset_dir"), "validation")
+        items += [{"image": os.path.join(args.shared, p)} for p in OVERSAMPLED_SOURCES]
+        sets["oversampled"] = oversampled_cases(parser, items)
     result = score_sets(args.ckpt, sets, args.acceleration)
     tmp = args.out + ".tmp"
     with open(tmp, "w") as f:

@@ -65,6 +65,9 @@ def test_blend_and_weight_options_are_checked():
             check_options(multicoil_pics_weight=bad)
         with pytest.raises(InputError, match="multicoil_pics_weight"):
             MultiCoilReconstructor(None, method="zero_filled", pics_weight=bad)
+    assert MultiCoilReconstructor(None, method="zero_filled").solver == "shipped"
+    with pytest.raises(InputError, match="solver"):
+        MultiCoilReconstructor(None, method="zero_filled", solver="fast")
 
 
 def test_hybrid_is_the_stated_combination_of_the_network_and_pics(tmp_path):
