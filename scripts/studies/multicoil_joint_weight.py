@@ -173,10 +173,11 @@ def decide(paths: list[str], rule: bool = True) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     from multicoil_network_pics import CONFIRM_SOURCES
-    from multicoil_oversampled_blend import OVERSAMPLED_SOURCES, oversampled_cases
-    from multicoil_validation import validation_parser, validation_sets
+    from multicoil_oversampled_blend import OVERSAMPLED_SOURCES, oversampled_cases, validation_settings, volume_settings
+    from multicoil_validation import validation_parser
 
     from bundle.data import load_datalist
+    from bundle.data.io import write_text_atomic
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("ckpt", nargs="?", help="multi-coil weights (the cpu variant)")
@@ -200,22 +201,14 @@ def main(argv: list[str] | None = None) -> int:
         items += [{"image": os.path.join(args.shared, p)} for p in OVERSAMPLED_SOURCES]
         sets = {"oversampled, cropped": oversampled_cases(parser, items)}
     elif args.part == "confirmation":
-        fresh = [{"image": os.path.join(args.shared, p)} for p in CONFIRM_SOURCES]
-        sets = {"1 mm as acquired": oversampled_cases(parser, fresh, oversampling=1.0),
-                "1 mm oversampled": oversampled_cases(parser, fresh)}
+        sets = volume_settings(parser, args.shared, CONFIRM_SOURCES, ("1 mm as acquired", "1 mm oversampled"))
     else:
-        sets = validation_sets(os.path.join(args.shared, "kspace", "multicoil"), parser)
-        items = load_datalist(parser.get_parsed_content("datalist"), parser.get_parsed_content("dataset_dir"), "validation")
-        items += [{"image": os.path.join(args.shared, p)} for p in OVERSAMPLED_SOURCES]
-        sets["oversampled"] = oversampled_cases(parser, items)
+        sets = validation_settings(parser, args.shared)
     cropped = args.part.startswith("cropped")
     if args.acceleration != 4.0 and not cropped:
         ap.error("--acceleration is for the cropped parts only (the rule is at 4x)")
     result = score_sets(args.ckpt, sets, acceleration=args.acceleration, crop=cropped, cv=not cropped)
-    tmp = args.out + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(result, f, indent=1)
-    os.replace(tmp, args.out)
+    write_text_atomic(args.out, json.dumps(result, indent=1))
     return 0
 
 

@@ -84,10 +84,9 @@ def network_slice(net, cache, name: str, full: np.ndarray, acceleration: float) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from multicoil_oversampled_blend import OVERSAMPLED_SOURCES, oversampled_cases, setting_means, target_ratio_table
-    from multicoil_validation import validation_parser, validation_sets
+    from multicoil_oversampled_blend import setting_means, target_ratio_table, validation_settings, volume_settings
+    from multicoil_validation import validation_parser
 
-    from bundle.data import load_datalist
     from bundle.networks import load_checkpoint
     from bundle.parallel_imaging import blend_with_pics, combine_with_pics, pics
     from bundle.reporting.multicoil import MapsCache, score
@@ -101,15 +100,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = validation_parser()
     mus, accelerations = MUS, (4.0, 8.0)
     if args.confirm:
-        fresh = [{"image": os.path.join(args.shared, p)} for p in CONFIRM_SOURCES]
-        sets = {"as acquired": oversampled_cases(parser, fresh, oversampling=1.0),
-                "oversampled": oversampled_cases(parser, fresh)}
+        sets = volume_settings(parser, args.shared, CONFIRM_SOURCES)
         mus, accelerations = (CONFIRM_MU,), (4.0,)
     else:
-        sets = validation_sets(os.path.join(args.shared, "kspace", "multicoil"), parser)
-        items = load_datalist(parser.get_parsed_content("datalist"), parser.get_parsed_content("dataset_dir"), "validation")
-        items += [{"image": os.path.join(args.shared, p)} for p in OVERSAMPLED_SOURCES]
-        sets["oversampled"] = oversampled_cases(parser, items)
+        sets = validation_settings(parser, args.shared)
     net = load_checkpoint(VarNet(**varnet_variant("cpu")), args.ckpt).eval()
     cache = MapsCache()
     names = ["zf"] + [f"pics {w:g}" for w in BASELINE_WEIGHTS] + ["network alone", "shipped average"] + [f"mu {m:g}" for m in mus]

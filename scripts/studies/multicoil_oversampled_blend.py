@@ -91,6 +91,27 @@ def oversampled_cases(parser, items, oversampling: float = 2.0, slices: int = 6)
     return cases
 
 
+def validation_settings(parser, shared: str) -> dict:
+    """{setting: cases} of the multi-coil validation at one acceleration: the real phantoms and the
+    simulated IXI048 (`multicoil_validation.validation_sets`), and IXI048 and brain1 with the
+    readout oversampled twice ("oversampled")."""
+    from multicoil_validation import validation_sets
+
+    from bundle.data import load_datalist
+
+    sets = validation_sets(os.path.join(shared, "kspace", "multicoil"), parser)
+    items = load_datalist(parser.get_parsed_content("datalist"), parser.get_parsed_content("dataset_dir"), "validation")
+    items += [{"image": os.path.join(shared, p)} for p in OVERSAMPLED_SOURCES]
+    sets["oversampled"] = oversampled_cases(parser, items)
+    return sets
+
+
+def volume_settings(parser, shared: str, sources, names=("as acquired", "oversampled")) -> dict:
+    """{names[0]: the volumes `sources` (under `shared`) as acquired, names[1]: oversampled twice}."""
+    fresh = [{"image": os.path.join(shared, p)} for p in sources]
+    return {names[0]: oversampled_cases(parser, fresh, oversampling=1.0), names[1]: oversampled_cases(parser, fresh)}
+
+
 def setting_means(per_case: dict, candidates) -> tuple[dict, dict]:
     """Mean (SSIM, PSNR) per method over the cases of one setting, and the better baseline's (the
     best of the methods that are not candidates), as `target_ratio_table` reads them."""
@@ -120,9 +141,8 @@ def target_ratio_table(rows: dict, candidates) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from multicoil_validation import validation_parser, validation_sets
+    from multicoil_validation import validation_parser
 
-    from bundle.data import load_datalist
     from bundle.networks import load_checkpoint
     from bundle.parallel_imaging import (
         PICS_BLEND_BY_ACCELERATION,
@@ -147,10 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         candidates = {"network alone": (0.0, "all"),
                       "shipped average": (tuple(v for _, v in PICS_BLEND_BY_ACCELERATION), PICS_REGION)}
     parser = validation_parser()
-    sets = validation_sets(os.path.join(args.shared, "kspace", "multicoil"), parser)
-    items = load_datalist(parser.get_parsed_content("datalist"), parser.get_parsed_content("dataset_dir"), "validation")
-    items += [{"image": os.path.join(args.shared, p)} for p in OVERSAMPLED_SOURCES]
-    sets["oversampled"] = oversampled_cases(parser, items)
+    sets = validation_settings(parser, args.shared)
     net = load_checkpoint(VarNet(**varnet_variant("cpu")), args.ckpt)
     cache = MapsCache()
     rows: dict = {}
