@@ -16,6 +16,7 @@ from bundle.parallel_imaging import (
     PICS_BLEND_BY_ACCELERATION,
     PICS_MODE_BY_ACCELERATION,
     PICS_REGION,
+    SOLVERS,
     by_acceleration,
 )
 from bundle.reporting.comparison import parse_weights, shared_files
@@ -41,10 +42,11 @@ REAL_VALIDATION = ("pulseq_phantom_16ch.h5", "pulseq_phantom_32ch_64.h5", "pulse
 
 def _hybrid_words(acceleration: float) -> str:
     """What the shipped inference does with PICS at a (nominal = effective, fastMRI masks) acceleration."""
+    iterations = SOLVERS["shipped"][0]
     if by_acceleration(acceleration, PICS_MODE_BY_ACCELERATION) == "joint":
-        return (f"that PICS with varnet's image as a second prior (mu {NETWORK_PICS_MU:g}) on the {PICS_REGION}, "
-                "varnet elsewhere")
-    return (f"(1 - a) x varnet + a x that PICS on the {PICS_REGION}, "
+        return (f"that PICS with varnet's image as a second prior (mu {NETWORK_PICS_MU:g}; {iterations} iterations) "
+                f"on the {PICS_REGION}, varnet elsewhere")
+    return (f"(1 - a) x varnet + a x that PICS ({iterations} iterations) on the {PICS_REGION}, "
             f"a = {by_acceleration(acceleration, PICS_BLEND_BY_ACCELERATION):g}")
 
 
