@@ -18,6 +18,7 @@ solver and the image multiplied back, so one weight serves data of any scanner s
 
 from __future__ import annotations
 
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -59,7 +60,7 @@ NETWORK_PICS_MU = 0.01
 # within 0.05 dB, 0.002 SSIM and 0.02 of the worst target ratio of the 0.18 solver on the six
 # validation settings (scripts/studies/multicoil_pics_iterations.py), about 4x less solver time.
 # "0.18" (100 iterations, SigPy's step, `pics` for the average) reproduces the earlier studies.
-SOLVERS = {"shipped": (30, "bound"), "0.18": (100, "power")}
+SOLVERS = MappingProxyType({"shipped": (30, "bound"), "0.18": (100, "power")})  # read-only
 
 
 def check_solver(solver: str) -> None:
