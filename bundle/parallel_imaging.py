@@ -59,13 +59,8 @@ NETWORK_PICS_MU = 0.01
 # instead of 100 after 30 power iterations (SigPy's default): the fewest of 100 / 50 / 30 / 20
 # within 0.05 dB, 0.002 SSIM and 0.02 of the worst target ratio of the 0.18 solver on the six
 # validation settings (scripts/studies/multicoil_pics_iterations.py), about 4x less solver time.
-# "0.18" (100 iterations, SigPy's step, `pics` for the average) reproduces the earlier studies.
+# "0.18" (100 iterations, SigPy's step: `pics`'s solver) reproduces the earlier studies.
 SOLVERS = MappingProxyType({"shipped": (30, "bound"), "0.18": (100, "power")})  # read-only
-
-
-def check_solver(solver: str) -> None:
-    if solver not in SOLVERS:
-        raise ValueError(f"solver must be one of {', '.join(SOLVERS)}, got {solver!r}")
 PICS_REGIONS = ("object", "all")
 PICS_REGION = "object"
 # PICS weights tuned on the real validation phantoms (scripts/compare.py --multicoil): 0.01 at 4x,
@@ -73,6 +68,12 @@ PICS_REGION = "object"
 # k-space samples over the acquired ones, the centre included; a fastMRI mask's is its nominal one)
 # of sqrt(32) = 5.66
 PICS_WEIGHTS_BY_ACCELERATION = ((32 ** 0.5, 0.01), (float("inf"), 0.03))
+
+
+def check_solver(solver: str) -> None:
+    """`solver` names one of `SOLVERS`, or ValueError."""
+    if solver not in SOLVERS:
+        raise ValueError(f"solver must be one of {', '.join(SOLVERS)}, got {solver!r}")
 
 
 def effective_acceleration(mask: np.ndarray) -> float:
@@ -316,8 +317,7 @@ def combine_with_pics(network_image: np.ndarray, coil_images: np.ndarray, kspace
         return np.asarray(network_image, dtype=np.float32)
     w = pics_weight_for(mask) if weight is None else float(weight)
     prior = (np.asarray(coil_images, dtype=np.complex64) * np.conj(np.asarray(maps, dtype=np.complex64))).sum(0)
-    iterations, step = SOLVERS[solver]
-    joint = np.abs(network_pics(kspace, mask, maps, w, mu, prior, iterations, step)).astype(np.float32)
+    joint = np.abs(network_pics(kspace, mask, maps, w, mu, prior, *SOLVERS[solver])).astype(np.float32)
     return blend_images(network_image, joint, blend, region)
 
 
@@ -351,20 +351,15 @@ def blend_with_pics(network_image: np.ndarray, kspace: np.ndarray, mask: np.ndar
     """(1 - blend) x the network's magnitude + blend x PICS's (ESPIRiT `maps`, `weight` None:
     `pics_weight_for(mask)`) of one slice of acquired k-space: the (H, W) image. `blend` None:
     `pics_blend_for(mask)`. `region` "object": the blend only where `object_support` of the
-    network's image is, the network alone elsewhere. `solver` "shipped": PICS from zero by
-    `network_pics` with mu 0 and `SOLVERS["shipped"]`; "0.18": `pics` (SigPy's `L1WaveletRecon`,
-    100 iterations)."""
+    network's image is, the network alone elsewhere. PICS from zero by `network_pics` with mu 0 and
+    `SOLVERS[solver]` ("0.18": `pics`'s own solve, SigPy's `L1WaveletRecon`, to its run-to-run noise)."""
     check_solver(solver)
     blend = pics_blend_for(mask) if blend is None else float(blend)
     if blend <= 0:
         return np.asarray(network_image, dtype=np.float32)
     w = pics_weight_for(mask) if weight is None else float(weight)
-    if solver == "0.18":
-        p = np.abs(pics(kspace, mask, maps, w)).astype(np.float32)
-    else:
-        iterations, step = SOLVERS[solver]
-        zero = np.zeros(np.asarray(kspace).shape[-2:], np.complex64)
-        p = np.abs(network_pics(kspace, mask, maps, w, 0.0, zero, iterations, step)).astype(np.float32)
+    zero = np.zeros(np.asarray(kspace).shape[-2:], np.complex64)
+    p = np.abs(network_pics(kspace, mask, maps, w, 0.0, zero, *SOLVERS[solver])).astype(np.float32)
     return blend_images(network_image, p, blend, region)
 
 
