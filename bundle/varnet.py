@@ -51,6 +51,12 @@ from bundle.physics.solvers import regularised_least_squares
 
 SENSITIVITIES = ("learned", "espirit")
 
+# Symmetries of the multi-coil problem for the self-ensemble (`ensemble_coil_images`): exact
+# permutations (and conjugation) of k-space that keep a column mask as it is. In the image domain:
+# "flip_readout" reverses the readout axis, "conjugate" is x(p) -> conj(x(-p)), and
+# "conjugate_flip_readout" both (x(h, w) -> conj(x(h, -w))). The group is closed: each is its own inverse.
+SYMMETRIES = ("identity", "flip_readout", "conjugate", "conjugate_flip_readout")
+
 # Named settings: "cpu" trains usefully on a 2-core CPU in under an hour (the shipped model);
 # "gpu" is E2E-VarNet-sized for a lent GPU; "learned-cpu" is the 0.11 model (learned maps, no
 # CG-SENSE start), kept to read its weights.
@@ -99,6 +105,41 @@ def mask_as_grid(mask: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
     if m.shape[-1] != shape[1] or m.shape[-2] not in (1, shape[0]):
         raise InputError(f"the mask is {tuple(mask.shape)} but the k-space is {shape[0]} x {shape[1]}")
     return m
+
+
+def _reverse(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """x at the negated centred coordinate along `dim`: index i -> (2 (n // 2) - i) mod n, the
+    reflection about the centre that `fft2c` / `ifft2c` use (index n // 2 is the origin), in
+    k-space and in the image alike."""
+    n = x.shape[dim]
+    index = (2 * (n // 2) - torch.arange(n, device=x.device)) % n
+    return x.index_select(dim, index)
+
+
+def apply_symmetry(name: str, kspace: torch.Tensor, mask: torch.Tensor,
+                   maps: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The (..., C, H, W) k-space, its mask ((..., 1 or H, W)) and the maps (image domain) under the
+    symmetry `name` of `SYMMETRIES`. A k-space reversal is the image's reversal along the same axis;
+    conjugating k-space conjugates the image and reverses it along both axes. Exact (permutations)."""
+    if name not in SYMMETRIES:
+        raise InputError(f"unknown symmetry {name!r}: expected one of {', '.join(SYMMETRIES)}")
+    if name in ("flip_readout", "conjugate_flip_readout"):
+        kspace = _reverse(kspace, -2)
+        mask = _reverse(mask, -2) if mask.shape[-2] > 1 else mask
+        maps = None if maps is None else _reverse(maps, -2)
+    if name in ("conjugate", "conjugate_flip_readout"):
+        kspace = kspace.conj()
+        maps = None if maps is None else _reverse(_reverse(maps, -2), -1).conj()
+    return kspace.resolve_conj(), mask, None if maps is None else maps.resolve_conj()
+
+
+def image_symmetry(name: str, images: torch.Tensor) -> torch.Tensor:
+    """(..., H, W) complex images under the symmetry `name` (the image side of `apply_symmetry`)."""
+    if name in ("flip_readout", "conjugate_flip_readout"):
+        images = _reverse(images, -2)
+    if name in ("conjugate", "conjugate_flip_readout"):
+        images = _reverse(_reverse(images, -2), -1).conj()
+    return images.resolve_conj()
 
 
 class SensitivityNet(nn.Module):
@@ -241,3 +282,26 @@ class PrepareMultiCoilBatch:
 
         args = (to(batchdata["mask"]),) + ((to(batchdata["maps"]),) if "maps" in batchdata else ())
         return to(batchdata["kspace"]), to(batchdata["label"]), args, {}
+
+
+def ensemble_coil_images(network: VarNet, kspace: torch.Tensor, mask: torch.Tensor, maps: torch.Tensor | None = None,
+                         symmetries: Sequence[str] = SYMMETRIES) -> tuple[torch.Tensor, torch.Tensor]:
+    """`network.coil_images` averaged over symmetries of the problem (a self-ensemble, as in Lim et
+    al., EDSR, CVPR-W 2017): the data, mask and maps are transformed (`apply_symmetry`), the network
+    runs, its coil images are transformed back and the complex coil images averaged. The
+    symmetries permute k-space exactly, so with `final_dc` every pass keeps the measured samples and
+    so does the average; the CG-SENSE start is equivariant, the UNets are not, and their errors
+    partly average out. Costs one network pass per symmetry. Returns the averaged coil images and
+    the maps the identity pass used."""
+    total: torch.Tensor | None = None
+    used: torch.Tensor | None = None
+    for name in symmetries:
+        k, m, s = apply_symmetry(name, kspace, mask, maps)
+        coils, maps_used = network.coil_images(k, m, s)
+        coils = image_symmetry(name, coils)
+        total = coils if total is None else total + coils
+        if used is None:
+            used = image_symmetry(name, maps_used)
+    if total is None or used is None:
+        raise InputError("the self-ensemble needs at least one symmetry")
+    return total / len(symmetries), used
