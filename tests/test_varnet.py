@@ -197,3 +197,55 @@ def test_weights_without_the_final_data_consistency_name_the_option_that_reads_t
     with pytest.raises(InputError, match="final_dc False.*--multicoil_final_dc false"):
         load_checkpoint(VarNet(**varnet_variant("cpu")), str(path), modality="mri_multicoil")
     load_checkpoint(VarNet(**settings), str(path), modality="mri_multicoil")
+
+
+@pytest.mark.parametrize("shape", [(8, 6), (7, 5)])
+def test_each_symmetry_is_the_same_transform_in_k_space_and_in_the_image(shape):
+    """`apply_symmetry` transforms k-space by permutation (and conjugation); `image_symmetry` is
+    the same transform on images: fft2c of the transformed image equals the transformed k-space
+    (even and odd sizes, where the centre index differs), a column mask is unchanged, a 2D mask is
+    reversed with the readout, and each symmetry is its own inverse. Hand check of the reflection:
+    index i -> (2 (n // 2) - i) mod n."""
+    from bundle.varnet import SYMMETRIES, _reverse, apply_symmetry, image_symmetry
+
+    assert _reverse(torch.arange(6), 0).tolist() == [0, 5, 4, 3, 2, 1]
+    assert _reverse(torch.arange(5), 0).tolist() == [4, 3, 2, 1, 0]
+    gen = torch.Generator().manual_seed(1)
+    k = torch.randn(2, 3, *shape, dtype=torch.complex128, generator=gen)
+    maps = torch.randn(2, 3, *shape, dtype=torch.complex128, generator=gen)
+    column = torch.rand(1, 1, 1, shape[1], generator=gen) > 0.5
+    grid = torch.rand(1, 1, *shape, generator=gen) > 0.5
+    for name in SYMMETRIES:
+        k2, m2, s2 = apply_symmetry(name, k, column, maps)
+        torch.testing.assert_close(fft2c(image_symmetry(name, ifft2c(k))), k2)
+        torch.testing.assert_close(s2, image_symmetry(name, maps))
+        assert torch.equal(m2, column)
+        _, g2, _ = apply_symmetry(name, k, grid, None)
+        assert torch.equal(g2, grid if name in ("identity", "conjugate") else grid.flip(-2).roll(1 - shape[0] % 2, -2))
+        torch.testing.assert_close(image_symmetry(name, image_symmetry(name, maps)), maps)
+    with pytest.raises(InputError, match="unknown symmetry"):
+        apply_symmetry("rotate", k, column, maps)
+
+
+def test_the_self_ensemble_keeps_the_measured_samples_and_equals_one_pass_for_an_equivariant_network():
+    """The average over symmetries keeps the acquired samples (every pass's final data
+    consistency does); with the regularisers switched off (zero UNets: the network is the
+    CG-SENSE start, which is equivariant), the ensemble equals one pass."""
+    from bundle.varnet import ensemble_coil_images
+
+    torch.manual_seed(0)
+    net = VarNet(cascades=2, features=TINY["features"], sensitivities="espirit", sense_iterations=5, final_dc=True).eval()
+    full, mask = acquisition(coils=4)
+    y, m, maps = (full * mask)[None], mask.view(1, 1, 1, -1), birdcage_maps(4, (32, 32))[None]
+    with torch.no_grad():
+        coils, used = ensemble_coil_images(net, y, m, maps)
+    acquired = mask.bool()
+    k = fft2c(coils)
+    assert (k[..., acquired] - y[..., acquired]).abs().max() < 1e-5 * y.abs().max()
+    torch.testing.assert_close(used, maps)
+    for cascade in net.cascades:
+        cascade.model = Zero()
+    with torch.no_grad():
+        one = net.coil_images(y, m, maps)[0]
+        coils = ensemble_coil_images(net, y, m, maps)[0]
+    torch.testing.assert_close(coils, one, atol=1e-5 * float(one.abs().max()), rtol=0)
