@@ -75,10 +75,10 @@ def load_case(path: str, seed: int, anatomy: bool = False) -> dict:
         return torch.from_numpy(np.ascontiguousarray(np.transpose(a, (2, 1, 0))))
 
     cls = sl(classes)
-    case = {"name": os.path.basename(path).split("-T1")[0], "activity": sl(act).float(), "mu": sl(mu).float(),
-            "gm": cls == GM, "wm": cls == WM, "brain": (cls == GM) | (cls == WM), "lesions": sl(les).long(),
-            "head": sl(mu) > 0}
-    case["gm_core"], case["wm_core"] = core_region(case["gm"]), core_region(case["wm"])
+    gm, wm = cls == GM, cls == WM
+    case: dict = {"name": os.path.basename(path).split("-T1")[0], "activity": sl(act).float(), "mu": sl(mu).float(),
+            "gm": gm, "wm": wm, "brain": gm | wm, "lesions": sl(les).long(), "head": sl(mu) > 0,
+            "gm_core": core_region(gm), "wm_core": core_region(wm)}
     if anatomy:
         from bundle.data.pet_phantoms import load_head
         from bundle.transforms.pet import anatomy_image
