@@ -79,6 +79,15 @@ class PETReconstructor(Reconstructor):
     input channel (`bundle.transforms.pet.anatomy_image` scale); without one the input stops with
     one line. List-mode files carry no T1: they need the PET-only network.
 
+    The scan and both reconstructions run on a grid of `recon_pixel_mm` pixels (2 mm: the network
+    was trained on 2 mm slices, and scanners reconstruct brains on 2 to 2.7 mm): an activity map of
+    other in-plane pixels (a 1 mm BrainWeb phantom, say) is resampled to it slice by slice (its
+    mu-map and T1 with it), and the outputs are resampled back onto the input's grid with each
+    slice's activity integral (sum x pixel area) kept. Why: on a 1 mm map scanned and reconstructed
+    at 1 mm, the network (which sees structures twice their trained size in pixels) scored 2.2 dB
+    below OSEM where at 2 mm it is above it. None: the input's own pixels. A given sinogram is on
+    the reconstruction grid's geometry.
+
     A list-mode file (`bundle.data.petlink`) is binned to one 2D sinogram (all ring pairs), gaps
     filled, arc-corrected, and reconstructed without attenuation or normalisation (none are in the
     file): outputs on a `listmode_grid` of `listmode_pixel_mm` pixels.
@@ -90,8 +99,11 @@ class PETReconstructor(Reconstructor):
     def __init__(self, network: nn.Module, acquisition: PETAcquisition, slice_axis: int | str = "axial",
                  batch_size: int = 8, device: str | torch.device = "cpu", amp: bool = False, progress: bool = True,
                  listmode_grid: Sequence[int] = (160, 160), listmode_pixel_mm: float = 2.0,
-                 ckpt_path: str | None = None, em_iterations: int = 1) -> None:
+                 ckpt_path: str | None = None, em_iterations: int = 1, recon_pixel_mm: float | None = 2.0) -> None:
         self.network = network.eval()
+        if recon_pixel_mm is not None and not 0.1 <= float(recon_pixel_mm) <= 20:
+            raise InputError(f"recon_pixel_mm must be in [0.1, 20] mm (or null: the input's pixels), got {recon_pixel_mm!r}")
+        self.recon_pixel_mm = None if recon_pixel_mm is None else float(recon_pixel_mm)
         self.acquisition = acquisition
         self.axis = slice_axis_index(slice_axis)
         # each slice as (rows, columns) = (the second, the first in-plane RAS axis), as in training
@@ -166,16 +178,37 @@ class PETReconstructor(Reconstructor):
             raise InputError(f"{comp_path}: its affine differs from the activity map's (another grid)")
         return np.ascontiguousarray(apply_orientation(vol, io_orientation(act_img.affine)))
 
+    def recon_grid(self, shape: Sequence[int], pixel_mm: float) -> tuple[tuple[int, int], float]:
+        """The (rows, columns) and pixel size of the grid that a slice of `shape` with `pixel_mm`
+        pixels is scanned and reconstructed on: the same, or the field of view in `recon_pixel_mm`
+        pixels (rounded; the pixel kept at `recon_pixel_mm`)."""
+        h, w = int(shape[0]), int(shape[1])
+        p = self.recon_pixel_mm
+        if p is None or abs(pixel_mm - p) <= 1e-3 * p:
+            return (h, w), float(pixel_mm)
+        return (max(1, round(h * pixel_mm / p)), max(1, round(w * pixel_mm / p))), p
+
+    @staticmethod
+    def resample(slices: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+        """(Z, H, W) slices onto (Z, *shape): bilinear, antialiased when shrinking (the mean value
+        of a region is kept, as a concentration should be)."""
+        if tuple(slices.shape[-2:]) == tuple(shape):
+            return slices
+        shrink = shape[0] < slices.shape[-2] or shape[1] < slices.shape[-1]
+        return torch.nn.functional.interpolate(slices[:, None].float(), size=tuple(int(v) for v in shape), mode="bilinear",
+                                               align_corners=False, antialias=shrink)[:, 0]
+
     def _read_sinogram(self, sino_path: str, shape: Sequence[int], pixel_mm: float) -> np.ndarray:
         try:
             sino = np.load(sino_path, allow_pickle=False)
         except (OSError, ValueError) as err:
             raise InputError(f"{sino_path}: not a readable .npy array ({err})") from None
-        n, h, w = shape[self.axis], shape[self.rows], shape[self.cols]
-        expected = (n, *self.acquisition.projector((h, w), pixel_mm).geom.sinogram_shape)
+        n = shape[self.axis]
+        grid, p = self.recon_grid((shape[self.rows], shape[self.cols]), pixel_mm)
+        expected = (n, *self.acquisition.projector(grid, p).geom.sinogram_shape)
         if sino.shape != expected:
             raise InputError(f"{sino_path}: sinogram of shape {sino.shape}; this volume and geometry need {expected} "
-                             "(slices, views, bins)")
+                             f"(slices, views, bins; the reconstruction grid: {grid[0]} x {grid[1]} pixels of {p:g} mm)")
         if not np.isfinite(sino).all() or float(sino.min()) < 0:
             raise InputError(f"{sino_path}: counts must be finite and non-negative")
         return sino.astype(np.float32)
@@ -213,9 +246,10 @@ class PETReconstructor(Reconstructor):
     def reconstruct(self, volume: np.ndarray, spacing: Sequence[float], name: str, mu: np.ndarray,
                     sinogram: np.ndarray | None = None, mr: np.ndarray | None = None) -> dict[str, np.ndarray]:
         acq = self.acquisition
-        act, mus = self._slices(volume), self._slices(mu)
-        guide = self._slices(anatomy_image(mr)) if mr is not None else None
-        pixel_mm = float(spacing[self.cols])
+        act_in = self._slices(volume)
+        grid, pixel_mm = self.recon_grid(act_in.shape[-2:], float(spacing[self.cols]))
+        act, mus = self.resample(act_in, grid), self.resample(self._slices(mu), grid)
+        guide = self.resample(self._slices(anatomy_image(mr)), grid) if mr is not None else None
         recon, base = torch.zeros_like(act), torch.zeros_like(act)
         todo = [z for z in range(act.shape[0]) if float(act[z].max()) > 0]
         key = content_key(volume)  # the Poisson noise: seeded by the data, never by the file name
@@ -240,7 +274,19 @@ class PETReconstructor(Reconstructor):
                 image = acq.reconstruct(op, counts, bg)
                 base[idx] = acq.baseline(op, counts, bg, level=level).cpu()
             recon[idx] = self.finish(op, counts, bg, self.network_on(image, m > 0, None if guide is None else guide[idx]))
-        return {"recon": self._unslice(recon), "osem": self._unslice(base)}
+        return {"recon": self._unslice(self.back_to_input(recon, act_in.shape[-2:])),
+                "osem": self._unslice(self.back_to_input(base, act_in.shape[-2:]))}
+
+    def back_to_input(self, slices: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+        """Reconstruction-grid slices onto the input's grid (`resample`), each slice's activity
+        integral kept (sum x pixel area; the two grids span the same field of view, so the pixel
+        areas are in the ratio of the pixel counts)."""
+        if tuple(slices.shape[-2:]) == tuple(shape):
+            return slices
+        out = self.resample(slices, shape).clamp_min(0)
+        area = (slices.shape[-2] * slices.shape[-1]) / (int(shape[0]) * int(shape[1]))  # fine pixel / coarse pixel
+        wanted = slices.sum((-2, -1), keepdim=True) / area
+        return out * (wanted / out.sum((-2, -1), keepdim=True).clamp_min(1e-12))
 
     # ---- list-mode ----
     def load(self) -> None:
