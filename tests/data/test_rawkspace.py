@@ -4,6 +4,7 @@ in ../shared) and on a synthetic one whose content is known, and every bad input
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -117,7 +118,7 @@ def test_bad_ismrmrd_files(tmp_path):
     with pytest.raises(InputError, match="2 repetitions"):
         read_raw(write_ismrmrd(tmp_path / "rep.h5", k, repetitions=2))
     good = write_ismrmrd(tmp_path / "g.h5", k)
-    data = open(good, "rb").read()
+    data = Path(good).read_bytes()
     (tmp_path / "t.h5").write_bytes(data[: len(data) // 2])
     with pytest.raises(InputError, match="t.h5: cannot be read"):
         read_raw(str(tmp_path / "t.h5"))
