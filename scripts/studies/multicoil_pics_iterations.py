@@ -173,14 +173,17 @@ def decide(paths: list[str]) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def run_study(doc: str, score, decide_rule, argv: list[str] | None = None) -> int:
+    """The command line that the per-band multi-coil studies share: `score(ckpt, sets,
+    acceleration)` on the validation settings (or `--confirmation`'s 1 mm volumes) into `--out`,
+    or `decide_rule(paths)` with `--decide`."""
     from multicoil_network_pics import CONFIRM_SOURCES
     from multicoil_oversampled_blend import validation_settings, volume_settings
     from multicoil_validation import validation_parser
 
     from bundle.data.io import write_text_atomic
 
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("ckpt", nargs="?", help="multi-coil weights (the cpu variant)")
     ap.add_argument("--acceleration", type=float, choices=(4.0, 8.0))
     ap.add_argument("--confirmation", action="store_true",
@@ -190,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shared", default=os.path.join(ROOT, "..", "shared", "data"))
     args = ap.parse_args(argv)
     if args.decide:
-        return decide(args.decide)
+        return decide_rule(args.decide)
     if not (args.ckpt and args.acceleration and args.out):
         ap.error("give CKPT --acceleration A --out JSON, or --decide JSON ...")
     parser = validation_parser()
@@ -198,9 +201,13 @@ def main(argv: list[str] | None = None) -> int:
         sets = volume_settings(parser, args.shared, CONFIRM_SOURCES, ("1 mm as acquired", "1 mm oversampled"))
     else:
         sets = validation_settings(parser, args.shared)
-    result = score_sets(args.ckpt, sets, args.acceleration)
+    result = score(args.ckpt, sets, args.acceleration)
     write_text_atomic(args.out, json.dumps(result, indent=1))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_study(__doc__ or "", score_sets, decide, argv)
 
 
 if __name__ == "__main__":

@@ -50,12 +50,11 @@ further: which symmetry costs the oversampled SSIM (a second candidate would nee
     python scripts/studies/multicoil_self_ensemble.py models/model_multicoil.pt --acceleration 8 --out e8.json
     python scripts/studies/multicoil_self_ensemble.py --decide e4.json e8.json
 
-(the two accelerations can run side by side, one per core).
+(4x and 8x can run at once, one per core).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -72,8 +71,7 @@ from bundle.errors import install_excepthook  # noqa: E402
 ONE, ENSEMBLE = "shipped, one pass", "shipped, self-ensemble"
 NET_ONE, NET_ENSEMBLE = "network alone, one pass", "network alone, self-ensemble"
 CANDIDATES = (NET_ONE, NET_ENSEMBLE, ONE, ENSEMBLE)
-BASELINE_WEIGHTS = (0.003, 0.01, 0.03)
-BASELINES = ("zf", *(f"pics {w:g}" for w in BASELINE_WEIGHTS))
+from multicoil_pics_iterations import BASELINE_WEIGHTS, BASELINES  # noqa: E402  (the same baselines)
 
 
 def score_sets(ckpt: str, sets: dict, acceleration: float) -> dict:
@@ -149,36 +147,8 @@ def decide(paths: list[str]) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    from multicoil_network_pics import CONFIRM_SOURCES
-    from multicoil_oversampled_blend import validation_settings, volume_settings
-    from multicoil_validation import validation_parser
-
-    from bundle.data.io import write_text_atomic
-
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("ckpt", nargs="?", help="multi-coil weights (the cpu variant)")
-    ap.add_argument("--acceleration", type=float, choices=(4.0, 8.0))
-    ap.add_argument("--confirmation", action="store_true",
-                    help="score on the two 1 mm volumes of multicoil_network_pics.py's confirmation (no rule)")
-    ap.add_argument("--out", help="where the scores go (JSON)")
-    ap.add_argument("--decide", nargs="+", metavar="JSON", help="apply the rule to the scores")
-    ap.add_argument("--shared", default=os.path.join(ROOT, "..", "shared", "data"))
-    args = ap.parse_args(argv)
-    if args.decide:
-        return decide(args.decide)
-    if not (args.ckpt and args.acceleration and args.out):
-        ap.error("give CKPT --acceleration A --out JSON, or --decide JSON ...")
-    parser = validation_parser()
-    if args.confirmation:
-        sets = volume_settings(parser, args.shared, CONFIRM_SOURCES, ("1 mm as acquired", "1 mm oversampled"))
-    else:
-        sets = validation_settings(parser, args.shared)
-    result = score_sets(args.ckpt, sets, args.acceleration)
-    write_text_atomic(args.out, json.dumps(result, indent=1))
-    return 0
-
-
 if __name__ == "__main__":
+    from multicoil_pics_iterations import run_study
+
     install_excepthook()
-    raise SystemExit(main())
+    raise SystemExit(run_study(__doc__ or "", score_sets, decide))

@@ -35,6 +35,7 @@ import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
 
@@ -62,29 +63,16 @@ def to_2mm(path: str, out: str) -> None:
     nib.save(nib.Nifti1Image(blocks, affine), out)
 
 
-def reconstructor(fraction: float):
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser()
-    parser.read_config(os.path.join(ROOT, "configs", "inference_pet.yaml"))
-    parser["bundle_root"] = ROOT
-    parser["device"] = "$torch.device('cpu')"
-    parser["count_fraction"] = fraction
-    rec = parser.get_parsed_content("reconstructor")
-    rec.progress = False
-    rec.load()
-    return rec
-
-
 def main(argv: list[str] | None = None) -> int:
     import torch
+    from pet_pixel_size import reconstructor
 
     from bundle.reporting.pet import image_metrics, load_case
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shared", default=os.path.join(ROOT, "..", "shared", "data"))
     args = ap.parse_args(argv)
-    recs = {f: reconstructor(f) for f in FRACTIONS}
+    recs = {f: reconstructor(count_fraction=f) for f in FRACTIONS}
     rows: dict[tuple[float, str], list[dict]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for i, source in enumerate(SOURCES):

@@ -44,8 +44,8 @@ from bundle.errors import install_excepthook  # noqa: E402
 SUBJECTS = ("IXI049-HH-1358", "IXI051-HH-1328")
 
 
-def reconstructor(recon_pixel_mm: float | None):
-    """The inference config's PET reconstructor with its shipped weights, on the CPU, 10 %."""
+def reconstructor(recon_pixel_mm: float | None = 2.0, count_fraction: float = 0.1):
+    """The inference config's PET reconstructor with its shipped weights, on the CPU."""
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
@@ -53,6 +53,7 @@ def reconstructor(recon_pixel_mm: float | None):
     parser["bundle_root"] = ROOT
     parser["device"] = "$torch.device('cpu')"
     parser["recon_pixel_mm"] = recon_pixel_mm
+    parser["count_fraction"] = count_fraction
     rec = parser.get_parsed_content("reconstructor")
     rec.progress = False
     rec.load()
