@@ -60,6 +60,19 @@ def body_outline(activity: np.ndarray) -> np.ndarray:
     return np.stack([ndi.binary_fill_holes(body[..., k]) for k in range(body.shape[-1])], -1)
 
 
+def recon_pixel(value) -> float | None:
+    """The `recon_pixel_mm` option: a size in [0.1, 20] mm, or None / null / none / native (the
+    input's own pixels; a command line gives the words as strings)."""
+    from bundle.options import _number
+
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("null", "none", "native")):
+        return None
+    x = _number("recon_pixel_mm", value)
+    if not 0.1 <= x <= 20:
+        raise InputError(f"recon_pixel_mm must be in [0.1, 20] mm (or null: the input's pixels), got {value!r}")
+    return x
+
+
 class PETReconstructor(Reconstructor):
     """Reconstruct PET activity maps slice by slice (axial, RAS), and real list-mode scans.
 
@@ -101,9 +114,7 @@ class PETReconstructor(Reconstructor):
                  listmode_grid: Sequence[int] = (160, 160), listmode_pixel_mm: float = 2.0,
                  ckpt_path: str | None = None, em_iterations: int = 1, recon_pixel_mm: float | None = 2.0) -> None:
         self.network = network.eval()
-        if recon_pixel_mm is not None and not 0.1 <= float(recon_pixel_mm) <= 20:
-            raise InputError(f"recon_pixel_mm must be in [0.1, 20] mm (or null: the input's pixels), got {recon_pixel_mm!r}")
-        self.recon_pixel_mm = None if recon_pixel_mm is None else float(recon_pixel_mm)
+        self.recon_pixel_mm = recon_pixel(recon_pixel_mm)
         self.acquisition = acquisition
         self.axis = slice_axis_index(slice_axis)
         # each slice as (rows, columns) = (the second, the first in-plane RAS axis), as in training

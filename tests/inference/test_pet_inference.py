@@ -296,9 +296,11 @@ def test_the_reconstruction_grid_by_hand():
     assert rec.recon_grid((180, 240), 1.0) == ((90, 120), 2.0)
     assert rec.recon_grid((100, 64), 3.0) == ((150, 96), 2.0)
     assert rec.recon_grid((181, 218), 1.0) == ((90, 109), 2.0)  # 90.5 rounds to even
-    native = PETReconstructor(torch.nn.Identity(), PETAcquisition(views=16), progress=False, recon_pixel_mm=None)
-    assert native.recon_grid((180, 240), 1.0) == ((180, 240), 1.0)
-    for bad in (0, -2.0, 50):
+    for word in (None, "null", "None", "native"):
+        native = PETReconstructor(torch.nn.Identity(), PETAcquisition(views=16), progress=False, recon_pixel_mm=word)
+        assert native.recon_grid((180, 240), 1.0) == ((180, 240), 1.0)
+    assert PETReconstructor(torch.nn.Identity(), PETAcquisition(views=16), recon_pixel_mm="2.5").recon_pixel_mm == 2.5
+    for bad in (0, -2.0, 50, "abc", float("nan"), True):
         with pytest.raises(InputError, match="recon_pixel_mm"):
             PETReconstructor(torch.nn.Identity(), PETAcquisition(views=16), recon_pixel_mm=bad)
 
