@@ -89,11 +89,12 @@ def smooth_field(shape: Sequence[int], sigma_px: float, generator: torch.Generat
 
 
 def activity_from_classes(classes: torch.Tensor, variation: float = 0.1, sigma_px: float = 4.0,
-                          generator: torch.Generator | None = None) -> torch.Tensor:
-    """FDG activity of a (H, W) class slice: `ACTIVITY` times (1 + variation x smooth field), >= 0."""
+                          generator: torch.Generator | None = None, grey_matter: float | None = None) -> torch.Tensor:
+    """FDG activity of a (H, W) class slice: `ACTIVITY` (grey matter `grey_matter` if given) times
+    (1 + variation x smooth field), >= 0."""
     act = torch.zeros(classes.shape, dtype=torch.float32)
     for c, a in ACTIVITY.items():
-        act[classes == c] = a
+        act[classes == c] = grey_matter if c == GM and grey_matter is not None else a
     if variation > 0:
         act = act * (1.0 + variation * smooth_field(classes.shape, sigma_px, generator)).clamp_min(0.2)
     return act
@@ -157,6 +158,23 @@ def load_head(path: str) -> tuple[np.ndarray, tuple[float, float, float]]:
     return data, tuple(float(z) for z in img.header.get_zooms()[:3])  # type: ignore[return-value]
 
 
+def _range(name: str, value: Sequence[float] | None, low: float, high: float) -> tuple[float, float] | None:
+    """A [low, high] option within [`low`, `high`], or None."""
+    if value is None:
+        return None
+    try:
+        a, b = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise InputError(f"{name}: expected [low, high], got {value!r}") from None
+    if not (low <= a <= b <= high):
+        raise InputError(f"{name}: expected low <= high within [{low:g}, {high:g}], got {list(value)!r}")
+    return a, b
+
+
+def _uniform(bounds: Sequence[float], generator: torch.Generator) -> float:
+    return float(bounds[0] + (bounds[1] - bounds[0]) * torch.rand((), generator=generator))
+
+
 class PETPhantomSlices(torch.utils.data.Dataset):
     """Axial slices of FDG phantoms made from T1 heads: items {"activity": (1, H, W) activity,
     "mu": (1, H, W) 1/mm, "brain": (1, H, W) grey + white matter, "lesion": (1, H, W) 1 in the
@@ -173,6 +191,10 @@ class PETPhantomSlices(torch.utils.data.Dataset):
             contrasts drawn from `hot_contrast` or `cold_contrast` (half each).
         variation: within-class variation (standard deviation of the smooth field).
         random: True for training (new variation, lesions, counts each access); False: fixed per slice.
+        count_range, variation_range, grey_matter_range: training only (with `random`), [low, high]
+            ranges that widen the phantoms (domain randomisation): the count fraction drawn
+            log-uniformly instead of from `count_fractions`, the within-class variation and the
+            grey-matter activity (white matter 1) uniformly, per access. None: the fixed values.
         min_brain: slices with fewer brain pixels are skipped.
         transform: applied to each item (augmentation).
         repeat: each slice this many times per epoch.
@@ -185,7 +207,9 @@ class PETPhantomSlices(torch.utils.data.Dataset):
                  lesion_radius_mm: Sequence[float] = (2.0, 5.0), hot_contrast: Sequence[float] = (1.5, 3.0),
                  cold_contrast: Sequence[float] = (0.2, 0.6), variation: float = 0.1, random: bool = True,
                  min_brain: int = 400, transform: Callable | None = None, repeat: int = 1,
-                 anatomy: bool = False) -> None:
+                 anatomy: bool = False, count_range: Sequence[float] | None = None,
+                 variation_range: Sequence[float] | None = None,
+                 grey_matter_range: Sequence[float] | None = None) -> None:
         from bundle.physics.pet import check_count_fraction, pad_to
         from bundle.transforms.pet import anatomy_image
 
@@ -196,6 +220,9 @@ class PETPhantomSlices(torch.utils.data.Dataset):
         self.hot, self.cold = [float(v) for v in hot_contrast], [float(v) for v in cold_contrast]
         self.variation, self.random, self.transform, self.repeat = float(variation), bool(random), transform, int(repeat)
         self.anatomy = bool(anatomy)
+        self.count_range = _range("count_range", count_range, 1e-4, 10.0)
+        self.variation_range = _range("variation_range", variation_range, 0.0, 1.0)
+        self.grey_matter_range = _range("grey_matter_range", grey_matter_range, 1.0, 20.0)
         self.slices: list[dict] = []
         for item in data:
             path = str(item["image"])
@@ -225,17 +252,25 @@ class PETPhantomSlices(torch.utils.data.Dataset):
         i = index % len(self.slices)
         g = torch.Generator().manual_seed(int(torch.randint(2**62, ())) if self.random else 1000 + i)
         cls = base["classes"]
-        act = activity_from_classes(cls, self.variation, generator=g)
+        variation, grey = self.variation, ACTIVITY[GM]
+        if self.random and self.variation_range is not None:
+            variation = _uniform(self.variation_range, g)
+        if self.random and self.grey_matter_range is not None:
+            grey = _uniform(self.grey_matter_range, g)
+        act = activity_from_classes(cls, variation, generator=g, grey_matter=grey)
         brain = (cls == GM) | (cls == WM)
         n = int(torch.randint(self.lesions[0], self.lesions[1] + 1, (), generator=g))
         n_hot = int(torch.randint(0, n + 1, (), generator=g))
         r_px = [v / base["pixel_mm"] for v in self.radius_mm]
         act, hot = insert_lesions(act, brain, n_hot, r_px, self.hot, g)
-        act, cold = insert_lesions(act, brain & (act < 1.5 * ACTIVITY[GM]), n - n_hot, r_px, self.cold, g)
+        act, cold = insert_lesions(act, brain & (act < 1.5 * grey), n - n_hot, r_px, self.cold, g)
         lesion = torch.zeros(cls.shape, dtype=torch.bool)
         for les in hot + cold:
             lesion |= disc(cls.shape, les["center"][0], les["center"][1], les["radius"])
         fraction = self.fractions[int(torch.randint(len(self.fractions), (), generator=g))] if self.random else self.fractions[0]
+        if self.random and self.count_range is not None:
+            low, high = (math.log(v) for v in self.count_range)
+            fraction = math.exp(_uniform((low, high), g))
         item = {"activity": act[None], "mu": mu_from_classes(cls)[None], "brain": brain[None].float(),
                 "lesion": lesion[None].float(),
                 "count_fraction": fraction, "seed": -1 if self.random else 7919 * (i + 1),
