@@ -113,6 +113,40 @@ def test_phantom_slices_dataset(tmp_path):
         PETPhantomSlices([{"image": str(path)}], shape=(32, 32), min_brain=100)
 
 
+def test_domain_randomised_phantoms_draw_within_their_ranges(tmp_path):
+    """Training with `count_range`, `variation_range` and `grey_matter_range`: count fractions
+    spread over the range (log-uniform: about half below the geometric middle), grey matter's
+    activity (no variation, no lesions) inside its range and varying; validation items keep the
+    fixed values; bad ranges stop with one line naming the option."""
+    import nibabel as nib
+
+    from bundle.data.pet_phantoms import GM
+
+    t1, _ = synthetic_head(n=64, depth=10)
+    path = tmp_path / "head.nii.gz"
+    nib.save(nib.Nifti1Image(t1, np.diag([2.0, 2.0, 2.0, 1.0])), str(path))
+    data = [{"image": str(path)}]
+    ds = PETPhantomSlices(data, shape=(80, 80), min_brain=100, lesions=(0, 0), variation_range=(0.0, 0.0),
+                          count_range=(0.04, 0.3), grey_matter_range=(3.2, 4.8))
+    classes = ds.slices[0]["classes"]
+    fractions, greys = [], []
+    for _ in range(200):
+        item = ds[0]
+        fractions.append(item["count_fraction"])
+        greys.append(float(item["activity"][0][classes == GM].mean()))
+    f = np.asarray(fractions)
+    assert f.min() >= 0.04 and f.max() <= 0.3 and f.max() / f.min() > 4
+    assert 0.35 < float(np.mean(f < np.sqrt(0.04 * 0.3))) < 0.65
+    g = np.asarray(greys)
+    assert g.min() >= 3.2 - 1e-5 and g.max() <= 4.8 + 1e-5 and g.std() > 0.3
+    fixed = PETPhantomSlices(data, shape=(80, 80), min_brain=100, lesions=(0, 0), random=False,
+                             count_range=(0.04, 0.3), grey_matter_range=(3.2, 4.8), variation=0.0)
+    assert fixed[0]["count_fraction"] == 0.1 and float(fixed[0]["activity"][0][classes == GM].mean()) == 4.0
+    for name, bad in (("count_range", (0.3, 0.04)), ("variation_range", (0.1, 2.0)), ("grey_matter_range", "x")):
+        with pytest.raises(InputError, match=name):
+            PETPhantomSlices(data, shape=(80, 80), min_brain=100, **{name: bad})
+
+
 def test_phantom_slices_carry_the_t1_they_were_made_from(tmp_path):
     import nibabel as nib
 
