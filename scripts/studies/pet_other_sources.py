@@ -23,7 +23,8 @@ OSEM (tuned) against network + EM: 25 % 23.59 / 0.697 against 23.81 / 0.746 (+0.
 -0.28, +0.21, -0.03; 5 % -0.48, -0.08, -0.22 dB. Grey / white bias at 10 %, whole classes: OSEM
 -25.8 / +44.5 %, network -19.3 / +35.5 %; cores: OSEM -5.0 / +14.5 %, network +0.8 / +4.7 %.
 On the IXI test subjects (same site as training) the network is +0.22 dB / +0.062 SSIM at 10 %:
-across sites the SSIM gain mostly holds (+0.046) and the PSNR gain is gone.
+across sites the SSIM gain mostly holds (+0.046) and the PSNR gain is gone. (After this run
+Colin27 became a validation head of `pet_randomised_phantoms.py`; niivue and S1 stay test.)
 """
 
 from __future__ import annotations
