@@ -69,6 +69,24 @@ def optional(rule: Callable[[str, object], None]) -> Callable[[str, object], Non
     return lambda name, value: None if value is None else rule(name, value)
 
 
+def number_range(name: str, value, low: float, high: float = math.inf, scalar: bool = True) -> tuple[float, float]:
+    """A [min, max] pair of finite numbers with low <= min <= max <= high (a single number x means
+    [x, x] when `scalar`), or an `InputError` naming `name`: the ranges transforms and datasets
+    draw from (simulated coils, SNR, readout oversampling, PET phantom ranges)."""
+    pair: tuple[float, ...]
+    try:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and scalar:
+            pair = (float(value), float(value))
+        else:
+            pair = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        pair = ()
+    bounds = f"{low:g} <= min <= max" + ("" if math.isinf(high) else f" <= {high:g}")
+    if len(pair) != 2 or not all(math.isfinite(v) for v in pair) or not (low <= pair[0] <= pair[1] <= high):
+        raise InputError(f"{name} must be {'a number or ' if scalar else ''}a [min, max] pair with {bounds}, got {value!r}")
+    return pair[0], pair[1]
+
+
 def is_auto(value) -> bool:
     """Whether an option says auto (the value chosen from the data): the word, or None."""
     return value is None or (isinstance(value, str) and value.strip().lower() == "auto")

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from bundle.errors import InputError
+from bundle.options import number_range
 from bundle.physics.pet import MU_BONE, MU_SOFT_TISSUE
 
 CLASSES = ("background", "csf", "grey_matter", "white_matter", "soft_tissue", "bone")
@@ -112,6 +113,11 @@ def disc(shape: Sequence[int], cy: float, cx: float, radius: float) -> torch.Ten
     return (yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2
 
 
+def _uniform(bounds: Sequence[float], generator: torch.Generator | None) -> float:
+    """A number drawn uniformly from [bounds[0], bounds[1]]."""
+    return float(bounds[0] + (bounds[1] - bounds[0]) * torch.rand((), generator=generator))
+
+
 def insert_lesions(activity: torch.Tensor, region: torch.Tensor, count: int, radius_px: Sequence[float],
                    contrasts: Sequence[float], generator: torch.Generator | None = None,
                    margin_px: float = 1.0) -> tuple[torch.Tensor, list[dict]]:
@@ -125,8 +131,8 @@ def insert_lesions(activity: torch.Tensor, region: torch.Tensor, count: int, rad
     lesions: list[dict] = []
     region = region.bool()
     for _ in range(int(count)):
-        r = float(radius_px[0] + (radius_px[1] - radius_px[0]) * torch.rand((), generator=generator))
-        c = float(contrasts[0] + (contrasts[1] - contrasts[0]) * torch.rand((), generator=generator))
+        r = _uniform(radius_px, generator)
+        c = _uniform(contrasts, generator)
         # centres where the whole disc fits: the region eroded by the radius (distance transform)
         from scipy import ndimage as ndi
 
@@ -156,23 +162,6 @@ def load_head(path: str) -> tuple[np.ndarray, tuple[float, float, float]]:
     if data.ndim == 4 and data.shape[-1] == 1:
         data = data[..., 0]
     return data, tuple(float(z) for z in img.header.get_zooms()[:3])  # type: ignore[return-value]
-
-
-def _range(name: str, value: Sequence[float] | None, low: float, high: float) -> tuple[float, float] | None:
-    """A [low, high] option within [`low`, `high`], or None."""
-    if value is None:
-        return None
-    try:
-        a, b = (float(v) for v in value)
-    except (TypeError, ValueError):
-        raise InputError(f"{name}: expected [low, high], got {value!r}") from None
-    if not (low <= a <= b <= high):
-        raise InputError(f"{name}: expected low <= high within [{low:g}, {high:g}], got {list(value)!r}")
-    return a, b
-
-
-def _uniform(bounds: Sequence[float], generator: torch.Generator) -> float:
-    return float(bounds[0] + (bounds[1] - bounds[0]) * torch.rand((), generator=generator))
 
 
 class PETPhantomSlices(torch.utils.data.Dataset):
@@ -220,9 +209,13 @@ class PETPhantomSlices(torch.utils.data.Dataset):
         self.hot, self.cold = [float(v) for v in hot_contrast], [float(v) for v in cold_contrast]
         self.variation, self.random, self.transform, self.repeat = float(variation), bool(random), transform, int(repeat)
         self.anatomy = bool(anatomy)
-        self.count_range = _range("count_range", count_range, 1e-4, 10.0)
-        self.variation_range = _range("variation_range", variation_range, 0.0, 1.0)
-        self.grey_matter_range = _range("grey_matter_range", grey_matter_range, 1.0, 20.0)
+
+        def span(name: str, value: Sequence[float] | None, low: float, high: float) -> tuple[float, float] | None:
+            return None if value is None else number_range(name, value, low, high, scalar=False)
+
+        self.count_range = span("count_range", count_range, 1e-4, 10.0)
+        self.variation_range = span("variation_range", variation_range, 0.0, 1.0)
+        self.grey_matter_range = span("grey_matter_range", grey_matter_range, 1.0, 20.0)
         self.slices: list[dict] = []
         for item in data:
             path = str(item["image"])

@@ -63,14 +63,12 @@ def body_outline(activity: np.ndarray) -> np.ndarray:
 def recon_pixel(value) -> float | None:
     """The `recon_pixel_mm` option: a size in [0.1, 20] mm, or None / null / none / native (the
     input's own pixels; a command line gives the words as strings)."""
-    from bundle.options import _number
+    from bundle.options import between
 
     if value is None or (isinstance(value, str) and value.strip().lower() in ("null", "none", "native")):
         return None
-    x = _number("recon_pixel_mm", value)
-    if not 0.1 <= x <= 20:
-        raise InputError(f"recon_pixel_mm must be in [0.1, 20] mm (or null: the input's pixels), got {value!r}")
-    return x
+    between(0.1, 20.0, False, False)("recon_pixel_mm", value)
+    return float(value)
 
 
 class PETReconstructor(Reconstructor):

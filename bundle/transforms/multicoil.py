@@ -13,19 +13,10 @@ from monai.transforms import MapTransform, RandomizableTransform
 from monai.utils import convert_to_tensor
 
 from bundle.errors import InputError
+from bundle.options import number_range
 from bundle.physics.mri import fft2c, ifft2c
 from bundle.physics.mri_sense import random_coil_maps, rss, smooth_phase
 from bundle.transforms.mri import UndersampleKspaced
-
-
-def _check_range(value: Sequence[float] | float, name: str, low: float) -> tuple[float, float]:
-    if isinstance(value, (int, float)):
-        pair: tuple[float, ...] = (float(value), float(value))
-    else:
-        pair = tuple(float(v) for v in value)
-    if len(pair) != 2 or not (low <= pair[0] <= pair[1]) or not all(math.isfinite(v) for v in pair):
-        raise InputError(f"{name} must be a number or a [min, max] pair with {low} <= min <= max, got {value!r}")
-    return pair[0], pair[1]
 
 
 class UndersampleMultiCoild(UndersampleKspaced):
@@ -101,13 +92,13 @@ class SimulateMultiCoild(UndersampleMultiCoild):
         super().__init__(keys, accelerations, center_fractions, mask_type, deterministic, seed_key, label_key,
                          allow_missing_keys)
         self.maps_key = maps_key
-        low, high = _check_range(coils, "coils", 1)
+        low, high = number_range("coils", coils, 1)
         self.coils = (int(low), int(high))
-        self.snr = _check_range(snr, "snr", 0.0)
+        self.snr = number_range("snr", snr, 0.0)
         if not 0 <= float(max_phase) <= 100:
             raise InputError(f"max_phase must be in [0, 100] radians, got {max_phase!r}")
         self.max_phase = float(max_phase)
-        self.oversampling = _check_range(oversampling, "oversampling", 1.0)
+        self.oversampling = number_range("oversampling", oversampling, 1.0)
         if self.oversampling[1] > 4:
             raise InputError(f"oversampling must be at most 4, got {oversampling!r}")
 
