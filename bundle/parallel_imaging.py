@@ -143,17 +143,73 @@ def fft_grid_resample(x: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return out
 
 
+# SigPy's EspiritCalib calibrates on a square of `calib_width` around the centre. With a Cartesian
+# line mask the calibration region is the acquired lines over every row (e.g. 10 x 128 at 8x on
+# 256 lines), so the square (10 x 10) keeps a twelfth of it: with a 6-sample kernel, 25 kernel
+# positions for a matrix of coils x 36 columns, too few rows to find the null space. "window"
+# calibrates on the whole fully sampled region (`acs_window`, rectangular), the same algorithm
+# otherwise (`espirit_calibration`, checked against SigPy's on a square region).
+ESPIRIT_CALIBRATIONS = ("square", "window")
+ESPIRIT_CALIBRATION = "square"
+
+
+def espirit_calibration(kspace: np.ndarray, box: tuple[int, int, int, int], threshold: float = 0.02,
+                        kernel_width: int = 6, crop: float = 0.0, iterations: int = 100) -> np.ndarray:
+    """ESPIRiT (Uecker et al., MRM 2014) of (C, H, W) k-space calibrated on the rows box[0]:box[1]
+    and columns box[2]:box[3]: the calibration matrix of every kernel_width x kernel_width patch of
+    every coil, its right singular vectors above `threshold` of the largest singular value as
+    kernels, each kernel's image-space (C x C) outer products summed per pixel, the top eigenvector
+    by power iterations, its phase relative to coil 0; pixels whose eigenvalue is not above `crop`
+    get zero maps. SigPy's `EspiritCalib` step by step, on any rectangle (its own takes a centred
+    square). (C, H, W) complex64."""
+    import sigpy as sp
+
+    c, h, w = kspace.shape
+    r0, r1, c0, c1 = box
+    calib = np.asarray(kspace[:, r0:r1, c0:c1], dtype=np.complex64)
+    blocks = sp.array_to_blocks(calib, [kernel_width] * 2, [1, 1])  # (C, rows, cols, k, k)
+    matrix = blocks.reshape(c, -1, kernel_width ** 2).transpose(1, 0, 2).reshape(-1, c * kernel_width ** 2)
+    _, singular, vh = np.linalg.svd(matrix, full_matrices=False)
+    kernels = vh[singular > threshold * singular.max()].reshape(-1, c, kernel_width, kernel_width)
+    gram = np.zeros((h, w, c, c), np.complex64)
+    for kernel in kernels:
+        a = sp.ifft(sp.resize(kernel, (c, h, w)), axes=(-2, -1)).transpose(1, 2, 0).astype(np.complex64)
+        gram += a[..., :, None] * a[..., None, :].conj()
+    gram *= h * w / kernel_width ** 2
+    v = np.ones((h, w, c, 1), np.complex64)
+    eig = np.ones((h, w, 1, 1), np.float32)
+    for _ in range(int(iterations)):
+        v = gram @ v
+        eig = np.sqrt((np.abs(v) ** 2).sum(-2, keepdims=True))
+        v = v / np.maximum(eig, np.finfo(np.float32).tiny)
+    maps = v[..., 0].transpose(2, 0, 1)
+    reference = maps[0]
+    maps = maps * np.conj(reference / np.maximum(np.abs(reference), np.finfo(np.float32).tiny))
+    return (maps * (eig[..., 0, 0] > crop)).astype(np.complex64)
+
+
+def _window_box(mask: np.ndarray, shape: tuple[int, int]) -> tuple[int, int, int, int]:
+    window = acs_window(torch.from_numpy(np.asarray(mask)), shape).numpy()
+    rows, cols = np.flatnonzero(window.any(1)), np.flatnonzero(window.any(0))
+    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+
+
 def espirit_maps(kspace: np.ndarray, mask: np.ndarray, threshold: float = 0.02, kernel_width: int = 6,
-                 crop: float = 0.95, grid: int | None = ESPIRIT_GRID) -> np.ndarray:
-    """ESPIRiT sensitivities (Uecker et al., MRM 2014) of one slice, from SigPy: (C, H, W) complex64.
-    The calibration region is the fully sampled centre of `mask` (`acs_window`), its width passed
-    as `calib_width` (the kernel narrowed to fit it); pixels whose eigenvalue is below `crop` get
-    zero maps (SigPy's default 0.95; 0 keeps every pixel, as the RSS reference does). With crop 0
-    and a side longer than `grid`, the maps are computed on a grid of at most `grid` x `grid`
-    samples of the same field of view (the centre of k-space, the calibration region in it), then
-    interpolated (`fft_grid_resample`) and normalised to unit RSS; None: the full grid."""
+                 crop: float = 0.95, grid: int | None = ESPIRIT_GRID, calibration: str | None = None) -> np.ndarray:
+    """ESPIRiT sensitivities (Uecker et al., MRM 2014) of one slice: (C, H, W) complex64.
+    The calibration region is the fully sampled centre of `mask` (`acs_window`): with
+    `calibration` "square" (None: `ESPIRIT_CALIBRATION`) SigPy's `EspiritCalib` on the centred
+    square of its narrower side, with "window" `espirit_calibration` on all of it; the kernel
+    narrowed to fit it. Pixels whose eigenvalue is below `crop` get zero maps (SigPy's default
+    0.95; 0 keeps every pixel, as the RSS reference does). With crop 0 and a side longer than
+    `grid`, the maps are computed on a grid of at most `grid` x `grid` samples of the same field
+    of view (the centre of k-space, the calibration region in it), then interpolated
+    (`fft_grid_resample`) and normalised to unit RSS; None: the full grid."""
     import sigpy.mri as mr
 
+    calibration = ESPIRIT_CALIBRATION if calibration is None else calibration
+    if calibration not in ESPIRIT_CALIBRATIONS:
+        raise InputError(f"ESPIRiT calibration must be one of {', '.join(ESPIRIT_CALIBRATIONS)}, got {calibration!r}")
     h, w = kspace.shape[-2:]
     calib = _calibration_width(mask, (h, w))
     if calib < ESPIRIT_MIN_CALIBRATION:
@@ -162,11 +218,16 @@ def espirit_maps(kspace: np.ndarray, mask: np.ndarray, threshold: float = 0.02, 
     kernel_width = min(int(kernel_width), calib - 1)  # 8x on 128 lines leaves 5 calibration lines
     k = np.asarray(kspace, dtype=np.complex64) / scale_of(kspace)
     small = (h, w) if grid is None or crop > 0 else (min(h, max(int(grid), calib)), min(w, max(int(grid), calib)))
+    top, left = h // 2 - small[0] // 2, w // 2 - small[1] // 2
     if small != (h, w):
-        top, left = h // 2 - small[0] // 2, w // 2 - small[1] // 2
         k = k[..., top:top + small[0], left:left + small[1]]
-    maps = np.asarray(mr.app.EspiritCalib(k, calib_width=calib, thresh=threshold, kernel_width=kernel_width,
-                                          crop=crop, show_pbar=False).run(), dtype=np.complex64)
+    if calibration == "window":
+        r0, r1, c0, c1 = _window_box(mask, (h, w))
+        box = (max(r0 - top, 0), min(r1 - top, small[0]), max(c0 - left, 0), min(c1 - left, small[1]))
+        maps = espirit_calibration(k, box, threshold, kernel_width, crop)
+    else:
+        maps = np.asarray(mr.app.EspiritCalib(k, calib_width=calib, thresh=threshold, kernel_width=kernel_width,
+                                              crop=crop, show_pbar=False).run(), dtype=np.complex64)
     if small != (h, w):
         maps = fft_grid_resample(maps, (h, w))
         norm = np.sqrt((np.abs(maps) ** 2).sum(0, keepdims=True))
@@ -174,12 +235,13 @@ def espirit_maps(kspace: np.ndarray, mask: np.ndarray, threshold: float = 0.02, 
     return maps
 
 
-def sensitivities(kspace: np.ndarray, mask: np.ndarray, crop: float = 0.0) -> np.ndarray:
-    """ESPIRiT maps (all pixels kept by default); where the calibration region is too narrow for
-    ESPIRiT (under 4 lines: 8x on 64 lines leaves 3), the documented fallback: the calibration
-    region's low-resolution coil images over their RSS (`estimate_sensitivities`)."""
+def sensitivities(kspace: np.ndarray, mask: np.ndarray, crop: float = 0.0, calibration: str | None = None) -> np.ndarray:
+    """ESPIRiT maps (all pixels kept by default; `calibration` as `espirit_maps`); where the
+    calibration region is too narrow for ESPIRiT (under 4 lines: 8x on 64 lines leaves 3), the
+    documented fallback: the calibration region's low-resolution coil images over their RSS
+    (`estimate_sensitivities`)."""
     if _calibration_width(mask, tuple(kspace.shape[-2:])) >= ESPIRIT_MIN_CALIBRATION:
-        return espirit_maps(kspace, mask, crop=crop)
+        return espirit_maps(kspace, mask, crop=crop, calibration=calibration)
     k = torch.from_numpy(np.asarray(kspace, dtype=np.complex64))
     return estimate_sensitivities(k, torch.from_numpy(np.asarray(mask))).numpy()
 

@@ -126,8 +126,8 @@ class MapsCache:
 
         key = (kind, hashlib.sha1(kspace.tobytes() + np.asarray(mask).tobytes()).digest())
         if key not in self.maps:
-            if kind == "espirit":
-                self.maps[key] = sensitivities(kspace, mask)
+            if kind.startswith("espirit"):  # "espirit" (the shipped calibration), "espirit-square", "espirit-window"
+                self.maps[key] = sensitivities(kspace, mask, calibration=kind.partition("-")[2] or None)
             else:
                 self.maps[key] = estimate_sensitivities(torch.from_numpy(kspace), torch.from_numpy(mask)).numpy()
         return self.maps[key]
