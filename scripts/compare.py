@@ -65,6 +65,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--multicoil", action="store_true", help="compare the multi-coil network and baselines")
     ap.add_argument("--real-test", nargs="*", help="fully sampled multi-coil raw files to test on")
     ap.add_argument("--real-validation", nargs="*", help="fully sampled multi-coil raw files to tune the baselines on")
+    ap.add_argument("--espirit-calibration", default="window",
+                    help="the multi-coil baselines' ESPIRiT calibration region: 'window' (the whole fully sampled "
+                         "region; the default since 0.21, the stronger PICS on validation) or 'square' (SigPy's "
+                         "centred square, the baselines' maps before 0.21 and the network's)")
     ap.add_argument("--sense-weights", default="0,0.001,0.01,0.1", help="CG-SENSE grid tuned on validation")
     ap.add_argument("--pics-weights", default="0.0003,0.001,0.003,0.01,0.03", help="PICS grid tuned on validation")
     ap.add_argument("--ct-real", action="store_true",

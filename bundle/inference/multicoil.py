@@ -24,7 +24,15 @@ from bundle.data.fastmri import center_crop
 from bundle.data.rawkspace import RawKspace
 from bundle.errors import InputError
 from bundle.options import check_options, is_auto
-from bundle.parallel_imaging import METHODS, PICS_REGION, check_solver, classical, combine_with_pics, sensitivities
+from bundle.parallel_imaging import (
+    ESPIRIT_CALIBRATION,
+    METHODS,
+    PICS_REGION,
+    check_solver,
+    classical,
+    combine_with_pics,
+    sensitivities,
+)
 from bundle.physics.mri import cartesian_mask, check_acceleration, check_mask_type, default_center_fraction, ifft2c
 from bundle.physics.mri_sense import acs_window, rss
 from bundle.transforms.base import content_key, slice_seed
@@ -61,6 +69,9 @@ class MultiCoilReconstructor:
         solver: the SigPy solve's iterations and step, a key of `bundle.parallel_imaging.SOLVERS`
             ("shipped": 30 iterations, step from a bound; "0.18": 100 after 30 power iterations,
             for the benchmark's side-by-side timing).
+        espirit_calibration: ESPIRiT's calibration region when the file has no maps: "square"
+            (shipped: SigPy's centred square, what the network was trained with) or "window" (the
+            whole fully sampled region; the stronger maps for PICS, `multicoil_method` "pics").
         device: torch device of the network.
         progress: a progress bar over the slices of each file.
     """
@@ -71,6 +82,7 @@ class MultiCoilReconstructor:
                  mask_type: str = "equispaced", method: str = "varnet", weight: float = 0.01,
                  pics_blend: float | str | None = 0.0, pics_weight: float | str | None = None, pics_region: str = PICS_REGION,
                  pics_mode: str | None = None, write_maps: bool = False, solver: str = "shipped",
+                 espirit_calibration: str = ESPIRIT_CALIBRATION,
                  device: str | torch.device = "cpu", progress: bool = True) -> None:
         try:
             check_acceleration(float(acceleration))
@@ -91,7 +103,9 @@ class MultiCoilReconstructor:
         self.method, self.weight = method, float(weight)
         check_options(multicoil_pics_blend="auto" if pics_blend is None else pics_blend,
                       multicoil_pics_weight="auto" if pics_weight is None else pics_weight,
-                      multicoil_pics_region=pics_region, multicoil_pics_mode="auto" if pics_mode is None else pics_mode)
+                      multicoil_pics_region=pics_region, multicoil_pics_mode="auto" if pics_mode is None else pics_mode,
+                      espirit_calibration=espirit_calibration)
+        self.espirit_calibration = str(espirit_calibration)
         try:
             check_solver(solver)
         except ValueError as e:
@@ -151,7 +165,7 @@ class MultiCoilReconstructor:
                 needs_maps = self.method != "zero_filled"
             given = None
             if needs_maps:
-                given = raw.maps[min(i, raw.maps.shape[0] - 1)] if raw.maps is not None else sensitivities(acquired.numpy(), mask)
+                given = raw.maps[min(i, raw.maps.shape[0] - 1)] if raw.maps is not None else sensitivities(acquired.numpy(), mask, calibration=self.espirit_calibration)
             if self.method == "varnet":
                 assert network is not None
                 mask_in = m[None, None] if mask.ndim == 2 else m[:1][None, None]

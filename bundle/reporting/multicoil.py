@@ -134,8 +134,9 @@ class MapsCache:
 
 
 def baseline_method(method: str, weight: float, maps: str = "espirit", cache: MapsCache | None = None) -> Method:
-    """A classical baseline (`bundle.parallel_imaging.classical`) with ESPIRiT maps (SigPy, all
-    pixels kept; the calibration maps where the region is under 4 lines wide) or "acs" maps
+    """A classical baseline (`bundle.parallel_imaging.classical`) with ESPIRiT maps (all pixels
+    kept; the calibration maps where the region is under 4 lines wide): "espirit" (the shipped
+    calibration), "espirit-square" (SigPy's) or "espirit-window" (the whole region); or "acs" maps
     (`estimate_sensitivities`)."""
     cache = cache or MapsCache()
 

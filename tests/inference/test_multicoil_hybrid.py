@@ -123,7 +123,8 @@ def test_hybrid_is_the_stated_combination_of_the_network_and_pics(tmp_path):
 
 
 @pytest.mark.parametrize("option,value", [("multicoil_pics_blend", "1.5"), ("multicoil_pics_weight", "-1"),
-                                          ("multicoil_pics_region", "edges"), ("multicoil_pics_mode", "both")])
+                                          ("multicoil_pics_region", "edges"), ("multicoil_pics_mode", "both"),
+                                          ("espirit_calibration", "circle")])
 def test_bad_blend_options_stop_with_one_line(tmp_path, option, value):
     import shutil
 
@@ -135,3 +136,33 @@ def test_bad_blend_options_stop_with_one_line(tmp_path, option, value):
     lines = [ln for ln in res.stderr.strip().splitlines() if ln.startswith("error:")]
     assert res.returncode != 0 and len(lines) == 1 and option in lines[0], res.stderr[-2000:]
     assert "Traceback" not in res.stderr and not (out.exists() and any(out.iterdir()))
+
+
+def test_espirit_calibration_option_picks_the_maps(tmp_path):
+    """--espirit_calibration window: the maps written (and used by PICS) are ESPIRiT on the whole
+    calibration region, computed here from the file's k-space and the mask written; square (the
+    default) differs."""
+    import shutil
+
+    import h5py
+    import nibabel as nib
+
+    from bundle.parallel_imaging import sensitivities
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    shutil.copy(DEMO_PHANTOM, inputs / "p.h5")
+    maps, recon = {}, {}
+    for calibration in ("square", "window"):
+        out = tmp_path / calibration
+        res = run_inference("configs/inference.yaml", inputs, out, "--multicoil_method", "pics", "--write_maps", "true",
+                            "--espirit_calibration", calibration)
+        assert res.returncode == 0, res.stderr[-3000:]
+        maps[calibration] = np.moveaxis(nib.load(str(out / "p_maps.nii.gz")).get_fdata(dtype=np.complex64)[:, :, 0], -1, 0)
+        recon[calibration] = nib.load(str(out / "p_recon.nii.gz")).get_fdata()
+    mask = nib.load(str(tmp_path / "window" / "p_mask.nii.gz")).get_fdata()[0, :, 0]
+    with h5py.File(DEMO_PHANTOM) as f:
+        acquired = (f["kspace"][0] * mask).astype(np.complex64)
+    np.testing.assert_allclose(maps["window"], sensitivities(acquired, mask, calibration="window"), atol=1e-5)
+    assert np.abs(maps["window"] - maps["square"]).max() > 0.05
+    assert np.abs(recon["window"] - recon["square"]).max() > 1e-3 * recon["square"].max()
