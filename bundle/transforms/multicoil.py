@@ -162,8 +162,9 @@ class SimulateMultiCoild(UndersampleMultiCoild):
 class EspiritMapsd(MapTransform):
     """ESPIRiT coil sensitivities of acquired multi-coil k-space ("kspace" (C, H, W) and "mask",
     as `UndersampleMultiCoild` writes them), under `maps_key`: what a network that takes maps
-    gets at inference (`bundle.parallel_imaging.sensitivities`: SigPy's ESPIRiT, all pixels kept,
-    or the calibration lines' maps when the region is under 4 lines).
+    gets at inference (`bundle.parallel_imaging.sensitivities`: ESPIRiT, all pixels kept, on the
+    `calibration` region ("square", "window"; None: the shipped one), or the calibration lines'
+    maps when the region is under 4 lines).
 
     ESPIRiT costs about a second a slice on a CPU; the maps depend only on the calibration region,
     so they are cached by the slice ("slice_id"), the flips `AugmentCoilKspaced` made (it leaves
@@ -174,9 +175,14 @@ class EspiritMapsd(MapTransform):
     """
 
     def __init__(self, keys: KeysCollection = ("kspace",), mask_key: str = "mask", maps_key: str = "maps",
-                 cache_size: int = 512, allow_missing_keys: bool = False) -> None:
+                 cache_size: int = 512, calibration: str | None = None, allow_missing_keys: bool = False) -> None:
+        from bundle.parallel_imaging import ESPIRIT_CALIBRATIONS
+
         super().__init__(keys, allow_missing_keys)
+        if calibration is not None and calibration not in ESPIRIT_CALIBRATIONS:
+            raise InputError(f"espirit_calibration: expected one of {', '.join(ESPIRIT_CALIBRATIONS)}, got {calibration!r}")
         self.mask_key, self.maps_key, self.cache_size = mask_key, maps_key, int(cache_size)
+        self.calibration = calibration
         self.cache: dict[tuple, torch.Tensor] = {}
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict:
@@ -198,7 +204,7 @@ class EspiritMapsd(MapTransform):
                          int(cols[0]), int(cols[-1]))
             maps = self.cache.get(ident) if ident is not None else None
             if maps is None:
-                maps = torch.from_numpy(sensitivities(k.numpy(), mask.numpy()))
+                maps = torch.from_numpy(sensitivities(k.numpy(), mask.numpy(), calibration=self.calibration))
                 if ident is not None:
                     if len(self.cache) >= self.cache_size:
                         self.cache.pop(next(iter(self.cache)))
