@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import os
 
+import numpy as np
 import torch
 
 from bundle.data.rawkspace import read_raw
@@ -64,6 +65,27 @@ def test_espirit_maps_of_real_coils_are_unit_rss_and_cached_across_a_global_phas
     assert "augmentation" not in flipped
     assert flipped["maps"] is not maps and len(espirit.cache) == 2
     torch.testing.assert_close(rss(flipped["maps"], 0), torch.ones(full.shape[-2:]), atol=1e-3, rtol=0)
+
+
+def test_espirit_maps_transform_takes_the_calibration_it_is_given():
+    """calibration="window": the transform's maps are `sensitivities` on the whole calibration
+    region; the default is the shipped calibration; an unknown one stops with one line."""
+    import pytest
+
+    from bundle.errors import InputError
+    from bundle.parallel_imaging import ESPIRIT_CALIBRATION, sensitivities
+
+    raw = read_raw(DEMO)
+    under = UndersampleMultiCoild(keys="image", accelerations=4, deterministic=True)
+    d = under({"image": torch.from_numpy(raw.kspace[0]), "slice_id": "p"})
+    k, mask = d["kspace"].numpy(), d["mask"].reshape(-1).numpy()
+    window = EspiritMapsd(calibration="window")(dict(d))["maps"]
+    np.testing.assert_allclose(window.numpy(), sensitivities(k, mask, calibration="window"), atol=1e-6)
+    default = EspiritMapsd()(dict(d))["maps"]
+    np.testing.assert_allclose(default.numpy(), sensitivities(k, mask, calibration=ESPIRIT_CALIBRATION), atol=1e-6)
+    assert (window - default).abs().max() > 0.01
+    with pytest.raises(InputError, match="espirit_calibration"):
+        EspiritMapsd(calibration="circle")
 
 
 def test_readout_oversampling_centres_the_object_in_a_longer_grid_with_the_same_draws():
