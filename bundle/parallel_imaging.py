@@ -3,11 +3,11 @@ L1-wavelet PICS, on one slice of acquired k-space.
 
 ESPIRiT and PICS are SigPy's (`sigpy.mri.app.EspiritCalib`, `sigpy.mri.app.L1WaveletRecon`,
 Daubechies-4 wavelets): the field's reference implementations, so the bar the network is measured
-against is not our own code. ESPIRiT on the whole calibration region (`espirit_calibration`,
+against is not our own code (ours, `bundle.physics.mri_sense.l1_wavelet_sense` with Haar
+wavelets, is tested against it). ESPIRiT on the whole calibration region (`espirit_calibration`,
 calibration "window") is ours, SigPy's algorithm on a rectangle, checked against SigPy's on a
 square (the baselines of compare.py use it since 0.21; the shipped reconstruction does not:
-scripts/studies/multicoil_espirit_window.py) (ours, `bundle.physics.mri_sense.l1_wavelet_sense` with Haar
-wavelets, is tested against it). CG-SENSE is ours (CG on the normal equations of
+scripts/studies/multicoil_espirit_window.py). CG-SENSE is ours (CG on the normal equations of
 `bundle.physics.mri_sense.CartesianSense`).
 
 `pics_weight_by_cross_validation` chooses PICS's weight from a scan's own held-out lines; the
