@@ -107,12 +107,12 @@ FINE_TUNED = ("fine-tuned, network alone, window", "fine-tuned, shipped, window"
 BASELINES = ("zf", *(f"pics {w:g} {c}" for c in CALIBRATIONS for w in WEIGHTS))
 
 
-def score_sets(ckpt: str, sets: dict, acceleration: float) -> dict:
+def _score_all(ckpt: str, sets: dict, acceleration: float, slice_images) -> dict:
+    """{kind: {case: {name: [(SSIM, PSNR) per slice]}}} of `slice_images(net, cache, acquired, mask)`
+    ({name: image}) on every validation slice, scored against its fully sampled RSS."""
     import torch
-    from multicoil_oversampled_blend import setting_means
 
     from bundle.networks import load_checkpoint
-    from bundle.parallel_imaging import combine_with_pics, pics
     from bundle.physics.mri import ifft2c
     from bundle.physics.mri_sense import rss
     from bundle.reporting.multicoil import MapsCache, file_mask, score
@@ -120,68 +120,75 @@ def score_sets(ckpt: str, sets: dict, acceleration: float) -> dict:
 
     net = load_checkpoint(VarNet(**varnet_variant("cpu")), ckpt).eval()
     cache = MapsCache()
-    rows = {}
+    scores: dict = {}
     for kind, cases in sets.items():
-        per_case: dict = {}
+        per_case = scores.setdefault(kind, {})
         for case in cases:
             for full in case.slices:
                 mask = file_mask(case.name, full.shape[-1], acceleration)
                 acquired = (full * mask).astype(np.complex64)
                 ref = rss(ifft2c(torch.from_numpy(full)), 0).numpy()
-                images = {"zf": rss(ifft2c(torch.from_numpy(acquired)), 0).numpy()}
-                for c in CALIBRATIONS:
-                    maps = cache(f"espirit-{c}", acquired, mask)
-                    with torch.no_grad():
-                        coils = net.coil_images(torch.from_numpy(acquired)[None], torch.from_numpy(mask).view(1, 1, 1, -1),
-                                                torch.from_numpy(maps)[None])[0][0]
-                    alone = rss(coils, 0).numpy()
-                    images[f"network alone, {c}"] = alone
-                    images[f"shipped, {c}"] = combine_with_pics(alone, coils.numpy(), acquired, mask, maps)
-                    for w in WEIGHTS:
-                        images[f"pics {w:g} {c}"] = np.abs(pics(acquired, mask, maps, w)).astype(np.float32)
                 row = per_case.setdefault(case.name, {})
-                for name, image in images.items():
+                for name, image in slice_images(net, cache, acquired, mask).items():
                     row.setdefault(name, []).append(score(image, ref))
-        means, best = setting_means(per_case, CANDIDATES)
+    return scores
+
+
+def _network(net, cache, acquired: np.ndarray, mask: np.ndarray, calibration: str, prefix: str) -> dict:
+    """The network alone and the shipped combination with ESPIRiT maps of `calibration`."""
+    import torch
+
+    from bundle.parallel_imaging import combine_with_pics
+    from bundle.physics.mri_sense import rss
+
+    maps = cache(f"espirit-{calibration}", acquired, mask)
+    with torch.no_grad():
+        coils = net.coil_images(torch.from_numpy(acquired)[None], torch.from_numpy(mask).view(1, 1, 1, -1),
+                                torch.from_numpy(maps)[None])[0][0]
+    alone = rss(coils, 0).numpy()
+    return {f"{prefix}network alone, {calibration}": alone,
+            f"{prefix}shipped, {calibration}": combine_with_pics(alone, coils.numpy(), acquired, mask, maps)}
+
+
+def _rows(scores: dict, candidates, acceleration: float, with_baselines: bool) -> dict:
+    from multicoil_oversampled_blend import setting_means
+
+    rows = {}
+    for kind, per_case in scores.items():
+        if with_baselines:
+            means, best = setting_means(per_case, candidates)
+        else:
+            means, best = {k: np.mean([np.mean(r[k], 0) for r in per_case.values()], 0) for k in candidates}, {}
         rows[kind] = [{k: [float(x) for x in v] for k, v in means.items()}, best]
         print(f"{kind} {acceleration:g}x: " + "; ".join(f"{k} {v[0]:.4f} / {v[1]:.2f}" for k, v in means.items()), flush=True)
-    return {"rows": rows, "acceleration": acceleration}
+    return rows
+
+
+def score_sets(ckpt: str, sets: dict, acceleration: float) -> dict:
+    """The first study: zero-filled, PICS at each weight and the shipped weights, both calibrations."""
+    import torch
+
+    from bundle.parallel_imaging import pics
+    from bundle.physics.mri import ifft2c
+    from bundle.physics.mri_sense import rss
+
+    def images(net, cache, acquired, mask):
+        out = {"zf": rss(ifft2c(torch.from_numpy(acquired)), 0).numpy()}
+        for c in CALIBRATIONS:
+            out.update(_network(net, cache, acquired, mask, c, ""))
+            for w in WEIGHTS:
+                out[f"pics {w:g} {c}"] = np.abs(pics(acquired, mask, cache(f"espirit-{c}", acquired, mask), w)).astype(np.float32)
+        return out
+
+    scores = _score_all(ckpt, sets, acceleration, images)
+    return {"rows": _rows(scores, CANDIDATES, acceleration, True), "acceleration": acceleration}
 
 
 def score_fine_tuned(ckpt: str, sets: dict, acceleration: float) -> dict:
     """The second candidate's rows only: weights fine-tuned with window maps, window maps."""
-    import torch
-
-    from bundle.networks import load_checkpoint
-    from bundle.parallel_imaging import combine_with_pics
-    from bundle.physics.mri import ifft2c
-    from bundle.physics.mri_sense import rss
-    from bundle.reporting.multicoil import MapsCache, file_mask, score
-    from bundle.varnet import VarNet, varnet_variant
-
-    net = load_checkpoint(VarNet(**varnet_variant("cpu")), ckpt).eval()
-    cache = MapsCache()
-    rows = {}
-    for kind, cases in sets.items():
-        per_case: dict = {}
-        for case in cases:
-            for full in case.slices:
-                mask = file_mask(case.name, full.shape[-1], acceleration)
-                acquired = (full * mask).astype(np.complex64)
-                ref = rss(ifft2c(torch.from_numpy(full)), 0).numpy()
-                maps = cache("espirit-window", acquired, mask)
-                with torch.no_grad():
-                    coils = net.coil_images(torch.from_numpy(acquired)[None], torch.from_numpy(mask).view(1, 1, 1, -1),
-                                            torch.from_numpy(maps)[None])[0][0]
-                alone = rss(coils, 0).numpy()
-                images = {FINE_TUNED[0]: alone, FINE_TUNED[1]: combine_with_pics(alone, coils.numpy(), acquired, mask, maps)}
-                row = per_case.setdefault(case.name, {})
-                for name, image in images.items():
-                    row.setdefault(name, []).append(score(image, ref))
-        means = {k: np.mean([np.mean(r[k], 0) for r in per_case.values()], 0) for k in FINE_TUNED}
-        rows[kind] = [{k: [float(x) for x in v] for k, v in means.items()}, {}]
-        print(f"{kind} {acceleration:g}x: " + "; ".join(f"{k} {v[0]:.4f} / {v[1]:.2f}" for k, v in means.items()), flush=True)
-    return {"rows": rows, "acceleration": acceleration, "fine_tuned": True}
+    scores = _score_all(ckpt, sets, acceleration,
+                        lambda net, cache, acquired, mask: _network(net, cache, acquired, mask, "window", "fine-tuned, "))
+    return {"rows": _rows(scores, FINE_TUNED, acceleration, False), "acceleration": acceleration, "fine_tuned": True}
 
 
 def decide(paths: list[str]) -> int:
