@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from bundle.errors import InputError
+from bundle.options import check_options
 from bundle.physics.mri import fft2c, ifft2c
 from bundle.physics.mri_sense import CartesianSense, acs_window, estimate_sensitivities, norm_per_pixel, rss
 from bundle.physics.solvers import regularised_least_squares
@@ -114,10 +115,16 @@ def scale_of(kspace: np.ndarray) -> float:
     return float(norm_per_pixel(torch.from_numpy(np.asarray(kspace, dtype=np.complex64))))
 
 
-def _calibration_width(mask: np.ndarray, shape: tuple[int, int]) -> int:
+def _window_box(mask: np.ndarray, shape: tuple[int, int]) -> tuple[int, int, int, int]:
+    """[r0, r1, c0, c1) of the calibration region (`acs_window`, a box) on a grid of `shape`."""
     window = acs_window(torch.from_numpy(np.asarray(mask)), shape).numpy()
     rows, cols = np.flatnonzero(window.any(1)), np.flatnonzero(window.any(0))
-    return int(min(rows.size, cols.size))
+    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+
+
+def _calibration_width(mask: np.ndarray, shape: tuple[int, int]) -> int:
+    r0, r1, c0, c1 = _window_box(mask, shape)
+    return min(r1 - r0, c1 - c0)
 
 
 # ESPIRiT's cost grows with the image grid (per pixel, a coils x coils matrix from every kernel,
@@ -156,8 +163,7 @@ def fft_grid_resample(x: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 # six validation settings: mean -0.01 dB, scripts/studies/multicoil_espirit_window.py); PICS gains
 # more from "window" (+0.19 dB there, +5.3 dB on the real in-vivo test brain at 4x), so compare.py's
 # baselines use it since 0.21.
-ESPIRIT_CALIBRATIONS = ("square", "window")
-ESPIRIT_CALIBRATION = "square"
+ESPIRIT_CALIBRATION = "square"  # the names: bundle.options.RULES["espirit_calibration"]
 
 
 def espirit_calibration(kspace: np.ndarray, box: tuple[int, int, int, int], threshold: float = 0.02,
@@ -195,12 +201,6 @@ def espirit_calibration(kspace: np.ndarray, box: tuple[int, int, int, int], thre
     return (maps * (eig[..., 0, 0] > crop)).astype(np.complex64)
 
 
-def _window_box(mask: np.ndarray, shape: tuple[int, int]) -> tuple[int, int, int, int]:
-    window = acs_window(torch.from_numpy(np.asarray(mask)), shape).numpy()
-    rows, cols = np.flatnonzero(window.any(1)), np.flatnonzero(window.any(0))
-    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
-
-
 def espirit_maps(kspace: np.ndarray, mask: np.ndarray, threshold: float = 0.02, kernel_width: int = 6,
                  crop: float = 0.95, grid: int | None = ESPIRIT_GRID, calibration: str | None = None) -> np.ndarray:
     """ESPIRiT sensitivities (Uecker et al., MRM 2014) of one slice: (C, H, W) complex64.
@@ -215,10 +215,10 @@ def espirit_maps(kspace: np.ndarray, mask: np.ndarray, threshold: float = 0.02, 
     import sigpy.mri as mr
 
     calibration = ESPIRIT_CALIBRATION if calibration is None else calibration
-    if calibration not in ESPIRIT_CALIBRATIONS:
-        raise InputError(f"ESPIRiT calibration must be one of {', '.join(ESPIRIT_CALIBRATIONS)}, got {calibration!r}")
+    check_options(espirit_calibration=calibration)
     h, w = kspace.shape[-2:]
-    calib = _calibration_width(mask, (h, w))
+    r0, r1, c0, c1 = _window_box(mask, (h, w))
+    calib = min(r1 - r0, c1 - c0)
     if calib < ESPIRIT_MIN_CALIBRATION:
         raise InputError(f"the fully sampled centre is {calib} lines wide, too narrow for ESPIRiT "
                          f"(at least {ESPIRIT_MIN_CALIBRATION})")
@@ -229,7 +229,6 @@ def espirit_maps(kspace: np.ndarray, mask: np.ndarray, threshold: float = 0.02, 
     if small != (h, w):
         k = k[..., top:top + small[0], left:left + small[1]]
     if calibration == "window":
-        r0, r1, c0, c1 = _window_box(mask, (h, w))
         box = (max(r0 - top, 0), min(r1 - top, small[0]), max(c0 - left, 0), min(c1 - left, small[1]))
         maps = espirit_calibration(k, box, threshold, kernel_width, crop)
     else:

@@ -11,9 +11,9 @@ import os
 from bundle.data import load_datalist
 from bundle.data.io import write_text_atomic
 from bundle.errors import InputError
+from bundle.options import check_options
 from bundle.parallel_imaging import (
     ESPIRIT_CALIBRATION,
-    ESPIRIT_CALIBRATIONS,
     NETWORK_PICS_MU,
     PICS_BLEND_BY_ACCELERATION,
     PICS_MODE_BY_ACCELERATION,
@@ -65,8 +65,7 @@ def run_multicoil(args, root: str) -> int:
     # the baselines' maps: ESPIRiT calibrated as shipped (SigPy's square) or on the whole region
     # (`espirit_maps(calibration="window")`; scripts/studies/multicoil_espirit_window.py)
     calibration = getattr(args, "espirit_calibration", None) or ESPIRIT_CALIBRATION
-    if calibration not in ESPIRIT_CALIBRATIONS:
-        raise InputError(f"--espirit-calibration: must be one of {', '.join(ESPIRIT_CALIBRATIONS)}, got {calibration!r}")
+    check_options(espirit_calibration=calibration)
     maps = f"espirit-{calibration}"
     demo_phantom = os.path.join(root, "bundle", "demo_data", "multicoil", "pulseq_phantom_32ch_64.h5")
     test_files = args.real_test if args.real_test is not None else _defaults(root, REAL_TEST, [])

@@ -13,7 +13,7 @@ from monai.transforms import MapTransform, RandomizableTransform
 from monai.utils import convert_to_tensor
 
 from bundle.errors import InputError
-from bundle.options import number_range
+from bundle.options import check_options, number_range
 from bundle.physics.mri import fft2c, ifft2c
 from bundle.physics.mri_sense import random_coil_maps, rss, smooth_phase
 from bundle.transforms.mri import UndersampleKspaced
@@ -176,11 +176,9 @@ class EspiritMapsd(MapTransform):
 
     def __init__(self, keys: KeysCollection = ("kspace",), mask_key: str = "mask", maps_key: str = "maps",
                  cache_size: int = 512, calibration: str | None = None, allow_missing_keys: bool = False) -> None:
-        from bundle.parallel_imaging import ESPIRIT_CALIBRATIONS
-
         super().__init__(keys, allow_missing_keys)
-        if calibration is not None and calibration not in ESPIRIT_CALIBRATIONS:
-            raise InputError(f"espirit_calibration: expected one of {', '.join(ESPIRIT_CALIBRATIONS)}, got {calibration!r}")
+        if calibration is not None:
+            check_options(espirit_calibration=calibration)
         self.mask_key, self.maps_key, self.cache_size = mask_key, maps_key, int(cache_size)
         self.calibration = calibration
         self.cache: dict[tuple, torch.Tensor] = {}
