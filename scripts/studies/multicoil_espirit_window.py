@@ -4,9 +4,9 @@ Why: SigPy's `EspiritCalib` calibrates on a centred square as wide as the calibr
 narrower side. With a Cartesian line mask that region is the acquired centre lines over every
 row: at 8x on 256 lines, 10 lines x 256 rows, of which the square keeps 10 x 10, and with a
 6-sample kernel that is 25 rows of a calibration matrix with coils x 36 columns, too few to find
-its null space. On two training subjects and a training phantom (a throwaway look before this
-study, nothing chosen from validation) the whole region gave PICS +4 to +8 dB on the real
-phantom at 8x, about the same at 4x, and -0.5 dB on the simulated 2 mm slices at 8x (5 lines).
+its null space. A throwaway look on two training subjects and a training phantom before this
+study (not kept, nothing chosen from validation) suggested that the whole region helps PICS on
+the real phantom at 8x and hurts it on the simulated 2 mm slices at 8x (5 lines).
 `bundle.parallel_imaging.espirit_calibration` is SigPy's algorithm step by step on any rectangle
 (tested against SigPy's on a square); `espirit_maps(calibration="window")` uses the whole region.
 
