@@ -83,6 +83,24 @@ shipped square -> fine-tuned window: real 4x 0.7690 / 31.32 -> 0.7529 / 30.74; s
 (+0.34 dB, better on every setting). It gains at 8x and on SSIM, and loses 0.58 dB on the real
 phantoms at 4x, where the joint with PICS on window maps is weaker. The weights are not kept;
 the command above remakes them.
+
+Third candidate (rule written 2026-12-08, before any score of it: the code that computes it did
+not exist when the rule was written): "window24", the calibration region limited to at most 24
+samples each way around the centre of k-space (the default calibration size of BART's `ecalib`,
+`-r 24`), i.e. the window cut along the readout (at 4x on 128 lines: 10 lines x 24 rows instead of
+10 x 128), as the first result suggested (the real phantoms at 4x lost 0.39 dB with the whole
+window, as if its high readout frequencies added noise to the calibration matrix). Shipped
+weights (square maps in training). Scored with the first study's rows in the same run
+(`--limited`: square, window and window24 side by side, so the first study's numbers are
+reproduced beside it). Rule: the same as the first, against "shipped, square": mean PSNR over
+the six settings at least 0.10 dB higher, mean SSIM at most 0.002 lower, worst target ratio at
+most 0.01 lower, the strictest baseline now also taking PICS with window24 maps at each weight.
+If it passes, "window24" becomes the shipped calibration of inference (the weights unchanged);
+otherwise the option stays for studies.
+
+    python scripts/studies/multicoil_espirit_window.py models/model_multicoil.pt --limited --acceleration 4 --out l4.json
+    python scripts/studies/multicoil_espirit_window.py models/model_multicoil.pt --limited --acceleration 8 --out l8.json
+    python scripts/studies/multicoil_espirit_window.py --decide l4.json l8.json
 """
 
 from __future__ import annotations
