@@ -187,7 +187,7 @@ RULES: Mapping[str, Callable[[str, object], None]] = MappingProxyType({
     "multicoil_pics_weight": auto_or(at_least(0.0)),
     "multicoil_pics_region": one_of("object", "all"),
     "multicoil_pics_mode": auto_or(one_of("joint", "average")),
-    "espirit_calibration": one_of("square", "window"),
+    "espirit_calibration": one_of("square", "window", "window24"),
     "amp": boolean,
     "output_dicom": boolean,
     "overwrite": boolean,

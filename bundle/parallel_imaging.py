@@ -164,6 +164,19 @@ def fft_grid_resample(x: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 # more from "window" (+0.19 dB there, +5.3 dB on the real in-vivo test brain at 4x), so compare.py's
 # baselines use it since 0.21.
 ESPIRIT_CALIBRATION = "square"  # the names: bundle.options.RULES["espirit_calibration"]
+# "window24": the window cut to at most this many samples each way around the centre of k-space,
+# the default calibration size of BART's ecalib (-r 24); scripts/studies/multicoil_espirit_window.py
+ESPIRIT_CALIBRATION_SIZE = 24
+
+
+def _limit_box(box: tuple[int, int, int, int], shape: tuple[int, int], size: int) -> tuple[int, int, int, int]:
+    """`box` ([r0, r1, c0, c1)) cut to at most `size` samples each way around the centre of a
+    centred FFT grid of `shape` (index n // 2)."""
+    out = []
+    for (lo, hi), n in zip(((box[0], box[1]), (box[2], box[3])), shape):
+        start = n // 2 - size // 2
+        out += [max(lo, start), min(hi, start + size)]
+    return out[0], out[1], out[2], out[3]
 
 
 def espirit_calibration(kspace: np.ndarray, box: tuple[int, int, int, int], threshold: float = 0.02,
@@ -206,8 +219,9 @@ def espirit_maps(kspace: np.ndarray, mask: np.ndarray, threshold: float = 0.02, 
     """ESPIRiT sensitivities (Uecker et al., MRM 2014) of one slice: (C, H, W) complex64.
     The calibration region is the fully sampled centre of `mask` (`acs_window`): with
     `calibration` "square" (None: `ESPIRIT_CALIBRATION`) SigPy's `EspiritCalib` on the centred
-    square of its narrower side, with "window" `espirit_calibration` on all of it; the kernel
-    narrowed to fit it. Pixels whose eigenvalue is below `crop` get zero maps (SigPy's default
+    square of its narrower side, with "window" `espirit_calibration` on all of it, with
+    "window24" on the part of it within `ESPIRIT_CALIBRATION_SIZE` samples each way around the
+    centre (BART ecalib's default size); the kernel narrowed to fit it. Pixels whose eigenvalue is below `crop` get zero maps (SigPy's default
     0.95; 0 keeps every pixel, as the RSS reference does). With crop 0 and a side longer than
     `grid`, the maps are computed on a grid of at most `grid` x `grid` samples of the same field
     of view (the centre of k-space, the calibration region in it), then interpolated
@@ -228,9 +242,11 @@ def espirit_maps(kspace: np.ndarray, mask: np.ndarray, threshold: float = 0.02, 
     top, left = h // 2 - small[0] // 2, w // 2 - small[1] // 2
     if small != (h, w):
         k = k[..., top:top + small[0], left:left + small[1]]
-    if calibration == "window":
+    if calibration in ("window", "window24"):
         box = (max(r0 - top, 0), min(r1 - top, small[0]), max(c0 - left, 0), min(c1 - left, small[1]))
-        maps = espirit_calibration(k, box, threshold, kernel_width, crop)
+        if calibration == "window24":
+            box = _limit_box(box, small, ESPIRIT_CALIBRATION_SIZE)
+        maps = espirit_calibration(k, box, threshold, min(kernel_width, box[1] - box[0] - 1, box[3] - box[2] - 1), crop)
     else:
         maps = np.asarray(mr.app.EspiritCalib(k, calib_width=calib, thresh=threshold, kernel_width=kernel_width,
                                               crop=crop, show_pbar=False).run(), dtype=np.complex64)

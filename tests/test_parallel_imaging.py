@@ -96,6 +96,33 @@ def test_espirit_on_the_whole_calibration_window_finds_the_maps_better_than_the_
         espirit_maps(acquired, mask, crop=0.0, calibration="circle")
 
 
+def test_window24_is_the_calibration_window_cut_to_24_samples_around_the_centre():
+    """BART ecalib's default calibration size: the box by hand, then the maps are ESPIRiT on that
+    box (a 10-line window over 128 rows keeps rows 52 to 75), and where the window fits in 24 x 24
+    they are the window's."""
+    from bundle.parallel_imaging import _limit_box, espirit_calibration, scale_of
+    from bundle.physics.mri import fft2c
+    from bundle.physics.mri_sense import random_coil_maps
+
+    assert _limit_box((0, 128, 59, 69), (128, 128), 24) == (52, 76, 59, 69)
+    assert _limit_box((0, 40, 2, 38), (40, 40), 24) == (8, 32, 8, 32)
+    assert _limit_box((0, 20, 5, 15), (20, 20), 24) == (0, 20, 5, 15)
+    for n, lines in ((128, slice(59, 69)), (20, slice(8, 13))):
+        y, x = np.mgrid[-1:1:n * 1j, -1:1:n * 1j]
+        img = ((x / 0.7) ** 2 + (y / 0.8) ** 2 < 1) * (1 + 0.5 * (x > 0.2))
+        true = random_coil_maps(6, (n, n), torch.Generator().manual_seed(2)).numpy()
+        mask = np.zeros(n, np.float32)
+        mask[::4], mask[lines] = 1, 1
+        k = (fft2c(torch.from_numpy(true * img).to(torch.complex64)).numpy() * mask).astype(np.complex64)
+        limited = espirit_maps(k, mask, crop=0.0, calibration="window24")
+        if n == 128:
+            expected = espirit_calibration(k / scale_of(k), (52, 76, 59, 69), kernel_width=6)
+        else:
+            expected = espirit_maps(k, mask, crop=0.0, calibration="window")
+        np.testing.assert_allclose(limited, expected, atol=1e-6)
+        np.testing.assert_allclose(np.sqrt((np.abs(limited) ** 2).sum(0)), 1.0, atol=1e-4)
+
+
 def test_object_support_covers_the_object_and_not_the_background():
     from bundle.parallel_imaging import object_support
 

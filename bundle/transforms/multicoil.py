@@ -163,7 +163,7 @@ class EspiritMapsd(MapTransform):
     """ESPIRiT coil sensitivities of acquired multi-coil k-space ("kspace" (C, H, W) and "mask",
     as `UndersampleMultiCoild` writes them), under `maps_key`: what a network that takes maps
     gets at inference (`bundle.parallel_imaging.sensitivities`: ESPIRiT, all pixels kept, on the
-    `calibration` region ("square", "window"; None: the shipped one), or the calibration lines'
+    `calibration` region ("square", "window", "window24"; None: the shipped one), or the calibration lines'
     maps when the region is under 4 lines).
 
     ESPIRiT costs about a second a slice on a CPU; the maps depend only on the calibration region,

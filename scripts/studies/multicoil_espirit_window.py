@@ -118,11 +118,19 @@ import numpy as np  # noqa: E402
 from bundle.errors import install_excepthook  # noqa: E402
 
 CALIBRATIONS = ("square", "window")
+LIMITED = "window24"
 WEIGHTS = (0.003, 0.01, 0.03)
 SHIPPED, CANDIDATE = "shipped, square", "shipped, window"
 CANDIDATES = ("network alone, square", "network alone, window", SHIPPED, CANDIDATE)
 FINE_TUNED = ("fine-tuned, network alone, window", "fine-tuned, shipped, window")
-BASELINES = ("zf", *(f"pics {w:g} {c}" for c in CALIBRATIONS for w in WEIGHTS))
+LIMITED_ROWS = (f"network alone, {LIMITED}", f"shipped, {LIMITED}")
+
+
+def baselines(calibrations) -> tuple[str, ...]:
+    return ("zf", *(f"pics {w:g} {c}" for c in calibrations for w in WEIGHTS))
+
+
+BASELINES = baselines(CALIBRATIONS)
 
 
 def _score_all(ckpt: str, sets: dict, acceleration: float, slice_images) -> dict:
@@ -182,8 +190,9 @@ def _rows(scores: dict, candidates, acceleration: float, with_baselines: bool) -
     return rows
 
 
-def score_sets(ckpt: str, sets: dict, acceleration: float) -> dict:
-    """The first study: zero-filled, PICS at each weight and the shipped weights, both calibrations."""
+def score_sets(ckpt: str, sets: dict, acceleration: float, calibrations=CALIBRATIONS) -> dict:
+    """The first study: zero-filled, PICS at each weight and the shipped weights, both calibrations
+    (the third: `calibrations` with LIMITED)."""
     import torch
 
     from bundle.parallel_imaging import pics
@@ -192,14 +201,21 @@ def score_sets(ckpt: str, sets: dict, acceleration: float) -> dict:
 
     def images(net, cache, acquired, mask):
         out = {"zf": rss(ifft2c(torch.from_numpy(acquired)), 0).numpy()}
-        for c in CALIBRATIONS:
+        for c in calibrations:
             out.update(_network(net, cache, acquired, mask, c, ""))
             for w in WEIGHTS:
                 out[f"pics {w:g} {c}"] = np.abs(pics(acquired, mask, cache(f"espirit-{c}", acquired, mask), w)).astype(np.float32)
         return out
 
     scores = _score_all(ckpt, sets, acceleration, images)
-    return {"rows": _rows(scores, CANDIDATES, acceleration, True), "acceleration": acceleration}
+    limited = LIMITED in calibrations
+    rows = _rows(scores, CANDIDATES + (LIMITED_ROWS if limited else ()), acceleration, True)
+    return {"rows": rows, "acceleration": acceleration, "limited": limited}
+
+
+def score_limited(ckpt: str, sets: dict, acceleration: float) -> dict:
+    """The third candidate with the first study's rows: square, window and window24 side by side."""
+    return score_sets(ckpt, sets, acceleration, (*CALIBRATIONS, LIMITED))
 
 
 def score_fine_tuned(ckpt: str, sets: dict, acceleration: float) -> dict:
@@ -213,35 +229,42 @@ def decide(paths: list[str]) -> int:
     from multicoil_oversampled_blend import target_ratio_table
 
     means: dict = {}
-    fine_tuned = False
+    fine_tuned = limited = False
     for p in paths:
         with open(p) as f:
             part = json.load(f)
         a = part["acceleration"]
         fine_tuned = fine_tuned or bool(part.get("fine_tuned"))
+        limited = limited or bool(part.get("limited"))
         for k, v in part["rows"].items():
             means.setdefault((k, a), {}).update(v[0])
-    if any(b not in m for m in means.values() for b in BASELINES):
-        print("error: --decide: give the first study's scores (the baselines) of both accelerations")
+    if fine_tuned and limited:
+        print("error: --decide: the fine-tuned (second) and window24 (third) candidates are decided apart")
+        return 2
+    calibrations = (*CALIBRATIONS, LIMITED) if limited else CALIBRATIONS
+    strictest = baselines(calibrations)
+    if any(b not in m for m in means.values() for b in strictest):
+        print("error: --decide: give the first (or --limited) study's scores (the baselines) of both accelerations")
         return 2
     rows = {}
     for (k, a), m in means.items():
-        rows[(k, a)] = (m, {"ssim": max(m[b][0] for b in BASELINES), "psnr": max(m[b][1] for b in BASELINES)})
-        for c in CALIBRATIONS:
+        rows[(k, a)] = (m, {"ssim": max(m[b][0] for b in strictest), "psnr": max(m[b][1] for b in strictest)})
+        for c in calibrations:
             best = max((m[f"pics {w:g} {c}"] for w in WEIGHTS), key=lambda x: x[1])
             print(f"{k} {a:g}x: PICS, {c}, best weight by PSNR {best[0]:.4f} / {best[1]:.2f}")
     if sorted({a for _, a in rows}) != [4.0, 8.0]:
         print("error: --decide: give the scores of both accelerations (4 and 8)")
         return 2
-    if fine_tuned and any(n not in m for m, _ in rows.values() for n in FINE_TUNED):
-        print("error: --decide: give the fine-tuned candidate's scores of both accelerations")
+    names = list(CANDIDATES) + (list(FINE_TUNED) if fine_tuned else []) + (list(LIMITED_ROWS) if limited else [])
+    if any(n not in m for m, _ in rows.values() for n in names):
+        print("error: --decide: give the scores of both accelerations for every candidate")
         return 2
-    names = list(CANDIDATES) + (list(FINE_TUNED) if fine_tuned else [])
     worst = target_ratio_table(rows, names)
     psnr = {n: float(np.mean([m[n][1] for m, _ in rows.values()])) for n in names}
     for n in names:
         print(f"{n}: worst ratio {worst[n][0]:+.2f}, mean SSIM {worst[n][1]:.4f}, mean PSNR {psnr[n]:.2f}")
-    for candidate in (CANDIDATE, FINE_TUNED[1]) if fine_tuned else (CANDIDATE,):
+    decided = (CANDIDATE,) + ((FINE_TUNED[1],) if fine_tuned else ()) + ((LIMITED_ROWS[1],) if limited else ())
+    for candidate in decided:
         ok = (psnr[candidate] >= psnr[SHIPPED] + 0.10 and worst[candidate][1] >= worst[SHIPPED][1] - 0.002
               and worst[candidate][0] >= worst[SHIPPED][0] - 0.01)
         print(f"{candidate}: mean PSNR {psnr[candidate] - psnr[SHIPPED]:+.3f} dB (needs +0.10), mean SSIM "
@@ -256,5 +279,5 @@ if __name__ == "__main__":
 
     install_excepthook()
     args = sys.argv[1:]
-    score = score_fine_tuned if "--fine-tuned" in args else score_sets
-    raise SystemExit(run_study(__doc__ or "", score, decide, [a for a in args if a != "--fine-tuned"]))
+    score = score_fine_tuned if "--fine-tuned" in args else score_limited if "--limited" in args else score_sets
+    raise SystemExit(run_study(__doc__ or "", score, decide, [a for a in args if a not in ("--fine-tuned", "--limited")]))
