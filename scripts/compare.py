@@ -68,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--espirit-calibration", default="window",
                     help="the multi-coil baselines' ESPIRiT calibration region: 'window' (the whole fully sampled "
                          "region; the default since 0.21, the stronger PICS on validation) or 'square' (SigPy's "
-                         "centred square, the baselines' maps before 0.21 and the network's)")
+                         "centred square, the baselines' maps before 0.21 and the network's) or 'window24' (the window's "
+                         "centre 24 x 24, BART ecalib's default size)")
     ap.add_argument("--sense-weights", default="0,0.001,0.01,0.1", help="CG-SENSE grid tuned on validation")
     ap.add_argument("--pics-weights", default="0.0003,0.001,0.003,0.01,0.03", help="PICS grid tuned on validation")
     ap.add_argument("--ct-real", action="store_true",
