@@ -221,8 +221,9 @@ def espirit_maps(kspace: np.ndarray, mask: np.ndarray, threshold: float = 0.02, 
     `calibration` "square" (None: `ESPIRIT_CALIBRATION`) SigPy's `EspiritCalib` on the centred
     square of its narrower side, with "window" `espirit_calibration` on all of it, with
     "window24" on the part of it within `ESPIRIT_CALIBRATION_SIZE` samples each way around the
-    centre (BART ecalib's default size); the kernel narrowed to fit it. Pixels whose eigenvalue is below `crop` get zero maps (SigPy's default
-    0.95; 0 keeps every pixel, as the RSS reference does). With crop 0 and a side longer than
+    centre (BART ecalib's default size); the kernel narrowed to fit it. Pixels whose eigenvalue
+    is below `crop` get zero maps (SigPy's default 0.95; 0 keeps every pixel, as the RSS
+    reference does). With crop 0 and a side longer than
     `grid`, the maps are computed on a grid of at most `grid` x `grid` samples of the same field
     of view (the centre of k-space, the calibration region in it), then interpolated
     (`fft_grid_resample`) and normalised to unit RSS; None: the full grid."""
