@@ -9,7 +9,8 @@ the effect needs a real head-coil array AND brain anatomy together; the phantoms
 the simulated slices the second.
 
 Proxy: the simulated validation slices (IXI048, every 8th with tissue, its magnitude, a smooth
-random phase and an SNR drawn as validation's simulation draws them, seeded by slice), padded to
+random phase and an SNR from validation's simulation's laws, seeded by slice, not its very
+draws), padded to
 the 128 x 128 grid of the 16-channel scans (2 mm pixels, as these slices), with the coil maps of
 the real 16-channel phantom scan (`pulseq_phantom_16ch.h5`: ESPIRiT on its whole fully sampled
 k-space, all pixels kept, so outside the phantom they are ESPIRiT's extension) in place of the
