@@ -247,7 +247,7 @@ def espirit_maps(kspace: np.ndarray, mask: np.ndarray, threshold: float = 0.02, 
         box = (max(r0 - top, 0), min(r1 - top, small[0]), max(c0 - left, 0), min(c1 - left, small[1]))
         if calibration == "window24":
             box = _limit_box(box, small, ESPIRIT_CALIBRATION_SIZE)
-        maps = espirit_calibration(k, box, threshold, min(kernel_width, box[1] - box[0] - 1, box[3] - box[2] - 1), crop)
+        maps = espirit_calibration(k, box, threshold, kernel_width, crop)
     else:
         maps = np.asarray(mr.app.EspiritCalib(k, calib_width=calib, thresh=threshold, kernel_width=kernel_width,
                                               crop=crop, show_pbar=False).run(), dtype=np.complex64)
