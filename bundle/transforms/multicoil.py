@@ -136,14 +136,20 @@ class SimulateMultiCoild(UndersampleMultiCoild):
             x = torch.nn.functional.pad(x, (0, 0, top, length - h - top))
             maps = maps[:, (torch.arange(length) - top).clamp(0, h - 1)]
         k = fft2c(maps * x)
-        snr = math.exp(math.log(max(self.snr[0], 1e-6)) + float(torch.rand(1, generator=gen))
-                       * (math.log(max(self.snr[1], 1e-6)) - math.log(max(self.snr[0], 1e-6))))
+        sigma = self.noise_sigma(image, gen)
         if self.snr[1] > 0:
-            obj = image[image > 0.1 * image.max()]
-            sigma = float(obj.mean()) / snr if obj.numel() else 0.0
             noise = torch.randn(k.shape, generator=gen, dtype=k.dtype)  # complex: unit variance in total
             k = k + sigma * noise
         return k, maps
+
+    def noise_sigma(self, image: torch.Tensor, gen: torch.Generator) -> float:
+        """The noise's standard deviation per complex k-space sample for the magnitude `image`:
+        the object's mean (pixels above 10 % of the maximum) over an SNR drawn log-uniformly from
+        `snr` (one draw from `gen` always; 0 when `snr`'s upper end is 0: no noise)."""
+        snr = math.exp(math.log(max(self.snr[0], 1e-6)) + float(torch.rand(1, generator=gen))
+                       * (math.log(max(self.snr[1], 1e-6)) - math.log(max(self.snr[0], 1e-6))))
+        obj = image[image > 0.1 * image.max()]
+        return float(obj.mean()) / snr if self.snr[1] > 0 and obj.numel() else 0.0
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict:
         d = dict(data)

@@ -77,14 +77,15 @@ def head_coil(path: str) -> tuple[np.ndarray, np.ndarray]:
     from bundle.data.rawkspace import read_raw
     from bundle.parallel_imaging import espirit_calibration, scale_of
     from bundle.physics.mri import ifft2c
+    from bundle.physics.mri_sense import rss
 
     k = np.asarray(read_raw(path).kspace[0], dtype=np.complex64)
     c, h, w = k.shape
     maps = espirit_calibration(k / scale_of(k), (0, h, 0, w))
-    maps = maps / np.maximum(np.sqrt((np.abs(maps) ** 2).sum(0, keepdims=True)), 1e-12)
-    coils = ifft2c(torch.from_numpy(k)).numpy()
-    rss = np.sqrt((np.abs(coils) ** 2).sum(0))
-    background = coils[:, rss < 0.02 * rss.max()]
+    maps = maps / np.maximum(rss(torch.from_numpy(maps), 0).numpy(), 1e-12)
+    coils = ifft2c(torch.from_numpy(k))
+    combined = rss(coils, 0).numpy()
+    background = coils.numpy()[:, combined < 0.02 * combined.max()]
     cov = background @ background.conj().T / background.shape[1]
     cov = cov / np.real(np.trace(cov) / c)
     return maps.astype(np.complex64), np.linalg.cholesky(cov).astype(np.complex64)
@@ -118,9 +119,7 @@ def proxy_cases(parser, shared: str, every: int = 8) -> list:
             seed = simulate.seed(s, "coils", simulate.coils, simulate.snr, simulate.max_phase)
             gen = torch.Generator().manual_seed(seed)
             x = torch.polar(image, smooth_phase((h, w), gen, simulate.max_phase))
-            low, high = (math.log(v) for v in simulate.snr)
-            snr = math.exp(low + float(torch.rand(1, generator=gen)) * (high - low))
-            sigma = float(image[image > 0.1 * image.max()].mean()) / snr
+            sigma = simulate.noise_sigma(image, gen)
             rng = np.random.default_rng(seed)
             white = (rng.standard_normal((c, h * w)) + 1j * rng.standard_normal((c, h * w))) / math.sqrt(2)
             # the noise is white in k-space with the coils' covariance (an orthonormal FFT keeps it)
