@@ -178,6 +178,7 @@ RULES: Mapping[str, Callable[[str, object], None]] = MappingProxyType({
     "baseline_iterations": auto_or(whole(1)),
     "baseline_filter_mm": auto_or(at_least(0.0)),
     "em_iterations": whole(0),
+    "pet_self_ensemble": boolean,
     "incident_photons": optional(at_least(0.0, inclusive=False)),
     "electronic_noise": at_least(0.0),
     "dc_iterations": whole(0),

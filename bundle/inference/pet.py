@@ -17,7 +17,7 @@ from bundle.data.datasets import slice_axis_index
 from bundle.data.io import is_nifti, load_nifti_volume
 from bundle.data.petlink import ListModeScan, listmode_sinograms, read_petlink
 from bundle.data.readers import MR_SUFFIX, MU_SUFFIX
-from bundle.errors import InputError
+from bundle.errors import InputError, as_bool
 from bundle.inference.batching import forward
 from bundle.inference.runner import Reconstructor
 from bundle.physics.pet import MU_SOFT_TISSUE, PETOperator, check_activity, check_mu, flat_background, osem
@@ -31,8 +31,6 @@ def pet_weights(bundle_root: str, anatomy) -> str:
     """The weights inference_pet.yaml loads by default: models/model_pet.pt, or with `anatomy`
     (pet_anatomy) models/model_pet_mr.pt, which does not ship (its candidate failed its rule): then
     one line saying how to make it instead of a bare "file not found"."""
-    from bundle.errors import as_bool
-
     if not as_bool(anatomy, "pet_anatomy"):
         return os.path.join(bundle_root, "models", "model_pet.pt")
     path = os.path.join(bundle_root, "models", "model_pet_mr.pt")
@@ -69,6 +67,20 @@ def recon_pixel(value) -> float | None:
         return None
     between(0.1, 20.0, False, False)("recon_pixel_mm", value)
     return float(value)
+
+
+def dihedral_mean(fn, x: torch.Tensor) -> torch.Tensor:
+    """The mean of fn over the 8 rotations by 90 degrees and reflections of x's last two axes,
+    each output mapped back (a self-ensemble: Lim et al., EDSR, CVPR-W 2017). For PET these are
+    symmetries of the scan (views over 180 degrees in a multiple of 4, a ring), and the network was
+    trained with them as augmentation."""
+    total = torch.zeros(())
+    for flip in (False, True):
+        t = x.flip(-1) if flip else x
+        for k in range(4):
+            y = torch.rot90(fn(torch.rot90(t, k, (-2, -1))), -k, (-2, -1))
+            total = total + (y.flip(-1) if flip else y)
+    return total / 8.0
 
 
 class PETReconstructor(Reconstructor):
@@ -110,7 +122,8 @@ class PETReconstructor(Reconstructor):
     def __init__(self, network: nn.Module, acquisition: PETAcquisition, slice_axis: int | str = "axial",
                  batch_size: int = 8, device: str | torch.device = "cpu", amp: bool = False, progress: bool = True,
                  listmode_grid: Sequence[int] = (160, 160), listmode_pixel_mm: float = 2.0,
-                 ckpt_path: str | None = None, em_iterations: int = 1, recon_pixel_mm: float | None = 2.0) -> None:
+                 ckpt_path: str | None = None, em_iterations: int = 1, recon_pixel_mm: float | None = 2.0,
+                 self_ensemble: bool = False) -> None:
         self.network = network.eval()
         self.recon_pixel_mm = recon_pixel(recon_pixel_mm)
         self.acquisition = acquisition
@@ -129,6 +142,7 @@ class PETReconstructor(Reconstructor):
         if not 0 <= int(em_iterations) <= 100:
             raise InputError(f"em_iterations must be in [0, 100], got {em_iterations!r}")
         self.em_iterations = int(em_iterations)
+        self.self_ensemble = as_bool(self_ensemble, "pet_self_ensemble")
 
     def finish(self, op: PETOperator, counts: torch.Tensor, background: torch.Tensor, net: torch.Tensor,
                mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -244,7 +258,10 @@ class PETReconstructor(Reconstructor):
                                  "inputs without one need the PET-only model (pet_anatomy false)")
             net_in = torch.cat([net_in, guide[:, None].to(self.device).float()], 1)
         with torch.no_grad():
-            out = forward(self.network, net_in, self.amp).clamp_min(0) * s
+            if self.self_ensemble:
+                out = dihedral_mean(lambda t: forward(self.network, t, self.amp), net_in).clamp_min(0) * s
+            else:
+                out = forward(self.network, net_in, self.amp).clamp_min(0) * s
         total_in, total_out = x.sum((-2, -1), keepdim=True), out.sum((-2, -1), keepdim=True)
         return (out * total_in / total_out.clamp_min(1e-12))[:, 0].cpu()
 
