@@ -126,6 +126,8 @@ def bad_case(folder, case):
         write(folder, "a_mu.nii.gz", mu)
     if case == "fraction":
         extra = ["--count_fraction", "0"]
+    if case == "ensemble":
+        extra = ["--pet_self_ensemble", "maybe"]
     if case == "listmode":
         (folder / "b.l").write_bytes(b"\x00" * 64)  # a list file without an Interfile header
     return extra
@@ -134,6 +136,7 @@ def bad_case(folder, case):
 @pytest.mark.parametrize("case, match", [
     ("negative", "negative activity"), ("nan", "NaN"), ("mu_shape", "shape"), ("mu_affine", "affine"),
     ("mu_range", "outside"), ("fraction", "count_fraction"), ("listmode", "unknown format"),
+    ("ensemble", "pet_self_ensemble"),
 ])
 def test_bad_inputs_stop_with_one_line_before_any_write(tmp_path, case, match):
     inputs = tmp_path / "in"
@@ -351,3 +354,15 @@ def test_a_1_mm_map_is_reconstructed_on_2_mm_and_written_on_its_own_grid(tmp_pat
     np.save(tmp_path / "f_sinogram.npy", np.ones((2, *pet_geometry((64, 64), 1.0, 32).sinogram_shape), np.float32))
     with pytest.raises(InputError, match="32 x 32 pixels of 2 mm"):
         rec.check(str(tmp_path / "f.nii.gz"), fine_act, (1.0, 1.0, 3.0))
+
+
+def test_self_ensemble_is_the_mean_over_the_eight_symmetries_by_hand():
+    from bundle.inference.pet import dihedral_mean
+
+    x = torch.randn(2, 1, 6, 6)
+    # an equivariant map is its own self-ensemble
+    torch.testing.assert_close(dihedral_mean(lambda t: 2 * t + 1, x), 2 * x + 1)
+    # adding a column ramp j (not symmetric): mapped back, the 8 ramps are j, 5 - j, i and 5 - i
+    # twice each, whose mean is 2.5 on every pixel of a 6 x 6 slice
+    ramp = torch.arange(6.0).expand(6, 6)
+    torch.testing.assert_close(dihedral_mean(lambda t: t + ramp, x), x + 2.5)
