@@ -69,9 +69,9 @@ class MultiCoilReconstructor:
         solver: the SigPy solve's iterations and step, a key of `bundle.parallel_imaging.SOLVERS`
             ("shipped": 30 iterations, step from a bound; "0.18": 100 after 30 power iterations,
             for the benchmark's side-by-side timing).
-        espirit_calibration: ESPIRiT's calibration region when the file has no maps: "square"
-            (shipped: SigPy's centred square, what the network was trained with) or "window" (the
-            whole fully sampled region; the stronger maps for PICS, `multicoil_method` "pics").
+        espirit_calibration: ESPIRiT's calibration region when the file has no maps: "window"
+            (shipped since 0.23: the whole fully sampled region), "square" (SigPy's centred
+            square, what the network was trained with; shipped 0.12-0.22) or "window24".
         device: torch device of the network.
         progress: a progress bar over the slices of each file.
     """

@@ -140,8 +140,8 @@ def test_bad_blend_options_stop_with_one_line(tmp_path, option, value):
 
 def test_espirit_calibration_option_picks_the_maps(tmp_path):
     """--espirit_calibration window: the maps written (and used by PICS) are ESPIRiT on the whole
-    calibration region, computed here from the file's k-space and the mask written; square (the
-    default) differs."""
+    calibration region (the default since 0.23), computed here from the file's k-space and the mask
+    written; square (SigPy's, 0.12-0.22's default) differs."""
     import shutil
 
     import h5py
