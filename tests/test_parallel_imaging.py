@@ -322,3 +322,30 @@ def test_cross_validated_weight_predicts_the_held_out_lines_and_grows_with_the_n
             expected = np.sum(np.abs(pred[:, held] - k[:, held]) ** 2) / np.sum(np.abs(k[:, held]) ** 2)
             assert errors[0.01] == pytest.approx(expected, rel=1e-3)
     assert chosen[1] > chosen[0], chosen
+
+
+def test_a_runaway_solve_is_caught_by_its_energy_and_the_network_kept(monkeypatch, caplog):
+    import bundle.parallel_imaging as pi
+
+    # by hand: acquired samples of energy 4 (two samples of magnitude sqrt(2)); an image of
+    # energy 7.9 is within twice that, one of 8.1 is not
+    kspace = np.zeros((2, 4, 4), np.complex64)
+    kspace[0, 0, 1] = kspace[1, 2, 1] = np.sqrt(2)
+    kspace[0, 0, 2] = 100.0  # not acquired: does not count
+    mask = np.array([0, 1, 0, 0], np.float32)
+    image = np.zeros((4, 4), np.float32)
+    image[0, 0] = np.sqrt(7.9)
+    assert pi.plausible_energy(image, kspace, mask)
+    image[0, 0] = np.sqrt(8.1)
+    with caplog.at_level("WARNING"):
+        assert not pi.plausible_energy(image, kspace, mask)
+    assert "times the energy of the acquired samples" in caplog.text
+    # the shipped combination keeps the network's image when its solve runs away, in both modes
+    kspace, mask, maps, prior = _sense_problem()
+    coils = maps * prior
+    net = np.sqrt((np.abs(coils) ** 2).sum(0)).astype(np.float32)
+    for mode in ("joint", "average"):
+        assert np.abs(pi.combine_with_pics(net, coils, kspace, mask, maps, mode=mode, region="all") - net).max() > 1e-4
+    monkeypatch.setattr(pi, "network_pics", lambda *a, **k: np.full(net.shape, 1e3, np.complex64))
+    for mode in ("joint", "average"):
+        np.testing.assert_array_equal(pi.combine_with_pics(net, coils, kspace, mask, maps, mode=mode, region="all"), net)
