@@ -42,7 +42,7 @@ def rows(add, args, device) -> None:
     raw = synthetic_scan(h, w, c, args.multicoil_slices)
     net = load_checkpoint(VarNet(**varnet_variant("cpu")), os.path.join(ROOT, "models", "model_multicoil.pt")).to(device)
     label = f"{h}x{w}, {c} coils, 4x"
-    shipped_name = f"shipped (0.19): PICS joined with the network on the {PICS_REGION} (4x), 30 iterations"
+    shipped_name = f"shipped (0.23): PICS joined with the network on the {PICS_REGION} (4x), 30 iterations, window maps"
     methods = {
         "zero-filled RSS": dict(method="zero_filled"),
         "CG-SENSE (ESPIRiT maps, weight 0.1)": dict(method="cg_sense", weight=0.1),
@@ -51,6 +51,8 @@ def rows(add, args, device) -> None:
         f"0.15: 0.6 network + 0.4 PICS on the {PICS_REGION}": dict(method="varnet", pics_blend="auto", pics_mode="average"),
         "0.17-0.18: the same joint, 100 iterations after 30 power iterations": dict(
             method="varnet", pics_blend="auto", pics_mode="auto", solver="0.18"),
+        "0.19-0.22: the same with SigPy's square calibration": dict(
+            method="varnet", pics_blend="auto", pics_mode="auto", espirit_calibration="square"),
         shipped_name: dict(method="varnet", pics_blend="auto", pics_mode="auto"),
     }
     seconds = {}
@@ -71,5 +73,7 @@ def rows(add, args, device) -> None:
     shipped = seconds[shipped_name]
     add("multicoil", "ratio shipped / PICS per slice (time)", shipped / seconds["PICS (ESPIRiT maps, weight 0.01)"], "x")
     add("multicoil", "ratio shipped / network alone per slice (time)", shipped / seconds["network alone (ESPIRiT maps)"], "x")
+    add("multicoil", "ratio shipped / 0.19-0.22 (square maps) per slice (time)",
+        shipped / seconds["0.19-0.22: the same with SigPy's square calibration"], "x")
     add("multicoil", "ratio shipped / 0.17-0.18 solver per slice (time)",
         shipped / seconds["0.17-0.18: the same joint, 100 iterations after 30 power iterations"], "x")
