@@ -60,7 +60,6 @@ whose maps come from a 64 x 64 scan (smoother once resampled), gains +0.35 / +0.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -95,6 +94,7 @@ def array_cases(parser, shared: str, array: str, items) -> list:
     """The validation slices (oversampled twice along H) through the real array `array`."""
     import torch
     from multicoil_head_coil_proxy import head_coil
+    from multicoil_oversampled_blend import evenly_spaced
 
     from bundle.data.datasets import VolumeSlices
     from bundle.physics.mri import fft2c
@@ -108,10 +108,8 @@ def array_cases(parser, shared: str, array: str, items) -> list:
                           parser.get_parsed_content("min_foreground"))
     cases = []
     for item in items:
-        found = slicer(item)
-        step = max(1, len(found) // SLICES)
         kspace = []
-        for s in found[step // 2::step][:SLICES]:
+        for s in evenly_spaced(slicer(item), SLICES):
             image = torch.as_tensor(s["image"])[0].float()
             gen = torch.Generator().manual_seed(slice_seed(os.path.basename(item["image"]), s["slice_id"], "scanner geometry"))
             snr = float(np.exp(np.log(20) + float(torch.rand(1, generator=gen)) * np.log(4)))
@@ -193,22 +191,9 @@ def decide(paths: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bundle.data.io import write_text_atomic
+    from multicoil_pics_iterations import run_study
 
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("ckpt", nargs="?", help="multi-coil weights (the cpu variant)")
-    ap.add_argument("--acceleration", type=float, choices=(4.0, 8.0))
-    ap.add_argument("--out", help="where the scores go (JSON)")
-    ap.add_argument("--decide", nargs="+", metavar="JSON", help="apply the rule to the scores")
-    ap.add_argument("--shared", default=os.path.join(ROOT, "..", "shared", "data"))
-    args = ap.parse_args(argv)
-    if args.decide:
-        return decide(args.decide)
-    if not (args.ckpt and args.acceleration and args.out):
-        ap.error("give CKPT --acceleration A --out JSON, or --decide JSON ...")
-    result = score(args.ckpt, settings(args.shared), args.acceleration)
-    write_text_atomic(args.out, json.dumps(result, indent=1))
-    return 0
+    return run_study(__doc__ or "", score, decide, argv, settings=settings)
 
 
 if __name__ == "__main__":

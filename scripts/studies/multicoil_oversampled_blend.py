@@ -57,6 +57,12 @@ CANDIDATES = {"network alone": (0.0, "all"), "0.3 everywhere (0.14)": (0.3, "all
 BASELINE_WEIGHTS = (0.003, 0.01, 0.03)
 
 
+def evenly_spaced(found: list, count: int) -> list:
+    """`count` evenly spaced entries of `found` (the slices with tissue of a volume)."""
+    step = max(1, len(found) // count)
+    return found[step // 2::step][:count]
+
+
 def oversampled_cases(parser, items, oversampling: float = 2.0, slices: int = 6):
     """`slices` evenly spaced slices (with tissue) of each volume, in a field of view `oversampling`
     times longer along H, with a simulated receive array on the object and noise over the grid."""
@@ -70,10 +76,8 @@ def oversampled_cases(parser, items, oversampling: float = 2.0, slices: int = 6)
                           parser.get_parsed_content("min_foreground"))
     cases = []
     for item in items:
-        found = slicer(item)
-        step = max(1, len(found) // slices)
         kspace = []
-        for s in found[step // 2::step][:slices]:
+        for s in evenly_spaced(slicer(item), slices):
             image = torch.as_tensor(s["image"])[0].float()
             seed = slice_seed(os.path.basename(item["image"]), s["slice_id"], "oversampled")
             gen = torch.Generator().manual_seed(seed)

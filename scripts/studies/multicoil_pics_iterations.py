@@ -173,10 +173,10 @@ def decide(paths: list[str]) -> int:
     return 0
 
 
-def run_study(doc: str, score, decide_rule, argv: list[str] | None = None) -> int:
+def run_study(doc: str, score, decide_rule, argv: list[str] | None = None, settings=None) -> int:
     """The command line that the per-band multi-coil studies share: `score(ckpt, sets,
-    acceleration)` on the validation settings (or `--confirmation`'s 1 mm volumes) into `--out`,
-    or `decide_rule(paths)` with `--decide`."""
+    acceleration)` on the validation settings (`settings(shared)` when given, or `--confirmation`'s
+    1 mm volumes) into `--out`, or `decide_rule(paths)` with `--decide`."""
     from multicoil_network_pics import CONFIRM_SOURCES
     from multicoil_oversampled_blend import validation_settings, volume_settings
     from multicoil_validation import validation_parser
@@ -199,6 +199,8 @@ def run_study(doc: str, score, decide_rule, argv: list[str] | None = None) -> in
     parser = validation_parser()
     if args.confirmation:
         sets = volume_settings(parser, args.shared, CONFIRM_SOURCES, ("1 mm as acquired", "1 mm oversampled"))
+    elif settings is not None:
+        sets = settings(args.shared)
     else:
         sets = validation_settings(parser, args.shared)
     result = score(args.ckpt, sets, args.acceleration)

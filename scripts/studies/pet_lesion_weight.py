@@ -83,6 +83,25 @@ def validation_scores(rec, case: dict, fraction: float, realisations: int, max_i
     return {**metrics, **matched_crc(curves, [case], max_it), "lesions": len(rois)}
 
 
+def print_scores(label: str, fraction: float, s: dict) -> None:
+    """One line of `validation_scores` as it comes."""
+    print(f"{label} {100 * fraction:g} %: PSNR {s['psnr']:.2f} SSIM {s['ssim']:.4f} "
+          f"GM {100 * s['gm_bias']:+.1f} % WM {100 * s['wm_bias']:+.1f} % noise {100 * s['noise']:.1f} % "
+          f"CRC hot {s['net_hot']:.3f} (OSEM {s['osem_hot']:.3f}) cold {s['net_cold']:.3f} "
+          f"(OSEM {s['osem_cold']:.3f}), {s['lesions']} lesions", flush=True)
+
+
+def print_table(rows: dict, first: str = "weights") -> None:
+    """{(label, fraction): scores} as the card's markdown table."""
+    print(f"\n| {first} | count | PSNR dB | SSIM | GM / WM bias | noise | CRC hot: net / OSEM (gap) | CRC cold: net / OSEM (gap) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for (label, f), s in rows.items():
+        print(f"| {label} | {100 * f:g} % | {s['psnr']:.2f} | {s['ssim']:.4f} | "
+              f"{100 * s['gm_bias']:+.1f} % / {100 * s['wm_bias']:+.1f} % | {100 * s['noise']:.1f} % | "
+              f"{s['net_hot']:.3f} / {s['osem_hot']:.3f} ({s['net_hot'] - s['osem_hot']:+.3f}) | "
+              f"{s['net_cold']:.3f} / {s['osem_cold']:.3f} ({s['net_cold'] - s['osem_cold']:+.3f}) |")
+
+
 def score_weights(ckpts, case: dict, fractions: str, realisations: int) -> dict:
     """`validation_scores` of each weights file at each level ("0.1,0.25"), printed as they come and
     then as one table; {(ckpt, fraction): scores}. Also used by `pet_mr_guided.py`."""
@@ -94,17 +113,8 @@ def score_weights(ckpts, case: dict, fractions: str, realisations: int) -> dict:
         for f in (float(v) for v in fractions.split(",")):
             s = validation_scores(rec, case, f, realisations)
             rows[(ckpt, f)] = s
-            print(f"{ckpt} {100 * f:g} %: PSNR {s['psnr']:.2f} SSIM {s['ssim']:.4f} "
-                  f"GM {100 * s['gm_bias']:+.1f} % WM {100 * s['wm_bias']:+.1f} % noise {100 * s['noise']:.1f} % "
-                  f"CRC hot {s['net_hot']:.3f} (OSEM {s['osem_hot']:.3f}) cold {s['net_cold']:.3f} "
-                  f"(OSEM {s['osem_cold']:.3f}), {s['lesions']} lesions", flush=True)
-    print("\n| weights | count | PSNR dB | SSIM | GM / WM bias | noise | CRC hot: net / OSEM (gap) | CRC cold: net / OSEM (gap) |")
-    print("|---|---|---|---|---|---|---|---|")
-    for (ckpt, f), s in rows.items():
-        print(f"| {ckpt} | {100 * f:g} % | {s['psnr']:.2f} | {s['ssim']:.4f} | "
-              f"{100 * s['gm_bias']:+.1f} % / {100 * s['wm_bias']:+.1f} % | {100 * s['noise']:.1f} % | "
-              f"{s['net_hot']:.3f} / {s['osem_hot']:.3f} ({s['net_hot'] - s['osem_hot']:+.3f}) | "
-              f"{s['net_cold']:.3f} / {s['osem_cold']:.3f} ({s['net_cold'] - s['osem_cold']:+.3f}) |")
+            print_scores(ckpt, f, s)
+    print_table(rows)
     return rows
 
 

@@ -44,9 +44,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from bundle.errors import install_excepthook  # noqa: E402
 
+LABELS = {False: "one pass", True: "self-ensemble"}
+
 
 def main(argv: list[str] | None = None) -> int:
-    from pet_lesion_weight import validation_scores
+    from pet_lesion_weight import print_scores, print_table, validation_scores
 
     from bundle.data.demo import DEMO_DIR, DEMO_SPLIT
     from bundle.reporting.pet import load_case, pet_reconstructor
@@ -62,19 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     for f in (float(v) for v in args.fractions.split(",")):
         for ensemble in (False, True):
             rec.self_ensemble = ensemble
-            s = validation_scores(rec, case, f, args.realisations)
-            rows[(ensemble, f)] = s
-            print(f"{'self-ensemble' if ensemble else 'one pass'} {100 * f:g} %: PSNR {s['psnr']:.2f} SSIM {s['ssim']:.4f} "
-                  f"GM {100 * s['gm_bias']:+.1f} % WM {100 * s['wm_bias']:+.1f} % noise {100 * s['noise']:.1f} % "
-                  f"CRC hot {s['net_hot']:.3f} (OSEM {s['osem_hot']:.3f}) cold {s['net_cold']:.3f} "
-                  f"(OSEM {s['osem_cold']:.3f})", flush=True)
-    print("\n| network | count | PSNR dB | SSIM | GM / WM bias | noise | CRC hot: net / OSEM (gap) | CRC cold: net / OSEM (gap) |")
-    print("|---|---|---|---|---|---|---|---|")
-    for (ensemble, f), s in rows.items():
-        print(f"| {'self-ensemble' if ensemble else 'one pass'} | {100 * f:g} % | {s['psnr']:.2f} | {s['ssim']:.4f} | "
-              f"{100 * s['gm_bias']:+.1f} % / {100 * s['wm_bias']:+.1f} % | {100 * s['noise']:.1f} % | "
-              f"{s['net_hot']:.3f} / {s['osem_hot']:.3f} ({s['net_hot'] - s['osem_hot']:+.3f}) | "
-              f"{s['net_cold']:.3f} / {s['osem_cold']:.3f} ({s['net_cold'] - s['osem_cold']:+.3f}) |")
+            rows[(ensemble, f)] = validation_scores(rec, case, f, args.realisations)
+            print_scores(LABELS[ensemble], f, rows[(ensemble, f)])
+    print_table({(LABELS[e], f): s for (e, f), s in rows.items()}, "network")
     if (False, 0.1) in rows:
         one, ens = rows[(False, 0.1)], rows[(True, 0.1)]
         hot = (ens["net_hot"] - ens["osem_hot"]) - (one["net_hot"] - one["osem_hot"])
