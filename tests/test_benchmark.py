@@ -29,10 +29,10 @@ def test_benchmark_quick_run(tmp_path):
     assert set(matrix) == {"s", "MiB"} and matrix["s"] > 0 and matrix["MiB"] > 0
     assert {r["section"] for r in rows} == {"model", "data", "training", "inference", "volume", "multicoil", "scaling"}
     multicoil = [r for r in rows if r["section"] == "multicoil"]
-    # seven methods (the 0.15 average and the 0.17-0.18 solver beside the shipped joint), the peak
-    # memory and three ratios, all positive
-    assert len(multicoil) == 11 and all(float(r["value"]) > 0 for r in multicoil)
-    assert sum(r["unit"] == "s/slice" for r in multicoil) == 7
+    # eight methods (the 0.15 average, the 0.17-0.18 solver and 0.19-0.22's square maps beside the
+    # shipped joint), the peak memory and four ratios, all positive
+    assert len(multicoil) == 13 and all(float(r["value"]) > 0 for r in multicoil)
+    assert sum(r["unit"] == "s/slice" for r in multicoil) == 8
     cache_rows = [r for r in rows if r["section"] == "data" and " cached " in r["name"]]
     assert len(cache_rows) == 4 and all(float(r["value"]) > 0 and r["unit"] == "s" for r in cache_rows)
     transform_rows = [r for r in rows if r["section"] == "data" and "slice transforms" in r["name"]]

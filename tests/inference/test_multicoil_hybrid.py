@@ -96,14 +96,16 @@ def test_hybrid_is_the_stated_combination_of_the_network_and_pics(tmp_path):
         images[name] = nib.load(str(tmp_path / name / "p_recon.nii.gz")).get_fdata()
     share = 0.4  # PICS's share at 4x (auto)
     # since 0.19 the average's PICS is the shipped solver's (30 bound-step iterations): near the
-    # classical PICS path (SigPy's L1WaveletRecon, 100 iterations; 4 % relative RMS on this 64 x 64
-    # phantom, where 30 iterations from zero are not yet converged), nearer than the network is
+    # classical PICS path (SigPy's L1WaveletRecon, 100 iterations; on this 64 x 64 phantom, where 30
+    # iterations from zero are not yet converged, 4 % relative RMS with 0.19-0.22's square maps and
+    # 13 % with the whole-region maps of 0.23, which converge slower), nearer than the network is
+    # (25 %; 1.9 times as far)
     shipped_pics = (images["everywhere"] - (1 - share) * images["network"]) / share
 
     def relative(x):
         return np.linalg.norm(x - images["pics"]) / np.linalg.norm(images["pics"])
 
-    assert relative(shipped_pics) <= 0.06 and relative(images["network"]) > 2 * relative(shipped_pics)
+    assert relative(shipped_pics) <= 0.15 and relative(images["network"]) > 1.5 * relative(shipped_pics)
     a = np.stack([share * object_support(images["network"][..., s]) for s in range(images["network"].shape[-1])], -1)
     on_object = (1 - a) * images["network"] + a * shipped_pics
     assert np.abs(images["average"] - on_object).max() <= 1e-5 * images["pics"].max()
