@@ -69,7 +69,8 @@ def test_espirit_maps_of_real_coils_are_unit_rss_and_cached_across_a_global_phas
 
 def test_espirit_maps_transform_takes_the_calibration_it_is_given():
     """calibration="window": the transform's maps are `sensitivities` on the whole calibration
-    region; the default is the shipped calibration; an unknown one stops with one line."""
+    region, "square" on SigPy's square, and they differ; the default is the shipped calibration;
+    an unknown one stops with one line."""
     import pytest
 
     from bundle.errors import InputError
@@ -83,7 +84,9 @@ def test_espirit_maps_transform_takes_the_calibration_it_is_given():
     np.testing.assert_allclose(window.numpy(), sensitivities(k, mask, calibration="window"), atol=1e-6)
     default = EspiritMapsd()(dict(d))["maps"]
     np.testing.assert_allclose(default.numpy(), sensitivities(k, mask, calibration=ESPIRIT_CALIBRATION), atol=1e-6)
-    assert (window - default).abs().max() > 0.01
+    square = EspiritMapsd(calibration="square")(dict(d))["maps"]
+    np.testing.assert_allclose(square.numpy(), sensitivities(k, mask, calibration="square"), atol=1e-6)
+    assert (window - square).abs().max() > 0.01
     with pytest.raises(InputError, match="espirit_calibration"):
         EspiritMapsd(calibration="circle")
 
