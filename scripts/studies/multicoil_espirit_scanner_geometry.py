@@ -7,8 +7,8 @@ wide as the calibration lines) gives a calibration matrix with fewer rows than u
 6-sample kernel and 16 coils, 576 unknowns against (26 - 5)^2 = 441 rows at 4x on 320 lines and
 (13 - 5)^2 = 64 at 8x; with 32 coils, 1,152. The whole fully sampled region (`window`: every
 readout sample of ESPIRiT's coarse grid, up to 128, times the calibration lines) gives 123 x 21 =
-2,583 rows at 4x and 123 x 8 = 984 at 8x, 2 to 6 times the square's rows per kernel position
-count: more rows than unknowns at 16 coils (not quite at 8x with 32). (Corrected after the run:
+2,583 rows at 4x and 123 x 8 = 984 at 8x (6 and 15 times the square's): more rows than unknowns
+at 16 coils (not quite at 8x with 32). (Corrected after the run:
 the first wording said "2 to 20 times more rows than unknowns".) The six validation settings of the earlier study
 (`multicoil_espirit_window.py`: real phantoms on their own small grids, simulated loop coils)
 could not tell the two apart (the shipped reconstruction within 0.02 dB), and the head-coil proxy
