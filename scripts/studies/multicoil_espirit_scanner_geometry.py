@@ -96,9 +96,8 @@ def array_cases(parser, shared: str, array: str, items) -> list:
     """The validation slices (oversampled twice along H) through the real array `array`."""
     import torch
     from multicoil_head_coil_proxy import head_coil
-    from multicoil_oversampled_blend import evenly_spaced
+    from multicoil_oversampled_blend import chosen_slices, draw_snr, tissue_sigma
 
-    from bundle.data.datasets import VolumeSlices
     from bundle.physics.mri import fft2c
     from bundle.physics.mri_sense import smooth_phase
     from bundle.reporting.multicoil import Case
@@ -106,20 +105,18 @@ def array_cases(parser, shared: str, array: str, items) -> list:
 
     maps0, chol = head_coil(os.path.join(shared, "kspace", "multicoil", array))
     c = maps0.shape[0]
-    slicer = VolumeSlices(parser.get_parsed_content("volume_transforms"), parser.get_parsed_content("slice_axis"),
-                          parser.get_parsed_content("min_foreground"))
     cases = []
-    for item in items:
+    for item, chosen in chosen_slices(parser, items, SLICES):
         kspace = []
-        for s in evenly_spaced(slicer(item), SLICES):
+        for s in chosen:
             image = torch.as_tensor(s["image"])[0].float()
             gen = torch.Generator().manual_seed(slice_seed(os.path.basename(item["image"]), s["slice_id"], "scanner geometry"))
-            snr = float(np.exp(np.log(20) + float(torch.rand(1, generator=gen)) * np.log(4)))
+            snr = draw_snr(gen)
             h, w = image.shape
             big = torch.zeros((2 * h, w), dtype=torch.complex64)
             big[h // 2:h // 2 + h] = torch.polar(image, smooth_phase((h, w), gen, np.pi))
             maps = torch.from_numpy(resampled_maps(maps0, (2 * h, w)))
-            sigma = float(image[image > 0.1 * image.max()].mean()) / snr
+            sigma = tissue_sigma(image, snr)
             white = (torch.randn((c, 2 * h * w), generator=gen) + 1j * torch.randn((c, 2 * h * w), generator=gen)) / math.sqrt(2)
             noise = (torch.from_numpy(chol) @ white.to(torch.complex64)).reshape(c, 2 * h, w)
             # white in k-space with the coils' covariance (an orthonormal FFT keeps it)

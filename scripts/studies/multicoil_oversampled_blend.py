@@ -63,32 +63,48 @@ def evenly_spaced(found: list, count: int) -> list:
     return found[step // 2::step][:count]
 
 
+def chosen_slices(parser, items, count: int) -> list:
+    """[(item, its `count` evenly spaced slices with tissue)] through the config's slicer."""
+    from bundle.data.datasets import VolumeSlices
+
+    slicer = VolumeSlices(parser.get_parsed_content("volume_transforms"), parser.get_parsed_content("slice_axis"),
+                          parser.get_parsed_content("min_foreground"))
+    return [(item, evenly_spaced(slicer(item), count)) for item in items]
+
+
+def draw_snr(gen) -> float:
+    """The simulated slices' SNR: log-uniform in [20, 80] (one draw of `gen`)."""
+    return float(np.exp(np.log(20) + float(torch.rand(1, generator=gen)) * np.log(4)))
+
+
+def tissue_sigma(image, snr: float) -> float:
+    """The noise level for `snr`: the mean of the tissue (above 10 % of the maximum) over it."""
+    return float(image[image > 0.1 * image.max()].mean()) / snr
+
+
 def oversampled_cases(parser, items, oversampling: float = 2.0, slices: int = 6):
     """`slices` evenly spaced slices (with tissue) of each volume, in a field of view `oversampling`
     times longer along H, with a simulated receive array on the object and noise over the grid."""
-    from bundle.data.datasets import VolumeSlices
     from bundle.physics.mri import fft2c
     from bundle.physics.mri_sense import random_coil_maps, smooth_phase
     from bundle.reporting.multicoil import Case
     from bundle.transforms.base import slice_seed
 
-    slicer = VolumeSlices(parser.get_parsed_content("volume_transforms"), parser.get_parsed_content("slice_axis"),
-                          parser.get_parsed_content("min_foreground"))
     cases = []
-    for item in items:
+    for item, chosen in chosen_slices(parser, items, slices):
         kspace = []
-        for s in evenly_spaced(slicer(item), slices):
+        for s in chosen:
             image = torch.as_tensor(s["image"])[0].float()
             seed = slice_seed(os.path.basename(item["image"]), s["slice_id"], "oversampled")
             gen = torch.Generator().manual_seed(seed)
             coils = int(torch.randint(8, 21, (1,), generator=gen))
-            snr = float(np.exp(np.log(20) + float(torch.rand(1, generator=gen)) * np.log(4)))
+            snr = draw_snr(gen)
             h, w = image.shape
             x = torch.polar(image, smooth_phase((h, w), gen, np.pi)) * random_coil_maps(coils, (h, w), gen)
             big = torch.zeros((coils, int(round(h * oversampling / 2)) * 2, w), dtype=torch.complex64)
             top = (big.shape[1] - h) // 2
             big[:, top:top + h] = x
-            sigma = float(image[image > 0.1 * image.max()].mean()) / snr
+            sigma = tissue_sigma(image, snr)
             k = fft2c(big)
             kspace.append((k + sigma * torch.randn(k.shape, generator=gen, dtype=k.dtype)).numpy())
         cases.append(Case(os.path.basename(item["image"]) + " oversampled", "simulated", kspace))
