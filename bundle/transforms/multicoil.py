@@ -19,6 +19,16 @@ from bundle.physics.mri_sense import random_coil_maps, rss, smooth_phase
 from bundle.transforms.mri import UndersampleKspaced
 
 
+def object_noise_sigma(image: torch.Tensor, gen: torch.Generator, snr: Sequence[float]) -> float:
+    """The noise's standard deviation per complex k-space sample for the magnitude `image`: the
+    object's mean (pixels above 10 % of the maximum) over an SNR drawn log-uniformly from the range
+    `snr` (one draw from `gen` always; 0 when its upper end is 0: no noise)."""
+    low, high = math.log(max(snr[0], 1e-6)), math.log(max(snr[1], 1e-6))
+    value = math.exp(low + float(torch.rand(1, generator=gen)) * (high - low))
+    obj = image[image > 0.1 * image.max()]
+    return float(obj.mean()) / value if snr[1] > 0 and obj.numel() else 0.0
+
+
 class UndersampleMultiCoild(UndersampleKspaced):
     """Undersample fully sampled multi-coil k-space, every coil with the same Cartesian mask.
 
@@ -143,13 +153,8 @@ class SimulateMultiCoild(UndersampleMultiCoild):
         return k, maps
 
     def noise_sigma(self, image: torch.Tensor, gen: torch.Generator) -> float:
-        """The noise's standard deviation per complex k-space sample for the magnitude `image`:
-        the object's mean (pixels above 10 % of the maximum) over an SNR drawn log-uniformly from
-        `snr` (one draw from `gen` always; 0 when `snr`'s upper end is 0: no noise)."""
-        snr = math.exp(math.log(max(self.snr[0], 1e-6)) + float(torch.rand(1, generator=gen))
-                       * (math.log(max(self.snr[1], 1e-6)) - math.log(max(self.snr[0], 1e-6))))
-        obj = image[image > 0.1 * image.max()]
-        return float(obj.mean()) / snr if self.snr[1] > 0 and obj.numel() else 0.0
+        """`object_noise_sigma` of `image` with this transform's `snr` range."""
+        return object_noise_sigma(image, gen, self.snr)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict:
         d = dict(data)

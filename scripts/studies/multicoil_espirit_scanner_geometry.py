@@ -96,12 +96,13 @@ def array_cases(parser, shared: str, array: str, items) -> list:
     """The validation slices (oversampled twice along H) through the real array `array`."""
     import torch
     from multicoil_head_coil_proxy import head_coil
-    from multicoil_oversampled_blend import chosen_slices, draw_snr, tissue_sigma
+    from multicoil_oversampled_blend import SNR, chosen_slices
 
     from bundle.physics.mri import fft2c
     from bundle.physics.mri_sense import smooth_phase
     from bundle.reporting.multicoil import Case
     from bundle.transforms.base import slice_seed
+    from bundle.transforms.multicoil import object_noise_sigma
 
     maps0, chol = head_coil(os.path.join(shared, "kspace", "multicoil", array))
     c = maps0.shape[0]
@@ -111,12 +112,11 @@ def array_cases(parser, shared: str, array: str, items) -> list:
         for s in chosen:
             image = torch.as_tensor(s["image"])[0].float()
             gen = torch.Generator().manual_seed(slice_seed(os.path.basename(item["image"]), s["slice_id"], "scanner geometry"))
-            snr = draw_snr(gen)
+            sigma = object_noise_sigma(image, gen, SNR)
             h, w = image.shape
             big = torch.zeros((2 * h, w), dtype=torch.complex64)
             big[h // 2:h // 2 + h] = torch.polar(image, smooth_phase((h, w), gen, np.pi))
             maps = torch.from_numpy(resampled_maps(maps0, (2 * h, w)))
-            sigma = tissue_sigma(image, snr)
             white = (torch.randn((c, 2 * h * w), generator=gen) + 1j * torch.randn((c, 2 * h * w), generator=gen)) / math.sqrt(2)
             noise = (torch.from_numpy(chol) @ white.to(torch.complex64)).reshape(c, 2 * h, w)
             # white in k-space with the coils' covariance (an orthonormal FFT keeps it)

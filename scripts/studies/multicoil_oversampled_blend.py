@@ -72,14 +72,7 @@ def chosen_slices(parser, items, count: int) -> list:
     return [(item, evenly_spaced(slicer(item), count)) for item in items]
 
 
-def draw_snr(gen) -> float:
-    """The simulated slices' SNR: log-uniform in [20, 80] (one draw of `gen`)."""
-    return float(np.exp(np.log(20) + float(torch.rand(1, generator=gen)) * np.log(4)))
-
-
-def tissue_sigma(image, snr: float) -> float:
-    """The noise level for `snr`: the mean of the tissue (above 10 % of the maximum) over it."""
-    return float(image[image > 0.1 * image.max()].mean()) / snr
+SNR = (20.0, 80.0)  # the oversampled slices' SNR range (log-uniform, the tissue's mean over the noise)
 
 
 def oversampled_cases(parser, items, oversampling: float = 2.0, slices: int = 6):
@@ -89,6 +82,7 @@ def oversampled_cases(parser, items, oversampling: float = 2.0, slices: int = 6)
     from bundle.physics.mri_sense import random_coil_maps, smooth_phase
     from bundle.reporting.multicoil import Case
     from bundle.transforms.base import slice_seed
+    from bundle.transforms.multicoil import object_noise_sigma
 
     cases = []
     for item, chosen in chosen_slices(parser, items, slices):
@@ -98,13 +92,12 @@ def oversampled_cases(parser, items, oversampling: float = 2.0, slices: int = 6)
             seed = slice_seed(os.path.basename(item["image"]), s["slice_id"], "oversampled")
             gen = torch.Generator().manual_seed(seed)
             coils = int(torch.randint(8, 21, (1,), generator=gen))
-            snr = draw_snr(gen)
+            sigma = object_noise_sigma(image, gen, SNR)
             h, w = image.shape
             x = torch.polar(image, smooth_phase((h, w), gen, np.pi)) * random_coil_maps(coils, (h, w), gen)
             big = torch.zeros((coils, int(round(h * oversampling / 2)) * 2, w), dtype=torch.complex64)
             top = (big.shape[1] - h) // 2
             big[:, top:top + h] = x
-            sigma = tissue_sigma(image, snr)
             k = fft2c(big)
             kspace.append((k + sigma * torch.randn(k.shape, generator=gen, dtype=k.dtype)).numpy())
         cases.append(Case(os.path.basename(item["image"]) + " oversampled", "simulated", kspace))
