@@ -257,11 +257,11 @@ class PETReconstructor(Reconstructor):
                 raise InputError("the MR-guided PET model needs the T1 (<name>_mr.nii.gz); list-mode and "
                                  "inputs without one need the PET-only model (pet_anatomy false)")
             net_in = torch.cat([net_in, guide[:, None].to(self.device).float()], 1)
+        def run(t: torch.Tensor) -> torch.Tensor:
+            return forward(self.network, t, self.amp)
+
         with torch.no_grad():
-            if self.self_ensemble:
-                out = dihedral_mean(lambda t: forward(self.network, t, self.amp), net_in).clamp_min(0) * s
-            else:
-                out = forward(self.network, net_in, self.amp).clamp_min(0) * s
+            out = (dihedral_mean(run, net_in) if self.self_ensemble else run(net_in)).clamp_min(0) * s
         total_in, total_out = x.sum((-2, -1), keepdim=True), out.sum((-2, -1), keepdim=True)
         return (out * total_in / total_out.clamp_min(1e-12))[:, 0].cpu()
 

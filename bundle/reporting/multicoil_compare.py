@@ -62,8 +62,8 @@ def run_multicoil(args, root: str) -> int:
     from bundle.networks import load_checkpoint
     from bundle.varnet import VarNet
 
-    # the baselines' maps: ESPIRiT calibrated as shipped (SigPy's square), on the whole region or
-    # on its centre 24 x 24 (`espirit_maps(calibration=...)`; scripts/studies/multicoil_espirit_window.py)
+    # the baselines' maps: ESPIRiT calibrated on SigPy's square, on the whole region (shipped since
+    # 0.23; compare.py's default since 0.21) or on its centre 24 x 24 (`espirit_maps(calibration=...)`)
     calibration = getattr(args, "espirit_calibration", None) or ESPIRIT_CALIBRATION
     check_options(espirit_calibration=calibration)
     maps = f"espirit-{calibration}"

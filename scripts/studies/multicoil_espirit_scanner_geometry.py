@@ -85,11 +85,13 @@ def resampled_maps(maps: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """(C, h, w) maps bilinearly onto (C, H, W), real and imaginary parts apart, unit RSS again."""
     import torch
 
+    from bundle.physics.mri_sense import rss
+
     t = torch.from_numpy(maps)
     parts = torch.stack([t.real, t.imag], 1).float()  # (C, 2, h, w)
     big = torch.nn.functional.interpolate(parts, size=shape, mode="bilinear", align_corners=False)
     out = torch.complex(big[:, 0], big[:, 1])
-    return (out / out.abs().pow(2).sum(0).sqrt().clamp_min(1e-12)).numpy().astype(np.complex64)
+    return (out / rss(out, 0).clamp_min(1e-12)).numpy().astype(np.complex64)
 
 
 def array_cases(parser, shared: str, array: str, items) -> list:
